@@ -1,0 +1,114 @@
+"""The integer semantics every rollout backend shares: fixed-point scales, the noise hash, the Gumbel table.
+
+Each backend (torch reference, numba CPU loop, Triton kernel) re-implements these few lines in its own
+language; this module holds the constants and a numpy version the others are tested against.
+
+Fixed point (f = `NCAConfig.weight_frac_bits`, 12 by default):
+
+    weights          w_q = rint(w * 2^f)                              int32, |w_q| < 2^13 at f = 12
+    first layer      h  = sum over 9 neighbours of w1_q[offset, state]  scale 2^f        (a table lookup)
+    hidden           a  = relu(sum_c h_c * w2_q[c, j]) >> (f + 2)      scale 2^(f - 2)  (arithmetic shift)
+    logits           z  = sum_j a_j * w3_q[j, s]                       scale 2^(2f - 2) = 2^22
+    sampling         s' = argmax_s (z_s + beta_q * [s == s_now] + noise_q[s]), lowest s wins ties
+
+`beta_q = rint(beta * 2^(2f-2))` and `noise_q = GUMBEL_TABLE[i] * tau` quantised at the same scale. Because
+argmax((z + beta*onehot) / tau + g) = argmax(z + beta*onehot + tau*g), the paper's Categorical((logits +
+beta*onehot) / tau) is the Gumbel-max trick at logit scale, with no division. The shift after the ReLU keeps
+every intermediate inside int32; `nca_datagen.rules.fixed_point_bounds` proves it from the truncation bounds.
+
+Noise: a counter-based hash (no state, any order, any device). For sequence key k, step t, cell c, state s:
+
+    cell_bits  = hash32(k ^ hash32(t * H * W + c))      (mod 2^32)
+    state_bits = hash32(cell_bits ^ s)
+    noise_q[s] = GUMBEL_Q[state_bits >> (32 - GUMBEL_BITS)]
+
+hash32 is Chris Wellons' `lowbias32` with multipliers below 2^31, so a backend with only int64 can evaluate
+it exactly as `(x * M) & 0xFFFFFFFF` without overflow.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+MASK32 = 0xFFFFFFFF
+HASH_M1 = 0x21F0AAAD  # lowbias32 multipliers (both < 2^31: int64 products never overflow)
+HASH_M2 = 0x735A2D97
+GUMBEL_BITS = 12  # table of 4096 quantiles: u = (i + 0.5) / 4096, g in [-2.12, 8.32]
+INT32_LIMIT = 2**31 - 1
+
+
+def hash32(x):
+    """lowbias32 on uint32 values held in any integer numpy type (returns uint64 values < 2^32)."""
+    x = np.asarray(x, dtype=np.uint64) & MASK32
+    x ^= x >> np.uint64(16)
+    x = (x * np.uint64(HASH_M1)) & MASK32
+    x ^= x >> np.uint64(15)
+    x = (x * np.uint64(HASH_M2)) & MASK32
+    x ^= x >> np.uint64(15)
+    return x
+
+
+def gumbel_quantiles() -> np.ndarray:
+    """Standard Gumbel quantiles at the centres of 2^GUMBEL_BITS equal-probability cells (float64)."""
+    u = (np.arange(2**GUMBEL_BITS, dtype=np.float64) + 0.5) / 2**GUMBEL_BITS
+    return -np.log(-np.log(u))
+
+
+def logit_frac_bits(weight_frac_bits: int) -> int:
+    return 2 * weight_frac_bits - 2
+
+
+def hidden_shift(weight_frac_bits: int) -> int:
+    return weight_frac_bits + 2
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    """Everything a rollout kernel needs besides the rule tables and initial states (all integers)."""
+
+    height: int
+    width: int
+    states: int
+    patch: int
+    burn_in: int
+    frames: int
+    frame_stride: int
+    hidden_shift: int  # right shift applied after the ReLU
+    beta_q: int  # identity bias at logit scale
+    noise_q: tuple[int, ...]  # temperature-scaled Gumbel table at logit scale (all zeros when tau = 0)
+
+    @classmethod
+    def from_config(cls, cfg) -> RolloutSpec:
+        """Build from an `NCAConfig` (duck-typed so kernels/ does not import the package's config)."""
+        frac = logit_frac_bits(cfg.weight_frac_bits)
+        noise = np.rint(cfg.temperature * gumbel_quantiles() * 2.0**frac).astype(np.int64)
+        return cls(
+            height=cfg.grid[0], width=cfg.grid[1], states=cfg.states, patch=cfg.patch,
+            burn_in=cfg.burn_in, frames=cfg.frames, frame_stride=cfg.frame_stride,
+            hidden_shift=hidden_shift(cfg.weight_frac_bits),
+            beta_q=int(math.floor(cfg.identity_bias * 2.0**frac + 0.5)),
+            noise_q=tuple(int(v) for v in noise),
+        )
+
+    @property
+    def noise_table(self) -> np.ndarray:
+        return np.asarray(self.noise_q, dtype=np.int32)
+
+    @property
+    def noise_span(self) -> int:
+        """max - min of the noise table: a top-1/top-2 logit gap above this cannot be changed by noise."""
+        return max(self.noise_q) - min(self.noise_q)
+
+    @property
+    def steps(self) -> int:
+        return self.burn_in + (self.frames - 1) * self.frame_stride
+
+    def is_frame_step(self, t: int) -> bool:
+        """Whether the state after `t` steps is a recorded frame (t counts from the initial state, t = 0)."""
+        return t >= self.burn_in and (t - self.burn_in) % self.frame_stride == 0
+
+    def frame_index(self, t: int) -> int:
+        return (t - self.burn_in) // self.frame_stride

@@ -1,0 +1,120 @@
+"""Complexity: the paper's gzip ratio, the band filter built on it, and a few per-sample statistics.
+
+The ratio is `len(gzip(int32-LE tokens, level 9)) / len(bytes)` over patch tokens with the frame delimiters
+removed, exactly as the paper's reference code computes it. Higher means less compressible, i.e. more complex.
+We call zlib's raw deflate and add gzip's fixed 18 bytes of header and trailer: the deflate stream is the same
+one `gzip.compress(b, 9, mtime=0)` writes (tested), without building the container.
+
+The ratio depends on the zlib build (zlib and zlib-ng emit different level-9 sizes), so the manifest records
+`ZLIB_RUNTIME_VERSION`; tests pin the ratio on byte strings whose compressed size is known.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+GZIP_OVERHEAD = 18  # 10-byte gzip header (mtime 0, no name) + 8-byte trailer (CRC32, ISIZE)
+ZLIB_VERSION = zlib.ZLIB_RUNTIME_VERSION
+
+# The paper's recommendations per target domain (paper-facts.md §3): web text and math 50%+, code 30-40%.
+PRESETS = {"web": "50%+", "math": "50%+", "code": "30-40%"}
+
+
+def gzip_ratio(tokens: np.ndarray) -> float:
+    """Compressed/raw size of `tokens` as int32 little-endian bytes, gzip level 9 (the paper's measure)."""
+    raw = np.ascontiguousarray(tokens, dtype="<i4").tobytes()
+    if not raw:
+        raise ValueError("gzip_ratio of an empty token array is undefined")
+    return (len(zlib.compress(raw, 9, wbits=-15)) + GZIP_OVERHEAD) / len(raw)
+
+
+def patch_tokens(seq_L: np.ndarray, tokens_per_frame: int) -> np.ndarray:
+    """Drop the `<grid>`/`</grid>` delimiters of a tokenized sequence: (F*T,) -> (F, T-2)."""
+    return seq_L.reshape(-1, tokens_per_frame)[:, 1:-1]
+
+
+def sequence_ratios(seqs_NL: np.ndarray, tokens_per_frame: int) -> np.ndarray:
+    """The gzip ratio of each sequence, delimiters removed (float64, one per row)."""
+    return np.array([gzip_ratio(patch_tokens(s, tokens_per_frame)) for s in seqs_NL], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Band:
+    """An open interval of gzip ratios: a rule is kept iff lo < ratio < hi (strict, as the paper)."""
+
+    lo: float
+    hi: float
+
+    def __post_init__(self):
+        if not (0.0 <= self.lo < self.hi <= 1.0):
+            raise ValueError(
+                f"complexity band ({self.lo}, {self.hi}) is invalid: need 0 <= lo < hi <= 1, e.g. 0.5:1.0 "
+                f"or 50%+ (lo is the lower gzip ratio, hi the upper)")
+
+    @classmethod
+    def parse(cls, text: str) -> Band:
+        """Parse `0.5:1.0`, `0.5:`, `:0.3`, `50%+`, `30-40%`, `0.3-0.4`, or a preset (web, math, code)."""
+        s = str(text).strip().lower().replace(" ", "")
+        s = PRESETS.get(s, s)
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)%\+", s)
+        if m:
+            return cls(float(m[1]) / 100, 1.0)
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)%?-(\d+(?:\.\d+)?)%", s)
+        if m:
+            return cls(float(m[1]) / 100, float(m[2]) / 100)
+        m = re.fullmatch(r"(\d*\.?\d*)[:-](\d*\.?\d*)", s)
+        if m and (m[1] or m[2]) and "." != m[1] and "." != m[2]:
+            return cls(float(m[1] or 0.0), float(m[2] or 1.0))
+        raise ValueError(
+            f"cannot parse complexity band {text!r}: use lo:hi (0.5:1.0, 0.5:), a percent range (30-40%), "
+            f"a percent floor (50%+), or a preset ({', '.join(PRESETS)})")
+
+    def contains(self, ratio):
+        """Elementwise lo < ratio < hi."""
+        return (ratio > self.lo) & (ratio < self.hi)
+
+    def verdict(self, ratio: float) -> str:
+        """'kept', 'too_simple' or 'too_complex': the filter's reason for one ratio."""
+        if ratio <= self.lo:
+            return "too_simple"
+        return "too_complex" if ratio >= self.hi else "kept"
+
+    def to_dict(self) -> dict:
+        return {"lo": self.lo, "hi": self.hi}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Band:
+        return cls(float(d["lo"]), float(d["hi"]))
+
+    def __str__(self) -> str:
+        return f"({self.lo:g}, {self.hi:g})"
+
+
+def histogram(values: np.ndarray, bins: int = 50) -> dict:
+    """A fixed-edge histogram on [0, 1] (edges shared by every shard, so counts add up across shards)."""
+    counts, _ = np.histogram(np.asarray(values, dtype=np.float64), bins=bins, range=(0.0, 1.0))
+    return {"lo": 0.0, "hi": 1.0, "counts": counts.tolist()}
+
+
+def token_entropy_bits(tokens: np.ndarray) -> float:
+    """Shannon entropy (bits/token) of the empirical token distribution."""
+    _, counts = np.unique(tokens, return_counts=True)
+    p = counts / counts.sum()
+    return float(-(p * np.log2(p)).sum()) if len(p) > 1 else 0.0
+
+
+def grid_stats(grids_NFHW: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-sequence dynamics: mean share of cells that change per frame, and colours in the last frame."""
+    n = grids_NFHW.shape[0]
+    if grids_NFHW.shape[1] > 1:
+        change = (grids_NFHW[:, 1:] != grids_NFHW[:, :-1]).reshape(n, -1).mean(axis=1)
+    else:
+        change = np.full(n, math.nan)
+    last = grids_NFHW[:, -1].reshape(n, -1)
+    colours = np.array([len(np.unique(row)) for row in last], dtype=np.int64)
+    return {"cell_change_rate": change, "colors_last_frame": colours}

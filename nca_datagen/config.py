@@ -1,0 +1,146 @@
+"""Configuration: one small dataclass per concept, validated where it is built.
+
+`NCAConfig` is the rule family and its rollout (what a sequence looks like). `DatasetConfig` is the recipe
+of a whole dataset (band, seeds, how many rules and simulations). Both are frozen and turn into plain dicts
+for the manifest (`to_dict` / `from_dict`), so a dataset can always be regenerated from its manifest.
+
+Every `__post_init__` check names the bad value and says how to fix it: these are user-facing errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from nca_datagen.complexity import Band
+
+SPLITS = ("train", "val")  # split ids in seed derivation are the positions here: train=0, val=1
+
+# Token ids must fit the shard format's uint16 with room for the two frame delimiters.
+MAX_TOKEN_ID = 2**16 - 1
+MAX_STATES = 64  # the kernels unroll loops over states; beyond this nothing in the field uses them
+
+
+@dataclass(frozen=True)
+class NCAConfig:
+    """The paper's rule family (3x3 conv + MLP) and how a rule is rolled out into frames."""
+
+    grid: tuple[int, int] = (12, 12)  # (height, width) in cells; periodic boundary
+    states: int = 10  # alphabet size n
+    patch: int = 2  # p: a token is one p x p patch of cells, so ids are 0..n^(p*p)-1
+    hidden: tuple[int, int] = (4, 16)  # channels after the 3x3 conv, hidden width of the 1x1 MLP
+    burn_in: int = 10  # steps before the first frame
+    frames: int = 27  # frames per sequence: 27 x 38 = 1026 tokens at the paper's settings
+    frame_stride: int = 1  # dT: steps between frames
+    temperature: float = 1e-4  # tau of the categorical update; 0 = plain argmax (lowest state wins ties)
+    identity_bias: float = 0.0  # beta added to the current state's logit before sampling
+    weight_frac_bits: int = 12  # fixed point: weights are round(w * 2^12) (see rules.py for the format)
+
+    def __post_init__(self):
+        object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        h, w = self.grid
+        _require(len(self.grid) == 2 and h >= 3 and w >= 3,
+                 f"grid={self.grid}: need (height, width), each at least 3 (the rule's 3x3 neighbourhood)")
+        _require(2 <= self.states <= MAX_STATES, f"states={self.states}: choose 2..{MAX_STATES}")
+        _require(self.patch >= 1, f"patch={self.patch}: must be a positive integer (the paper uses 2)")
+        _require(h % self.patch == 0 and w % self.patch == 0,
+                 f"grid {h}x{w} is not divisible by patch {self.patch}: choose a patch that divides both "
+                 f"sides, or a grid that is a multiple of {self.patch}")
+        _require(self.vocab_size - 1 <= MAX_TOKEN_ID,
+                 f"states={self.states} with patch={self.patch} needs token ids up to {self.vocab_size - 1}, "
+                 f"more than uint16 holds ({MAX_TOKEN_ID}); use fewer states or a smaller patch")
+        _require(len(self.hidden) == 2 and min(self.hidden) >= 1,
+                 f"hidden={self.hidden}: need two positive widths (paper: 4, 16)")
+        _require(self.burn_in >= 0, f"burn_in={self.burn_in}: must be >= 0 (paper: 10)")
+        _require(self.frames >= 1, f"frames={self.frames}: must be >= 1 (paper: 27)")
+        _require(self.frame_stride >= 1, f"frame_stride={self.frame_stride}: must be >= 1 (paper: 1)")
+        _require(self.temperature >= 0, f"temperature={self.temperature}: must be >= 0 (paper: 1e-4)")
+        _require(self.identity_bias >= 0, f"identity_bias={self.identity_bias}: must be >= 0 (paper: 0)")
+        _require(8 <= self.weight_frac_bits <= 14,
+                 f"weight_frac_bits={self.weight_frac_bits}: choose 8..14 (default 12)")
+        from nca_datagen.rules import check_fixed_point_fits  # late: rules imports this module
+
+        check_fixed_point_fits(self)
+
+    @property
+    def patches_per_frame(self) -> int:
+        return (self.grid[0] // self.patch) * (self.grid[1] // self.patch)
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.patches_per_frame + 2  # <grid> patches... </grid>
+
+    @property
+    def seq_len(self) -> int:
+        return self.frames * self.tokens_per_frame
+
+    @property
+    def vocab_size(self) -> int:
+        """Patch ids 0..n^(p*p)-1, then <grid> and </grid>."""
+        return self.states ** (self.patch * self.patch) + 2
+
+    @property
+    def steps(self) -> int:
+        """Update steps in one rollout: burn-in, then one frame every `frame_stride` steps."""
+        return self.burn_in + (self.frames - 1) * self.frame_stride
+
+    def probe(self, frames: int) -> NCAConfig:
+        """The same rule family rolled out for the complexity probe (same burn-in, fewer frames)."""
+        return dataclasses.replace(self, frames=frames)
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """The recipe of a dataset: everything `generate_shard` needs, recorded in the manifest."""
+
+    nca: NCAConfig = field(default_factory=NCAConfig)
+    band: Band = field(default_factory=lambda: Band.parse("50%+"))
+    seed: int = 0  # run seed; every random draw derives from (seed, split, rule id, sim index)
+    sims_per_rule: int = 10  # simulations per accepted rule, each from a fresh initial state (paper: 10)
+    rules_per_shard: int = 16  # accepted rules per shard; a shard holds rules_per_shard * sims_per_rule samples
+    probe_frames: int = 10  # frames s10..s19 of the probe trajectory feed the gzip filter (paper: 10)
+    max_candidates_per_shard: int = 0  # 0 = automatic: max(2000, 100 x rules_per_shard), then fail loudly
+
+    def __post_init__(self):
+        if isinstance(self.band, str):
+            object.__setattr__(self, "band", Band.parse(self.band))
+        _require(self.seed >= 0, f"seed={self.seed}: must be a non-negative integer")
+        _require(self.sims_per_rule >= 1, f"sims_per_rule={self.sims_per_rule}: must be >= 1 (paper: 10)")
+        _require(self.rules_per_shard >= 1, f"rules_per_shard={self.rules_per_shard}: must be >= 1")
+        _require(self.probe_frames >= 1, f"probe_frames={self.probe_frames}: must be >= 1 (paper: 10)")
+        _require(self.max_candidates_per_shard >= 0,
+                 f"max_candidates_per_shard={self.max_candidates_per_shard}: must be >= 0 (0 = automatic)")
+
+    @property
+    def samples_per_shard(self) -> int:
+        return self.rules_per_shard * self.sims_per_rule
+
+    @property
+    def candidate_limit(self) -> int:
+        return self.max_candidates_per_shard or max(2000, 100 * self.rules_per_shard)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["band"] = self.band.to_dict()
+        d["nca"]["grid"] = list(self.nca.grid)
+        d["nca"]["hidden"] = list(self.nca.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DatasetConfig:
+        d = dict(d)
+        nca = NCAConfig(**d.pop("nca"))
+        band = Band.from_dict(d.pop("band"))
+        return cls(nca=nca, band=band, **d)
+
+
+def split_id(split: str) -> int:
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}: choose one of {', '.join(SPLITS)}")
+    return SPLITS.index(split)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)

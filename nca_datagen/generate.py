@@ -1,0 +1,131 @@
+"""`generate_shard`: the data flow for one shard, as a pure function of (config, split, shard index).
+
+    candidate rules -> probe rollout -> gzip ratio -> keep? -> rollouts -> patch tokens -> sample stats
+
+Shard `i` owns candidate rule ids `i * RULE_ID_STRIDE + j`, j = 0, 1, 2, ...; it probes them in order and keeps
+the first `rules_per_shard` whose ratio falls inside the band. Candidates are probed in batches for speed, but
+the kept set is always the first K in id order, so the output does not depend on batch size, backend, device
+or which machine runs it. Validation rules differ from training rules because the split is part of every seed.
+Writing the shard to disk is `nca_datagen.shards`' job; this returns arrays.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from nca_datagen.complexity import gzip_ratio, grid_stats, sequence_ratios
+from nca_datagen.config import DatasetConfig, split_id
+from nca_datagen.rollout import rollout_frames, rollout_tokens
+from nca_datagen.rules import PROBE_SIM, sample_rules
+from nca_datagen.seeds import trajectory_inputs
+from nca_datagen.tokenizer import encode_patches, sequence_to_frames
+
+RULE_ID_STRIDE = 2**20  # candidate ids per shard; a shard may probe at most this many rules
+PROBE_BATCH_MIN = 64  # probe at least this many candidates per batch (amortises kernel launches)
+
+
+class UnreachableBandError(RuntimeError):
+    """The band kept too few of the candidates a shard may probe."""
+
+
+@dataclass
+class ShardData:
+    """What one shard holds before it is written. Legend: N samples, L tokens, M candidates probed."""
+
+    split: str
+    shard_index: int
+    tokens_NL: np.ndarray  # uint16 token sequences
+    columns: dict[str, np.ndarray]  # per-sample metadata, each (N,): rule_id, sim, complexity, ...
+    candidate_ratio_M: np.ndarray  # probe ratio of every candidate, in id order
+    counts: dict[str, int]  # candidates, kept, too_simple, too_complex
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (not part of the data)
+
+    @property
+    def num_samples(self) -> int:
+        return self.tokens_NL.shape[0]
+
+
+def probe_ratios(config: DatasetConfig, split: str, rule_ids, *, backend=None, device=None) -> np.ndarray:
+    """The paper's filter statistic for each candidate: gzip ratio of its probe trajectory's patch tokens."""
+    cfg = config.nca.probe(config.probe_frames)
+    sid = split_id(split)
+    tables = sample_rules(cfg, config.seed, sid, rule_ids)
+    states, keys = trajectory_inputs(cfg, config.seed, sid, rule_ids, [PROBE_SIM] * len(rule_ids), probe=True)
+    frames = rollout_frames(cfg, tables, np.arange(len(rule_ids)), states, keys, backend=backend, device=device)
+    return np.array([gzip_ratio(encode_patches(f, cfg)) for f in frames])
+
+
+def select_rules(config: DatasetConfig, split: str, shard_index: int, *, backend=None, device=None):
+    """Probe candidates in id order until `rules_per_shard` are kept; returns (kept ids, all ratios, counts)."""
+    need, limit = config.rules_per_shard, config.candidate_limit
+    assert limit <= RULE_ID_STRIDE, (limit, RULE_ID_STRIDE)
+    first = shard_index * RULE_ID_STRIDE
+    ratios: list[np.ndarray] = []
+    kept: list[int] = []
+    probed = 0
+    while len(kept) < need:
+        if probed >= limit:
+            raise _unreachable(config, np.concatenate(ratios), split, shard_index)
+        batch = min(limit - probed, max(PROBE_BATCH_MIN, 2 * (need - len(kept))))
+        ids = np.arange(first + probed, first + probed + batch)
+        r = probe_ratios(config, split, ids, backend=backend, device=device)
+        ratios.append(r)
+        kept.extend(int(i) for i in ids[config.band.contains(r)])
+        probed += batch
+    all_ratios = np.concatenate(ratios)
+    last = int(np.searchsorted(np.arange(first, first + probed), kept[need - 1])) + 1
+    considered = all_ratios[:last]  # candidates after the K-th kept one were probed but do not count
+    counts = {
+        "candidates": last,
+        "kept": need,
+        "too_simple": int((considered <= config.band.lo).sum()),
+        "too_complex": int((considered >= config.band.hi).sum()),
+    }
+    return np.array(kept[:need], dtype=np.int64), considered, counts
+
+
+def _unreachable(config, ratios, split, shard_index) -> UnreachableBandError:
+    lo, hi = (float(ratios.min()), float(ratios.max())) if len(ratios) else (float("nan"),) * 2
+    kept = int(config.band.contains(ratios).sum())
+    return UnreachableBandError(
+        f"{split} shard {shard_index}: band {config.band} kept {kept} of {len(ratios)} candidate rules, fewer "
+        f"than the {config.rules_per_shard} a shard needs; observed probe ratios span {lo:.3f}..{hi:.3f} "
+        f"(uniform random tokens score about 0.669). Choose a band inside that range, or fewer rules per shard.")
+
+
+def generate_shard(config: DatasetConfig, split: str, shard_index: int, *, backend=None, device=None) -> ShardData:
+    """Sample, filter, roll out and tokenize one shard. Same arguments, same bytes, on any backend."""
+    if shard_index < 0:
+        raise ValueError(f"shard_index={shard_index}: must be >= 0")
+    sid = split_id(split)
+    cfg = config.nca
+    t0 = time.perf_counter()
+    rule_ids, candidate_ratios, counts = select_rules(config, split, shard_index, backend=backend, device=device)
+    t1 = time.perf_counter()
+    sims = config.sims_per_rule
+    rule_of_sample = np.repeat(np.arange(len(rule_ids)), sims)
+    sample_rule_ids = rule_ids[rule_of_sample]
+    sample_sims = np.tile(np.arange(sims), len(rule_ids))
+    tables = sample_rules(cfg, config.seed, sid, rule_ids)
+    states, keys = trajectory_inputs(cfg, config.seed, sid, sample_rule_ids, sample_sims)
+    tokens = rollout_tokens(cfg, tables, rule_of_sample, states, keys, backend=backend, device=device)
+    t2 = time.perf_counter()
+    frames = sequence_to_frames(tokens, cfg)
+    probe_of_rule = dict(zip(_candidate_ids(shard_index, len(candidate_ratios)), candidate_ratios, strict=True))
+    columns = {
+        "rule_id": sample_rule_ids,
+        "sim": sample_sims,
+        "complexity": sequence_ratios(tokens, cfg.tokens_per_frame),
+        "probe_complexity": np.array([probe_of_rule[r] for r in sample_rule_ids], dtype=np.float64),
+        **grid_stats(frames),
+    }
+    t3 = time.perf_counter()
+    return ShardData(split, shard_index, tokens, columns, candidate_ratios, counts,
+                     timings={"probe_filter": t1 - t0, "rollout_tokenize": t2 - t1, "stats": t3 - t2})
+
+
+def _candidate_ids(shard_index: int, count: int) -> np.ndarray:
+    return shard_index * RULE_ID_STRIDE + np.arange(count)

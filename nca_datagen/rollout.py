@@ -1,0 +1,88 @@
+"""Rollout dispatch: one call, three interchangeable backends with bit-identical output.
+
+- `triton`: the fused GPU kernel (CUDA only; or the Triton interpreter under TRITON_INTERPRET=1).
+- `numba`: a compiled per-cell loop for CPUs, the fast path when there is no GPU.
+- `torch`: the plain-torch reference (`nca_datagen.kernels.reference`), on CPU or CUDA.
+
+`auto` picks triton on a CUDA device, numba on CPU (torch if numba is missing). Force one with the `backend`
+argument or the NCA_BACKEND environment variable; tests and benchmarks use both switches.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from nca_datagen.kernels.common import RolloutSpec
+from nca_datagen.rules import RuleTables
+
+BACKENDS = ("auto", "triton", "numba", "torch")
+
+
+def resolve_device(device: str | None = None) -> str:
+    """'auto' (or None) -> 'cuda' when a GPU is visible, else 'cpu'; 'cuda' without a GPU is an error."""
+    import torch
+
+    device = device or os.environ.get("NCA_DEVICE", "auto")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but torch sees no CUDA GPU: use --device cpu or auto")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"device {device!r}: choose auto, cpu or cuda")
+    return device
+
+
+def resolve_backend(backend: str | None, device: str) -> str:
+    backend = backend or os.environ.get("NCA_BACKEND", "auto")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    if device.startswith("cuda"):
+        return "triton"
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return "torch"
+    return "numba"
+
+
+def rollout_frames(cfg, tables: RuleTables, rule_B, states_BHW, keys_B, *, backend=None, device=None):
+    """Frames (B, F, H, W) uint8 numpy for trajectories `rule_B` (indices into `tables`)."""
+    return _run("frames", cfg, tables, rule_B, states_BHW, keys_B, backend, device)
+
+
+def rollout_tokens(cfg, tables: RuleTables, rule_B, states_BHW, keys_B, *, backend=None, device=None):
+    """Token sequences (B, L) uint16 numpy: the rollout with patch tokens and frame delimiters."""
+    return _run("tokens", cfg, tables, rule_B, states_BHW, keys_B, backend, device)
+
+
+def _run(kind, cfg, tables, rule_B, states_BHW, keys_B, backend, device):
+    device = resolve_device(device)
+    backend = resolve_backend(backend, device)
+    spec = RolloutSpec.from_config(cfg)
+    rule_B = np.asarray(rule_B, dtype=np.int64)
+    if backend == "numba":
+        from nca_datagen.kernels import cpu
+
+        fn = cpu.rollout_tokens_cpu if kind == "tokens" else cpu.rollout_cpu
+        out = fn(tables.w1_RKSC, tables.w2_RCJ, tables.w3_RJS, rule_B, np.asarray(states_BHW, np.uint8),
+                 np.asarray(keys_B, np.uint32), spec)
+    else:
+        import torch
+
+        args = [torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in
+                (tables.w1_RKSC, tables.w2_RCJ, tables.w3_RJS, rule_B, np.asarray(states_BHW, np.uint8),
+                 np.asarray(keys_B, np.int64))]
+        if backend == "triton":
+            from nca_datagen.kernels import rollout_triton as mod
+
+            fn = mod.rollout_tokens_triton if kind == "tokens" else mod.rollout_triton
+        else:
+            from nca_datagen.kernels import reference as mod
+
+            fn = mod.rollout_tokens_reference if kind == "tokens" else mod.rollout_reference
+        out = fn(*args, spec).cpu().numpy()
+    return out.astype(np.uint16) if kind == "tokens" else out

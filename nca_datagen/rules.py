@@ -1,0 +1,148 @@
+"""The paper's rule family, sampled on the host and quantised to the integer tables the kernels run.
+
+A rule is the reference code's network: wrap-pad the one-hot state on all three axes (so the channel axis
+reads [s_{n-1}, s_0, ..., s_{n-1}, s_0]), conv 3x3 VALID (n+2 -> 4), conv 1x1 (4 -> 16), ReLU, conv 1x1
+(16 -> n) = logits. Kernels are Flax's lecun_normal: a standard normal truncated at +-2, times
+sqrt(1/fan_in) / 0.8796 so the variance is 1/fan_in. Biases are Flax's default zeros, so the integer path
+carries none.
+
+Because the first conv's input is one-hot, it is a lookup: `w1[offset, state, :]` is the sum of the kernel
+rows for the channels that state lights (two for states 0 and n-1, one otherwise). Weights are drawn as
+float64 with numpy, folded, then quantised to fixed point (format in `nca_datagen.kernels.common`).
+
+Seeds: a rule's weights come from SeedSequence([run seed, split, rule id, STREAM_RULE]); nothing global.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from nca_datagen.kernels.common import INT32_LIMIT, RolloutSpec, logit_frac_bits
+
+TRUNC_STD_CORRECTION = 0.87962566103423978  # std of a standard normal truncated to [-2, 2] (Flax's constant)
+TRUNC_LIMIT = 2.0  # truncation at +-2 standard units
+
+# Seed streams: one integer per purpose, so the draws for different purposes never share a sequence.
+STREAM_RULE, STREAM_INIT, STREAM_PROBE, STREAM_NOISE = 0, 1, 2, 3
+PROBE_SIM = 0  # the probe trajectory lives on its own stream; its sim index is always 0
+
+
+def fan_ins(cfg) -> tuple[int, int, int]:
+    """Fan-in of each layer: 3*3*(n+2) for the wrap-padded conv, then the two hidden widths."""
+    c1, c2 = cfg.hidden
+    return 9 * (cfg.states + 2), c1, c2
+
+
+def weight_std(fan_in: int) -> float:
+    """The std lecun_normal targets: sqrt(1 / fan_in) (0.096, 0.5, 0.25 at the paper's settings)."""
+    return math.sqrt(1.0 / fan_in)
+
+
+def _truncated_normal(rng: np.random.Generator, shape) -> np.ndarray:
+    """Standard normal truncated to [-2, 2] by redrawing outliers (deterministic for a given rng)."""
+    x = rng.standard_normal(shape)
+    while True:
+        bad = np.abs(x) > TRUNC_LIMIT
+        if not bad.any():
+            return x
+        x[bad] = rng.standard_normal(int(bad.sum()))
+
+
+def lecun_normal(rng: np.random.Generator, shape, fan_in: int) -> np.ndarray:
+    return _truncated_normal(rng, shape) * (weight_std(fan_in) / TRUNC_STD_CORRECTION)
+
+
+def rule_rng(seed: int, split_id: int, rule_id: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, split_id, rule_id, STREAM_RULE]))
+
+
+def sample_rule_floats(cfg, seed: int, split_id: int, rule_id: int):
+    """One rule's float64 kernels as the reference draws them: (3,3,n+2,C1), (C1,C2), (C2,n)."""
+    rng = rule_rng(seed, split_id, rule_id)
+    f1, f2, f3 = fan_ins(cfg)
+    c1, c2 = cfg.hidden
+    k1 = lecun_normal(rng, (3, 3, cfg.states + 2, c1), f1)
+    k2 = lecun_normal(rng, (c1, c2), f2)
+    k3 = lecun_normal(rng, (c2, cfg.states), f3)
+    return k1, k2, k3
+
+
+def fold_first_layer(k1_YXIC: np.ndarray) -> np.ndarray:
+    """(3, 3, n+2, C) conv kernel over wrap-padded one-hot channels -> (9, n, C) lookup table.
+
+    Padded channel 0 is state n-1 and channel n+1 is state 0; channels 1..n are states 0..n-1.
+    """
+    n = k1_YXIC.shape[2] - 2
+    table = k1_YXIC[:, :, 1 : n + 1, :].copy()
+    table[:, :, n - 1] += k1_YXIC[:, :, 0]
+    table[:, :, 0] += k1_YXIC[:, :, n + 1]
+    return table.reshape(9, n, -1)
+
+
+def quantise(w: np.ndarray, frac_bits: int) -> np.ndarray:
+    return np.rint(w * 2.0**frac_bits).astype(np.int32)
+
+
+@dataclass(frozen=True)
+class RuleTables:
+    """Integer tables of R rules. Legend: R rules, K=9 neighbour offsets, S states, C/J hidden widths."""
+
+    w1_RKSC: np.ndarray  # int32 (R, 9, n, C1): first layer as a lookup, offset k = 3*(dy+1) + (dx+1)
+    w2_RCJ: np.ndarray  # int32 (R, C1, C2)
+    w3_RJS: np.ndarray  # int32 (R, C2, n)
+
+    def __len__(self) -> int:
+        return self.w1_RKSC.shape[0]
+
+    def select(self, idx) -> RuleTables:
+        return RuleTables(self.w1_RKSC[idx], self.w2_RCJ[idx], self.w3_RJS[idx])
+
+
+def sample_rules(cfg, seed: int, split_id: int, rule_ids) -> RuleTables:
+    """Draw, fold and quantise the rules `rule_ids` (any order; each rule depends only on its own id)."""
+    w1, w2, w3 = [], [], []
+    for rule_id in rule_ids:
+        k1, k2, k3 = sample_rule_floats(cfg, seed, split_id, int(rule_id))
+        w1.append(quantise(fold_first_layer(k1), cfg.weight_frac_bits))
+        w2.append(quantise(k2, cfg.weight_frac_bits))
+        w3.append(quantise(k3, cfg.weight_frac_bits))
+    if not w1:
+        c1, c2 = cfg.hidden
+        return RuleTables(np.zeros((0, 9, cfg.states, c1), np.int32), np.zeros((0, c1, c2), np.int32),
+                          np.zeros((0, c2, cfg.states), np.int32))
+    return RuleTables(np.stack(w1), np.stack(w2), np.stack(w3))
+
+
+def fixed_point_bounds(cfg) -> dict[str, int]:
+    """Worst-case |value| of every integer intermediate for any rule the sampler can produce.
+
+    Each weight is at most 2 truncation units, i.e. 2 * std / 0.8796 before rounding; the first layer's
+    entries for the wrapped states are sums of two draws; every sum takes all terms at their maximum.
+    """
+    f = cfg.weight_frac_bits
+    spec = RolloutSpec.from_config(cfg)
+    c1, c2 = cfg.hidden
+    w_max = [int(np.rint(TRUNC_LIMIT * weight_std(fi) / TRUNC_STD_CORRECTION * 2.0**f)) for fi in fan_ins(cfg)]
+    entry1 = 2 * w_max[0]  # states 0 and n-1 light two padded channels
+    h = 9 * entry1
+    pre2 = c1 * w_max[1] * h
+    a = pre2 >> spec.hidden_shift
+    logits = c2 * w_max[2] * a
+    noise = max(abs(v) for v in spec.noise_q)
+    return {"w1_entry": entry1, "h": h, "hidden_preact": pre2, "hidden": a, "logits": logits,
+            "logits_plus_noise": logits + spec.beta_q + noise, "weight_max": max(w_max)}
+
+
+def check_fixed_point_fits(cfg) -> None:
+    """Raise ValueError (with the fix) if any intermediate could leave int32 for this config."""
+    bounds = fixed_point_bounds(cfg)
+    worst = max(bounds, key=bounds.get)
+    if bounds[worst] > INT32_LIMIT:
+        frac = logit_frac_bits(cfg.weight_frac_bits)
+        raise ValueError(
+            f"this config can overflow int32 in the rollout ({worst} up to {bounds[worst]:,} > {INT32_LIMIT:,}): "
+            f"lower temperature ({cfg.temperature}) or identity_bias ({cfg.identity_bias}), whose noise and "
+            f"bias enter at scale 2^{frac}, narrow hidden={cfg.hidden}, or lower weight_frac_bits")
