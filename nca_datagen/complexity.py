@@ -68,7 +68,7 @@ class Band:
         if m:
             return cls(float(m[1]) / 100, float(m[2]) / 100)
         m = re.fullmatch(r"(\d*\.?\d*)[:-](\d*\.?\d*)", s)
-        if m and (m[1] or m[2]) and "." != m[1] and "." != m[2]:
+        if m and (m[1] or m[2]) and m[1] != "." and m[2] != ".":
             return cls(float(m[1] or 0.0), float(m[2] or 1.0))
         raise ValueError(
             f"cannot parse complexity band {text!r}: use lo:hi (0.5:1.0, 0.5:), a percent range (30-40%), "

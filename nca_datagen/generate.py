@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nca_datagen.complexity import gzip_ratio, grid_stats, sequence_ratios
+from nca_datagen.complexity import grid_stats, gzip_ratio, sequence_ratios
 from nca_datagen.config import DatasetConfig, split_id
 from nca_datagen.rollout import rollout_frames, rollout_tokens
 from nca_datagen.rules import PROBE_SIM, sample_rules
