@@ -36,7 +36,7 @@ import numpy as np
 MASK32 = 0xFFFFFFFF
 HASH_M1 = 0x21F0AAAD  # lowbias32 multipliers (both < 2^31: int64 products never overflow)
 HASH_M2 = 0x735A2D97
-GUMBEL_BITS = 12  # table of 4096 quantiles: u = (i + 0.5) / 4096, g in [-2.12, 8.32]
+GUMBEL_BITS = 12  # table of 4096 quantiles: u = (i + 0.5) / 4096, g in [-2.20, 9.01]
 INT32_LIMIT = 2**31 - 1
 
 
@@ -89,7 +89,7 @@ class RolloutSpec:
             height=cfg.grid[0], width=cfg.grid[1], states=cfg.states, patch=cfg.patch,
             burn_in=cfg.burn_in, frames=cfg.frames, frame_stride=cfg.frame_stride,
             hidden_shift=hidden_shift(cfg.weight_frac_bits),
-            beta_q=int(math.floor(cfg.identity_bias * 2.0**frac + 0.5)),
+            beta_q=math.floor(cfg.identity_bias * 2.0**frac + 0.5),
             noise_q=tuple(int(v) for v in noise),
         )
 

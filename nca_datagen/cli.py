@@ -32,8 +32,9 @@ class LazyGroup(click.Group):
         try:
             return getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as exc:  # a command whose module is missing still lists
-            return click.Command(name, help=f"(unavailable: {exc})", short_help=COMMANDS[name][1],
-                                 callback=lambda: _unavailable(name, exc))
+            reason = str(exc)
+            return click.Command(name, help=f"(unavailable: {reason})", short_help=COMMANDS[name][1],
+                                 callback=lambda: _unavailable(name, reason))
 
     def format_commands(self, ctx, formatter):
         rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
