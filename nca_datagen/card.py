@@ -1,0 +1,383 @@
+"""The dataset card: `README.md` with Hugging Face YAML front matter, plus PNG figures, beside `manifest.json`.
+
+`write_card(fs, root, manifest)` is called by `manifest.write_manifest` once the manifest is final. It reads
+nothing but the manifest (and, for two figures, the recipe inside it), and is defensive about the manifest's
+shape: a section whose keys are missing is left out rather than failing the build. Figures:
+
+- `complexity.png`: probe-ratio histograms of candidate vs kept rules (and per-sample ratios), band edges marked.
+- `preview.png`: the first kept rules of train shard 0, one simulation each, regenerated from the recipe (the
+  recipe is deterministic, so these are exactly samples of the dataset; no shard has to be read).
+- `token-frequency.png`: token rank/frequency, log-log, over those sequences' patch tokens (delimiters dropped).
+
+A figure that cannot be drawn (e.g. an older manifest without a recipe) is skipped with a warning: the card
+must never fail the manifest write it is part of.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import numpy as np
+
+from nca_datagen.storage import write_atomic
+
+PAPER = "Training Language Models via Neural Cellular Automata"
+PAPER_URL = "https://arxiv.org/abs/2603.10055"
+TAGS = ("synthetic", "cellular-automata", "nca", "pre-pre-training")
+PREVIEW_RULES = 6  # rows in the card's preview strip
+PREVIEW_FRAMES = 12  # frames per row (a full paper sequence has 27; 12 keep the picture readable)
+
+
+def write_card(fs, root: str, manifest: dict, *, figures: bool = True, backend=None) -> list[str]:
+    """Write README.md (and figures, when `figures`) under `root` on filesystem `fs`; returns the paths."""
+    root = root.rstrip("/")
+    written: list[str] = []
+    images: dict[str, str] = {}  # figure file name -> caption
+    if figures:
+        for name, (caption, data) in draw_figures(manifest, backend=backend).items():
+            path = f"{root}/{name}"
+            write_atomic(fs, path, data)
+            written.append(path)
+            images[name] = caption
+    text = render_card(manifest, images)
+    path = f"{root}/README.md"
+    write_atomic(fs, path, text.encode("utf-8"))
+    written.append(path)
+    return written
+
+
+# -------------------------------------------------------------------------------------------------- text
+
+
+def render_card(manifest: dict, images: dict[str, str] | None = None) -> str:
+    """The card's markdown. `images` maps figure file names (beside README.md) to captions."""
+    images = images or {}
+    cfg = manifest.get("config") or {}
+    splits = manifest.get("splits") or {}
+    parts = [_front_matter(manifest), _intro(cfg)]
+    if "preview.png" in images:
+        parts.append(f"![{images['preview.png']}](preview.png)\n\n*{images['preview.png']}*")
+    parts += [_recipe(cfg), _totals(splits), _acceptance(splits, cfg)]
+    if "complexity.png" in images:
+        parts.append(f"![{images['complexity.png']}](complexity.png)\n\n*{images['complexity.png']}*")
+    if "token-frequency.png" in images:
+        parts.append(f"![{images['token-frequency.png']}](token-frequency.png)\n\n"
+                     f"*{images['token-frequency.png']}*")
+    parts += [_format(cfg), _loading(splits), _provenance(manifest), _citation()]
+    return "\n\n".join(p for p in parts if p).rstrip() + "\n"
+
+
+def _front_matter(manifest: dict) -> str:
+    splits = manifest.get("splits") or {}
+    samples = sum(_split_totals(s).get("samples", 0) or 0 for s in splits.values())
+    lines = ["---", f"license: {manifest.get('license', 'apache-2.0')}", "task_categories:", "- text-generation",
+             "tags:", *(f"- {t}" for t in TAGS), f"pretty_name: {_pretty_name(manifest)}"]
+    if samples:
+        lines.append(f"size_categories:\n- {_size_category(samples)}")
+    if splits:
+        lines += ["configs:", "- config_name: default", "  data_files:"]
+        for name, split in splits.items():
+            lines += [f"  - split: {name}", f"    path: \"{name}/*{_shard_ext(split)}\""]
+    lines.append("---")
+    return "\n".join(lines)
+
+
+def _pretty_name(manifest: dict) -> str:
+    band = (manifest.get("config") or {}).get("band")
+    return f"NCA pre-pre-training tokens, gzip band {_band_text(band)}" if band else "NCA pre-pre-training tokens"
+
+
+def _size_category(n: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
+                        (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M")):
+        if n < limit:
+            return name
+    return "100M<n<1B"
+
+
+def _shard_ext(split: dict) -> str:
+    paths = [s.get("path", "") for s in split.get("shards") or []] + [str(split.get("pattern", ""))]
+    return ".tar.zst" if any(p.endswith(".tar.zst") for p in paths) else ".tar"
+
+
+def _band_text(band: dict | None) -> str:
+    if not band:
+        return "?"
+    lo, hi = float(band.get("lo", 0.0)), float(band.get("hi", 1.0))
+    return f"{lo * 100:g}%+" if hi >= 1.0 else f"{lo * 100:g}-{hi * 100:g}%"
+
+
+def _intro(cfg: dict) -> str:
+    band = cfg.get("band")
+    band_line = (f" Only rules whose trajectories compress to a gzip ratio in the open band "
+                 f"({band.get('lo')}, {band.get('hi')}) — \"{_band_text(band)}\" — are kept.") if band else ""
+    return (f"# {_pretty_name({'config': cfg})}\n\n"
+            f"Synthetic token sequences from random **neural cellular automata** (NCA), for *pre-pre-training* "
+            f"language models as in [{PAPER}]({PAPER_URL}) (Lee, Han, Kumar, Agrawal, 2026). In the paper, 164M "
+            f"NCA tokens before language pre-training improve perplexity by up to 6% and converge up to 1.6x "
+            f"faster than training from scratch, beating 1.6B tokens of natural-language pre-pre-training.\n\n"
+            f"Each sequence is one random rule (a 3x3 conv + MLP on a periodic grid) rolled out from a random "
+            f"initial state; every frame is cut into patches, each patch is one token, and frames are wrapped in "
+            f"`<grid>` ... `</grid>` delimiters. Rules are never mixed within a sequence.{band_line} "
+            f"Generated by `nca-datagen`; the recipe below regenerates every shard byte for byte.")
+
+
+def _recipe(cfg: dict) -> str:
+    if not cfg:
+        return ""
+    nca = cfg.get("nca") or {}
+    rows = []
+    if nca.get("grid"):
+        rows.append(("grid", f"{nca['grid'][0]} x {nca['grid'][1]} cells, periodic boundary"))
+    for key, label, fmt in (("states", "states (alphabet)", "{}"), ("patch", "patch", "{0} x {0} cells per token"),
+                            ("hidden", "rule network", "3x3 conv -> {0[0]}, 1x1 -> {0[1]}, ReLU, 1x1 -> states"),
+                            ("burn_in", "burn-in steps", "{}"), ("frames", "frames per sequence", "{}"),
+                            ("frame_stride", "steps between frames", "{}"), ("temperature", "update temperature",
+                                                                              "{}")):
+        if key in nca:
+            rows.append((label, fmt.format(nca[key])))
+    vocab = _vocab(nca)
+    if vocab:
+        rows.append(("token ids", f"0..{vocab - 3} patches, {vocab - 2} `<grid>`, {vocab - 1} `</grid>`"))
+        seq = _seq_len(nca)
+        if seq:
+            rows.append(("tokens per sequence", f"{seq:,}"))
+    if cfg.get("band"):
+        b = cfg["band"]
+        rows.append(("complexity band", f"{_band_text(b)}: keep iff {b.get('lo')} < gzip ratio < {b.get('hi')}"))
+    for key, label in (("probe_frames", "probe frames for the filter"), ("rules_per_shard", "rules per shard"),
+                       ("sims_per_rule", "simulations per rule"), ("seed", "run seed")):
+        if key in cfg:
+            rows.append((label, f"{cfg[key]}"))
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    return ("## Recipe\n\n"
+            "The gzip ratio of a candidate rule is measured on its own probe trajectory: the first `probe_frames` "
+            "frames after burn-in, patch tokens without delimiters, as int32 little-endian bytes, "
+            "`len(gzip(bytes, level 9)) / len(bytes)`. Higher means less compressible, i.e. more complex.\n\n"
+            f"| setting | value |\n|---|---|\n{table}")
+
+
+def _vocab(nca: dict) -> int | None:
+    try:
+        return int(nca["states"]) ** (int(nca["patch"]) ** 2) + 2
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _seq_len(nca: dict) -> int | None:
+    try:
+        h, w = nca["grid"]
+        p = int(nca["patch"])
+        return int(nca["frames"]) * ((h // p) * (w // p) + 2)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _split_totals(split: dict) -> dict:
+    totals = dict(split.get("totals") or {})
+    shards = split.get("shards") or []
+    if shards:
+        for key in ("samples", "tokens", "bytes"):
+            totals.setdefault(key, sum(int(s.get(key, 0) or 0) for s in shards))
+        totals.setdefault("shards", len(shards))
+    return totals
+
+
+def _totals(splits: dict) -> str:
+    if not splits:
+        return ""
+    rows = []
+    for name, split in splits.items():
+        t = _split_totals(split)
+        rows.append(f"| {name} | {_n(t.get('shards'))} | {_n(t.get('samples'))} | {_n(t.get('tokens'))} | "
+                    f"{_size(t.get('bytes'))} |")
+    return "## Size\n\n| split | shards | sequences | tokens | bytes on disk |\n|---|---|---|---|---|\n" + \
+        "\n".join(rows)
+
+
+def _acceptance(splits: dict, cfg: dict) -> str:
+    rows = []
+    for name, split in splits.items():
+        c = split.get("counts") or {}
+        cand = c.get("candidates")
+        if not cand:
+            continue
+        cells = [f"{_n(c.get(k))} ({100 * (c.get(k) or 0) / cand:.1f}%)" for k in ("kept", "too_simple", "too_complex")]
+        rows.append(f"| {name} | {_n(cand)} | " + " | ".join(cells) + " |")
+    if not rows:
+        return ""
+    band = _band_text(cfg.get("band"))
+    return (f"## Filter\n\nCandidate rules are probed in id order; each shard keeps the first rules inside the "
+            f"band {band}. Rejected rules are counted by reason (ratio at or below the band: too simple; at or "
+            f"above: too complex).\n\n| split | candidates | kept | too simple | too complex |\n"
+            f"|---|---|---|---|---|\n" + "\n".join(rows))
+
+
+def _format(cfg: dict) -> str:
+    return ("## Format\n\nEach split folder holds WebDataset shards (`shard-000000.tar.zst`, ...: a tar compressed "
+            "as a whole with zstd; `.tar` when written with `--compression none`). Per sample:\n\n"
+            "- `KEY.tokens.npy`: the full token sequence, uint16\n"
+            "- `KEY.json`: rule id, simulation index, the sequence's gzip ratio and its rule's probe ratio\n\n"
+            "`manifest.json` holds the full recipe, per-shard sha256, totals, acceptance counts and histograms; "
+            "it is written last, so it never names a missing shard. The paper trains on input = seq[0:1024], "
+            "target = seq[1:1025], with the first frame's targets ignored (-100).")
+
+
+def _loading(splits: dict) -> str:
+    split = next(iter(splits), "train")
+    ext = _shard_ext(splits.get(split, {})) if splits else ".tar.zst"
+    n = len(splits.get(split, {}).get("shards") or []) if splits else 0
+    url = (splits.get(split) or {}).get("pattern") if splits else None
+    url = url or f"{split}/shard-{{000000..{max(n - 1, 0):06d}}}{ext}"
+    # webdataset opens `pipe:CMD` URLs by running CMD; brace patterns expand before that, one shard per URL
+    wds_url = f"pipe:zstd -dc {url}" if ext == ".tar.zst" else url
+    return ("## Loading\n\nWith the project's loader (a torch `IterableDataset` that splits shards by rank and "
+            "worker, shuffles per epoch, resumes exactly, and yields the paper's `input_ids`/`labels`):\n\n"
+            "```python\nfrom nca_datagen.loader import iter_sequences\n\n"
+            f"for tokens in iter_sequences(\"path/or/s3://url/to/this/dataset\", split=\"{split}\"):\n"
+            "    ...  # one uint16 numpy array per sequence\n```\n\n"
+            "With stock [WebDataset](https://github.com/webdataset/webdataset) (it does not decompress zstd "
+            "itself, so `.tar.zst` shards go through a `pipe:` URL):\n\n"
+            f"```python\nimport webdataset as wds\n\nds = wds.WebDataset(\"{wds_url}\").decode()\n"
+            "for sample in ds:\n    tokens = sample[\"tokens.npy\"]  # uint16 array, the whole sequence\n"
+            "    meta = sample[\"json\"]  # rule id, simulation, gzip ratios\n```\n\n"
+            "Inspect the dataset from the command line: `nca-datagen inspect PATH_OR_URL`.")
+
+
+def _provenance(manifest: dict) -> str:
+    rows = []
+    for key in ("tool_version", "format_version", "created"):
+        if manifest.get(key) is not None:
+            rows.append(f"| {key} | {manifest[key]} |")
+    prov = manifest.get("provenance") or {}
+    for key, value in prov.items():
+        if isinstance(value, (str, int, float, bool)):
+            rows.append(f"| {key} | {value} |")
+    if not rows:
+        return ""
+    return "## Provenance\n\n| field | value |\n|---|---|\n" + "\n".join(rows)
+
+
+def _citation() -> str:
+    return ("## Citation\n\n```bibtex\n@article{lee2026nca,\n  title   = {" + PAPER + "},\n"
+            "  author  = {Lee and Han and Kumar and Agrawal},\n  journal = {arXiv preprint arXiv:2603.10055},\n"
+            "  year    = {2026}\n}\n```")
+
+
+def _n(x) -> str:
+    return f"{int(x):,}" if isinstance(x, (int, float)) and x is not None else "—"
+
+
+def _size(b) -> str:
+    if not isinstance(b, (int, float)):
+        return "—"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if b < 1000 or unit == "TB":
+            return f"{b:.0f} {unit}" if unit == "B" else f"{b:.1f} {unit}"
+        b /= 1000
+    return "—"
+
+
+# ----------------------------------------------------------------------------------------------- figures
+
+
+# ----------------------------------------------------------------------------------------------- figures
+
+
+def draw_figures(manifest: dict, *, backend=None) -> dict[str, tuple[str, bytes]]:
+    """{file name: (caption, PNG bytes)} for every figure that can be drawn from this manifest."""
+    out: dict[str, tuple[str, bytes]] = {}
+    band = _band(manifest)
+    hists = merged_histograms(manifest)
+    if hists:
+        out["complexity.png"] = _optional(
+            "complexity.png", "gzip ratio of candidate and kept rules (probe trajectory) and of the kept sequences; "
+            "dashed lines mark the band edges", lambda: _complexity_png(hists, band))
+    preview = _optional("preview", "", lambda: ("", preview_sequences(manifest, backend=backend)))
+    if preview:
+        cfg, data = preview[1]
+        out["preview.png"] = _optional(
+            "preview.png", f"the first {data.num_samples} kept rules of {data.split} shard 0 (simulation 0 of "
+            f"each), frames left to right from step s{cfg.nca.burn_in}; colour = cell state, label = rule id "
+            "and probe gzip ratio", lambda: _preview_png(cfg, data))
+        out["token-frequency.png"] = _optional(
+            "token-frequency.png", "patch-token rank/frequency (log-log) of those sequences, delimiters dropped",
+            lambda: _token_png(cfg, data))
+    return {k: v for k, v in out.items() if v}
+
+
+def _optional(name: str, caption: str, make):
+    """(caption, make()) or None: a figure that fails is skipped with a warning, never fails the card."""
+    try:
+        result = make()
+    except Exception as exc:  # figures are optional; the manifest write must not fail on one
+        warnings.warn(f"dataset card: skipped {name} ({type(exc).__name__}: {exc})", stacklevel=3)
+        return None
+    return (caption, result) if caption else result
+
+
+def _band(manifest: dict):
+    from nca_datagen.complexity import Band
+
+    band = (manifest.get("config") or {}).get("band")
+    return Band.from_dict(band) if band else None
+
+
+def merged_histograms(manifest: dict) -> dict:
+    """Sum each histogram kind over splits (edges are fixed on [0, 1], so counts add)."""
+    out: dict[str, dict] = {}
+    for split in (manifest.get("splits") or {}).values():
+        for kind, h in (split.get("histograms") or {}).items():
+            if not isinstance(h, dict) or "counts" not in h:
+                continue
+            if kind not in out:
+                out[kind] = {"lo": h.get("lo", 0.0), "hi": h.get("hi", 1.0), "counts": list(h["counts"])}
+            elif len(out[kind]["counts"]) == len(h["counts"]):
+                out[kind]["counts"] = [a + b for a, b in zip(out[kind]["counts"], h["counts"], strict=True)]
+    return out
+
+
+def preview_sequences(manifest: dict, rules: int = PREVIEW_RULES, *, backend=None):
+    """(DatasetConfig, ShardData) for the first `rules` kept rules of train shard 0, simulation 0 each.
+
+    Regenerated from the recipe: the first K kept rules of a shard do not depend on how many it keeps, and
+    simulation 0 of a rule does not depend on how many simulations there are, so these are dataset samples.
+    """
+    from nca_datagen.config import DatasetConfig
+    from nca_datagen.generate import generate_shard
+
+    cfg = DatasetConfig.from_dict(manifest["config"])
+    small = dataclasses.replace(cfg, rules_per_shard=min(rules, cfg.rules_per_shard), sims_per_rule=1)
+    splits = manifest.get("splits") or {"train": {}}
+    split = "train" if "train" in splits else next(iter(splits))
+    return cfg, generate_shard(small, split, 0, backend=backend)
+
+
+def _complexity_png(hists: dict, band) -> bytes:
+    from nca_datagen.viz import figure_png, plot_histograms
+
+    return figure_png(plot_histograms(hists, band, title="gzip ratio, all splits"))
+
+
+def _preview_png(cfg, data) -> bytes:
+    from nca_datagen.tokenizer import sequence_to_frames
+    from nca_datagen.viz import PreviewRow, png_bytes, render_strip
+
+    n = cfg.nca
+    frames = sequence_to_frames(data.tokens_NL, n)[:, :PREVIEW_FRAMES]
+    rows = [PreviewRow(int(r), float(c), "kept", f, label=f"rule {int(r)}   {float(c):.3f}")
+            for r, c, f in zip(data.columns["rule_id"], data.columns["probe_complexity"], frames, strict=True)]
+    title = f"{data.split} shard 0: first {len(rows)} kept rules, band {cfg.band}"
+    img = render_strip(rows, n.states, scale=max(2, 36 // max(n.grid)), title=title, first_step=n.burn_in,
+                       stride=n.frame_stride)
+    return png_bytes(img)
+
+
+def _token_png(cfg, data) -> bytes:
+    from nca_datagen.complexity import patch_tokens
+    from nca_datagen.viz import figure_png, plot_rank_frequency
+
+    tokens = np.concatenate([patch_tokens(s, cfg.nca.tokens_per_frame).ravel() for s in data.tokens_NL])
+    title = f"token rank/frequency, {data.num_samples} sequences of {data.split} shard 0"
+    return figure_png(plot_rank_frequency(tokens, cfg.nca.vocab_size - 2, title=title))

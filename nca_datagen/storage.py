@@ -1,0 +1,143 @@
+"""Storage: one way to reach a dataset folder, on local disk or in S3-compatible object storage.
+
+Everything that reads or writes a dataset goes through `filesystem(url)` (fsspec; `s3fs` imported lazily), so
+local paths, `file://` and `s3://` URLs behave alike. Writes that readers may race are atomic: `write_atomic`
+writes a local file under a temporary name and renames it; on S3 a PUT is already all-or-nothing (an object
+becomes visible only when its upload completes), so it uploads straight to the final key. The trade-off: a
+whole object is held in memory while it is written. Our objects are shards (a few MB) and JSON, so that is
+cheap, and it lets the writer hash the exact bytes it publishes.
+
+S3 settings come from the standard AWS environment (AWS_ENDPOINT_URL or AWS_ENDPOINT_URL_S3, AWS_PROFILE,
+AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, AWS_DEFAULT_REGION) or from `storage_options`
+(the `--endpoint-url`, `--profile` and `--s3-checksums` flags): `endpoint_url`, `profile`, `key`, `secret`,
+`token`, `region`, `anon`, `checksums`. `checksums="when_required"` is for S3-compatible servers (older MinIO,
+Ceph, some clouds) that reject the CRC checksum headers newer botocore sends by default; it is the same as
+exporting AWS_REQUEST_CHECKSUM_CALCULATION=when_required and AWS_RESPONSE_CHECKSUM_VALIDATION=when_required.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+
+import click
+
+CHECKSUM_MODES = ("when_supported", "when_required")
+_OUR_KEYS = ("endpoint_url", "profile", "key", "secret", "token", "region", "anon", "checksums")
+
+
+def filesystem(url: str, storage_options: dict | None = None):
+    """(fs, root): an fsspec filesystem and the path of `url` inside it (no scheme, no trailing slash)."""
+    url = str(url)
+    if url.startswith("s3://") or url.startswith("s3a://"):
+        return _s3(storage_options), url.split("://", 1)[1].rstrip("/")
+    if "://" in url and not url.startswith("file://"):
+        raise ValueError(f"{url}: unsupported URL scheme; use a local path, file:// or s3://bucket/prefix")
+    from fsspec.implementations.local import LocalFileSystem
+
+    path = url[len("file://"):] if url.startswith("file://") else url
+    return LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+
+
+def is_local(fs) -> bool:
+    return "file" in _protocols(fs)
+
+
+def url_of(fs, path: str) -> str:
+    """A URL for messages and for `filesystem()`: s3://bucket/key, or the local path."""
+    return path if is_local(fs) else f"s3://{path}"
+
+
+def join(root: str, *parts: str) -> str:
+    """Join path parts with '/' (local paths on POSIX and object keys alike)."""
+    return posixpath.join(root, *parts)
+
+
+def write_atomic(fs, path: str, data: bytes) -> None:
+    """Make `path` hold exactly `data`, never visible half-written."""
+    if is_local(fs):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    else:
+        fs.pipe_file(path, data)  # one PUT (or a multipart upload completed at the end): atomic
+
+
+def read_bytes(fs, path: str) -> bytes:
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def exists(fs, path: str) -> bool:
+    return fs.exists(path)
+
+
+def size(fs, path: str) -> int | None:
+    """Size in bytes, or None when `path` does not exist."""
+    try:
+        return int(fs.info(path)["size"])
+    except FileNotFoundError:
+        return None
+
+
+def storage_options_from_flags(endpoint_url=None, profile=None, checksums=None) -> dict:
+    """Turn the CLI's storage flags into `storage_options` (unset flags leave the AWS environment in charge)."""
+    opts = {"endpoint_url": endpoint_url, "profile": profile, "checksums": checksums}
+    return {k: v for k, v in opts.items() if v}
+
+
+def storage_flags(command):
+    """Click decorator: --endpoint-url, --profile, --s3-checksums (the same on every command that touches S3)."""
+    command = click.option("--s3-checksums", "s3_checksums", type=click.Choice(CHECKSUM_MODES), default=None,
+                           help="'when_required' for S3-compatible servers that reject botocore's newest "
+                                "checksum headers.")(command)
+    command = click.option("--profile", default=None, help="AWS profile for s3:// URLs (default: AWS_PROFILE).")(
+        command)
+    return click.option("--endpoint-url", default=None,
+                        help="S3 endpoint for s3:// URLs, e.g. http://127.0.0.1:9000 (default: AWS_ENDPOINT_URL).")(
+        command)
+
+
+def _s3(storage_options: dict | None):
+    try:
+        import s3fs
+    except ImportError as exc:  # pragma: no cover - s3fs is a declared dependency
+        raise ValueError("s3:// URLs need s3fs: pip install s3fs") from exc
+    return s3fs.S3FileSystem(**s3_kwargs(storage_options))
+
+
+def s3_kwargs(storage_options: dict | None) -> dict:
+    """Our storage options plus the AWS environment -> keyword arguments of `s3fs.S3FileSystem`."""
+    opts = dict(storage_options or {})
+    extra = {k: v for k, v in opts.items() if k not in _OUR_KEYS}  # anything else goes to s3fs unchanged
+    kwargs: dict = {"use_listings_cache": False, **extra}  # listings go stale while shards are being written
+    endpoint = opts.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        kwargs["endpoint_url"] = endpoint
+    for ours, theirs in (("profile", "profile"), ("key", "key"), ("secret", "secret"), ("token", "token"),
+                         ("anon", "anon")):
+        if opts.get(ours) is not None:
+            kwargs[theirs] = opts[ours]
+    region = opts.get("region") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs.setdefault("client_kwargs", {})["region_name"] = region
+    checksums = opts.get("checksums")
+    if checksums:
+        if checksums not in CHECKSUM_MODES:
+            raise ValueError(f"checksums={checksums!r}: choose one of {', '.join(CHECKSUM_MODES)}")
+        config = kwargs.setdefault("config_kwargs", {})
+        config["request_checksum_calculation"] = checksums
+        config["response_checksum_validation"] = checksums
+    return kwargs
+
+
+def _protocols(fs) -> tuple:
+    proto = fs.protocol
+    return (proto,) if isinstance(proto, str) else tuple(proto)

@@ -1,0 +1,80 @@
+"""NCA batches for pre-pre-training, read through the public loader and nothing else.
+
+The trainer is a consumer of the shards like any other: it imports `nca_datagen.loader` (lazily, when a
+dataset is opened) and never the generator (rules, rollout, kernels, generate). The loader already applies
+the paper's masking (inputs seq[:C], targets seq[1:C+1], first-frame targets -100); this module only
+stacks its samples into batches, moves to the next epoch when one ends, and saves its position.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def dataset_info(url: str) -> dict:
+    """vocab size and sequence length of a dataset, from its manifest."""
+    from nca_datagen import manifest
+
+    nca = manifest.read_manifest(url)["config"]["nca"]
+    tokens_per_frame = (nca["grid"][0] // nca["patch"]) * (nca["grid"][1] // nca["patch"]) + 2
+    return {"vocab_size": nca["states"] ** (nca["patch"] ** 2) + 2, "seq_len": nca["frames"] * tokens_per_frame,
+            "tokens_per_frame": tokens_per_frame}
+
+
+class NCABatches:
+    """Batches of (input_ids, labels) B x C from `loader.NCADataset`, epoch after epoch."""
+
+    def __init__(self, url: str, batch_size: int, split: str = "train", seed: int = 0, context: int | None = None):
+        from nca_datagen import loader
+
+        self.dataset = loader.NCADataset(url, split, seed=seed, shuffle=True, context=context)
+        self.batch_size = batch_size
+        self.epoch = 0
+        self._it = None
+
+    def next(self):
+        rows = []
+        empty_epochs = 0
+        while len(rows) < self.batch_size:
+            if self._it is None:
+                self.dataset.set_epoch(self.epoch)
+                self._it = iter(self.dataset)
+            try:
+                rows.append(next(self._it))
+                empty_epochs = 0
+            except StopIteration:
+                self.epoch += 1
+                self._it = None
+                empty_epochs += 1
+                if empty_epochs > 1:
+                    raise ValueError("the dataset split yields no samples") from None
+        return torch.stack([r["input_ids"] for r in rows]), torch.stack([r["labels"] for r in rows])
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "dataset": self.dataset.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = state["epoch"]
+        self.dataset.load_state_dict(state["dataset"])
+        self._it = None
+
+
+def nca_val_batches(url: str, batch_size: int, max_sequences: int, context: int | None = None):
+    """The first `max_sequences` validation sequences in a fixed order (no shuffle), as a list of batches;
+    None when the dataset has no validation split."""
+    from nca_datagen import loader
+
+    try:
+        dataset = loader.NCADataset(url, "val", shuffle=False, context=context)
+        rows = []
+        for row in dataset:
+            rows.append(row)
+            if len(rows) >= max_sequences:
+                break
+    except (ValueError, KeyError, FileNotFoundError):  # no val split in this dataset
+        return None
+    if not rows:
+        return None
+    x = torch.stack([r["input_ids"] for r in rows])
+    y = torch.stack([r["labels"] for r in rows])
+    return list(zip(x.split(batch_size), y.split(batch_size)))

@@ -1,0 +1,81 @@
+"""Human-sized numbers: parse `10K`, `164M`, `2B` into exact integers, and print sizes, rates and durations.
+
+Suffixes are decimal (K = 10^3, M = 10^6, B or G = 10^9, T = 10^12), as token budgets are quoted in papers
+("164M tokens"). Parsing is exact (`decimal.Decimal`), so `1.5M` is 1,500,000 and a count that is not a whole
+number (`1.2345K`) is an error rather than a silent rounding. Underscores and commas group digits: `164_000_000`.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+
+import click
+
+SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
+
+
+def parse_count(text, what: str = "count") -> int:
+    """`'164M'` -> 164000000. Raises ValueError (with the accepted forms) on anything else."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        s = str(text).strip().upper().replace("_", "").replace(",", "")
+        m = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)(?:E(\d+))?\s*([KMBGT]?)", s)
+        if not m:
+            raise ValueError(f"cannot parse {what} {text!r}: use an integer with an optional K, M, B suffix "
+                             f"(10K, 164M, 2B, 1.5M, 164_000_000)")
+        try:
+            exact = Decimal(m[1]) * (Decimal(10) ** int(m[2] or 0)) * SUFFIXES[m[3]]
+        except InvalidOperation as exc:
+            raise ValueError(f"cannot parse {what} {text!r}") from exc
+        if exact != exact.to_integral_value():
+            raise ValueError(f"{what} {text!r} is {exact}, not a whole number: give a whole count")
+        value = int(exact)
+    if value < 0:
+        raise ValueError(f"{what} {text!r} is negative: give a count >= 0")
+    return value
+
+
+def format_count(n: float) -> str:
+    """12_345_678 -> '12.3M' (three significant digits, decimal suffixes)."""
+    for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{suffix}"
+    return f"{n:.3g}" if isinstance(n, float) and n != int(n) else str(int(n))
+
+
+def format_bytes(n: float) -> str:
+    """Bytes in binary units: 1536 -> '1.5 KiB'."""
+    for suffix, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g} {suffix}"
+    return f"{int(n)} B"
+
+
+def format_duration(seconds: float) -> str:
+    """75 -> '1m15s'; 0.5 -> '0.5s'; 7300 -> '2h01m'."""
+    if seconds != seconds or seconds == float("inf"):  # nan or inf: unknown
+        return "?"
+    if seconds < 60:
+        return f"{seconds:.2g}s" if seconds < 10 else f"{seconds:.0f}s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+class CountType(click.ParamType):
+    """A click parameter for counts with K/M/B suffixes."""
+
+    name = "COUNT"
+
+    def convert(self, value, param, ctx):
+        try:
+            return parse_count(value, what=param.name if param else "count")
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+COUNT = CountType()

@@ -1,0 +1,286 @@
+"""Executors: where shards run. They never change what a shard contains.
+
+One unit of work is one shard: `run_shard(job, split, index)` generates it, writes it (temp name, sha256,
+rename, then its record) and returns a small `ShardResult` (the record plus timings). It is idempotent, so a
+retry or a rerun is always safe. Two executors run it, with the same two-call interface the driver uses
+(`submit` a shard, `wait` for finished ones):
+
+- `InlineExecutor`: in this process, one shard at a time. Tests and debugging.
+- `RayExecutor`: Ray tasks (one CPU each) on a local Ray started for this build, or on any cluster joined
+  by address. With GPUs, one long-lived actor per GPU generates (its kernels compile once per process) and
+  hands the arrays to a CPU task that tokenizes-to-tar, compresses and writes, so the GPU never waits on
+  zstd. Ray is imported only here, only when this executor is built.
+
+Retries are the driver's job (resubmission), the same for both executors, so a fault behaves identically
+in-process and on a cluster. Failures reach the driver as exceptions; nothing is swallowed.
+
+Fault injection (for tests; no mocking of Ray needed): `NCA_DATAGEN_FAIL_SHARDS` is a comma-separated list
+of `split:index[:mode]`, mode `always` (default: the shard raises every time), `once` (raises on the first
+attempt, succeeds afterwards; a marker file in `NCA_DATAGEN_FAULT_DIR`, default the system temp dir, makes
+that work across processes and nodes) or `hang` (sleeps for an hour: a build to kill part-way). The driver
+reads the variable when it starts and ships it with the job, so workers on other nodes see it too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import resource
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+FAULTS_ENV = "NCA_DATAGEN_FAIL_SHARDS"
+FAULT_DIR_ENV = "NCA_DATAGEN_FAULT_DIR"
+LOCAL_OBJECT_STORE_BYTES = 512 * 2**20  # shards in flight are ~1 MB each; Ray's default (30% of RAM) is far more
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the fault-injection hook (never in normal runs)."""
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """Everything a worker needs besides the shard's (split, index); small, shipped with every task."""
+
+    config: object  # DatasetConfig
+    out_url: str  # absolute local path or object-store URL
+    compression: str = "zstd"
+    storage_options: dict | None = None
+    backend: str | None = None
+    device: str = "cpu"
+    faults: str = ""  # the driver's NCA_DATAGEN_FAIL_SHARDS
+    fault_dir: str = ""
+
+
+@dataclass
+class ShardResult:
+    """What a worker returns: the shard record (goes to the manifest) and run facts (go to the event log)."""
+
+    record: dict
+    timings: dict[str, float] = field(default_factory=dict)
+    node: str = ""
+    pid: int = 0
+    peak_rss_mb: float = 0.0
+
+
+def run_shard(job: ShardJob, split: str, index: int) -> ShardResult:
+    """Generate and write one shard; return its record. Same arguments, same bytes, anywhere."""
+    from nca_datagen.generate import generate_shard
+
+    inject_fault(job, split, index)
+    data = generate_shard(job.config, split, index, backend=job.backend, device=job.device)
+    return write_generated(job, data)
+
+
+def write_generated(job: ShardJob, data) -> ShardResult:
+    """Write a generated shard (temp -> sha256 -> final name -> record) and time it."""
+    from nca_datagen import shards
+
+    t0 = time.perf_counter()
+    record = shards.write_shard(data, job.out_url, compression=job.compression,
+                                storage_options=job.storage_options)
+    timings = dict(data.timings)
+    timings.update(record.get("timings", {}) if isinstance(record.get("timings"), dict) else {})
+    timings.setdefault("compress_write", time.perf_counter() - t0)
+    return ShardResult(record=record, timings=timings, node=socket.gethostname(), pid=os.getpid(),
+                       peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+# -- fault injection -------------------------------------------------------------------------------------
+
+
+def parse_faults(spec: str) -> dict[tuple[str, int], str]:
+    """'train:3,val:0:once' -> {('train', 3): 'always', ('val', 0): 'once'}."""
+    faults = {}
+    for item in filter(None, (s.strip() for s in (spec or "").split(","))):
+        parts = item.split(":")
+        mode = parts[2] if len(parts) == 3 else "always"
+        if len(parts) not in (2, 3) or not parts[1].isdigit() or mode not in ("always", "once", "hang"):
+            raise ValueError(f"{FAULTS_ENV}={spec!r}: expected split:index[:always|once|hang], e.g. train:3:once")
+        faults[(parts[0], int(parts[1]))] = mode
+    return faults
+
+
+def inject_fault(job: ShardJob, split: str, index: int) -> None:
+    mode = parse_faults(job.faults or os.environ.get(FAULTS_ENV, "")).get((split, index))
+    if mode is None:
+        return
+    if mode == "hang":
+        time.sleep(3600)
+    if mode == "once":
+        key = hashlib.sha256(f"{job.out_url}|{split}|{index}".encode()).hexdigest()[:16]
+        marker = os.path.join(job.fault_dir or os.environ.get(FAULT_DIR_ENV) or tempfile.gettempdir(),
+                              f"nca-datagen-fault-{key}")
+        if os.path.exists(marker):
+            return
+        with open(marker, "w") as f:
+            f.write(f"{split}:{index} failed once\n")
+    raise InjectedFault(f"injected fault ({FAULTS_ENV}) in {split} shard {index}")
+
+
+# -- executors ---------------------------------------------------------------------------------------------
+
+
+class InlineExecutor:
+    """Runs each submitted shard in this process when the driver waits for it."""
+
+    name = "inline"
+
+    def __init__(self):
+        self.slots = 1
+        self._queue: list[tuple[ShardJob, str, int]] = []
+        self.description = "inline (this process)"
+
+    def submit(self, job: ShardJob, split: str, index: int) -> None:
+        self._queue.append((job, split, index))
+
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def wait(self, timeout: float | None = None) -> list[tuple[tuple[str, int], ShardResult | BaseException]]:
+        job, split, index = self._queue.pop(0)
+        try:
+            return [((split, index), run_shard(job, split, index))]
+        except Exception as exc:  # reported to the driver, which retries or names the shard
+            return [((split, index), exc)]
+
+    def cancel(self) -> None:
+        self._queue.clear()
+
+    def close(self) -> None:
+        pass
+
+
+class RayExecutor:
+    """Ray tasks on a local Ray (started here) or a cluster (joined by address); GPU actors when asked."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, workers: int | None = None, gpus: int | None = None,
+                 device: str = "auto"):
+        import ray
+
+        self.ray = ray
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self._started_here = self.address is None
+        connect_ray(ray, self.address, workers)
+        resources = ray.cluster_resources()
+        cluster_cpus = int(resources.get("CPU", 1))
+        cluster_gpus = int(resources.get("GPU", 0))
+        self.workers = workers or cluster_cpus
+        self.device = _resolve_cluster_device(device, cluster_gpus, gpus)
+        self.gpus = (gpus if gpus else cluster_gpus) if self.device.startswith("cuda") else 0
+        if self.gpus > cluster_gpus:
+            raise ValueError(f"--gpus {self.gpus}: the Ray cluster has {cluster_gpus} GPU(s); ask for at most that")
+        self._task = ray.remote(max_retries=0)(run_shard).options(num_cpus=1)
+        self._writer = ray.remote(max_retries=0)(write_generated).options(num_cpus=1)
+        self._actors = [_gpu_actor_class(ray).remote() for _ in range(self.gpus)]
+        self._actor_load = [0] * len(self._actors)
+        # Bounded in flight: enough queued work that no worker idles between shards, never more, so memory
+        # stays flat however large the dataset. On a cluster, exactly `workers` CPU tasks may run at once.
+        if self._actors:
+            self.slots = 2 * len(self._actors) + self.workers
+        else:
+            self.slots = 2 * self.workers if (self._started_here or not workers) else self.workers
+        self._pending: dict = {}  # ObjectRef -> (split, index, actor index or None)
+        where = "local Ray" if self._started_here else f"Ray cluster {self.address}"
+        nodes = len([n for n in ray.nodes() if n.get("Alive")])
+        gpu_text = f", {self.gpus} GPU actor(s)" if self.gpus else ""
+        self.description = f"{where} ({nodes} node(s), {self.workers} CPU worker(s){gpu_text})"
+
+    def submit(self, job: ShardJob, split: str, index: int) -> None:
+        if self._actors:
+            a = min(range(len(self._actors)), key=self._actor_load.__getitem__)
+            self._actor_load[a] += 1
+            data = self._actors[a].generate.remote(job, split, index)
+            ref = self._writer.remote(job, data)
+        else:
+            a = None
+            ref = self._task.remote(job, split, index)
+        self._pending[ref] = (split, index, a)
+
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def wait(self, timeout: float | None = None) -> list[tuple[tuple[str, int], ShardResult | BaseException]]:
+        ready, _ = self.ray.wait(list(self._pending), num_returns=1, timeout=timeout)
+        out = []
+        for ref in ready:
+            split, index, a = self._pending.pop(ref)
+            if a is not None:
+                self._actor_load[a] -= 1
+            try:
+                out.append(((split, index), self.ray.get(ref)))
+            except Exception as exc:  # RayTaskError wraps the worker's exception (and is an instance of it)
+                out.append(((split, index), exc))
+        return out
+
+    def cancel(self) -> None:
+        for ref in list(self._pending):
+            try:
+                self.ray.cancel(ref)  # KeyboardInterrupt in the task; writes are atomic, so nothing partial stays
+            except Exception:  # noqa: S110 - best effort on the way out; shutdown follows
+                pass
+        self._pending.clear()
+
+    def close(self) -> None:
+        for actor in self._actors:
+            self.ray.kill(actor)
+        self.ray.shutdown()
+
+
+def connect_ray(ray, address: str | None, workers: int | None) -> None:
+    """Start a private local Ray (address None) or join a cluster; unreachable clusters fail fast and clearly."""
+    common = dict(include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="ERROR")
+    if address is None:
+        # address="local" always starts a fresh instance: never join someone else's cluster by accident.
+        ray.init(address="local", num_cpus=workers or os.cpu_count(), object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                 _node_ip_address="127.0.0.1", **common)
+        return
+    if address != "auto" and not address.startswith("ray://"):
+        _check_reachable(address)
+    try:
+        ray.init(address=address, **common)
+    except Exception as exc:
+        raise ConnectionError(f"cannot join the Ray cluster at {address!r}: {exc}. Start one with `ray start "
+                              f"--head`, pass its HOST:PORT to --ray-address, or omit --ray-address (and unset "
+                              f"RAY_ADDRESS) to use a local Ray") from exc
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--ray-address {address!r}: expected auto or HOST:PORT (e.g. 10.0.0.1:6379)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConnectionError(f"cannot reach the Ray cluster at {address} ({exc}). Check the address of the "
+                              f"head node (`ray status` on it), or omit --ray-address to use a local Ray") from exc
+
+
+def _resolve_cluster_device(device: str, cluster_gpus: int, gpus: int | None) -> str:
+    """The device decides by the cluster's GPUs, not the driver's: the driver may be a CPU-only laptop."""
+    device = device or "auto"
+    if device == "auto":
+        return "cuda" if cluster_gpus and gpus != 0 else "cpu"
+    if device.startswith("cuda") and not cluster_gpus:
+        raise ValueError("device 'cuda' was requested but the Ray cluster has no GPU: use --device cpu or auto")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"device {device!r}: choose auto, cpu or cuda")
+    return device
+
+
+def _gpu_actor_class(ray):
+    """One generator per GPU, alive for the whole build: kernels compile once, then every shard reuses them."""
+
+    @ray.remote(num_gpus=1, num_cpus=1, max_restarts=1, max_task_retries=0)
+    class GpuGenerator:
+        def generate(self, job: ShardJob, split: str, index: int):
+            from nca_datagen.generate import generate_shard
+
+            inject_fault(job, split, index)
+            return generate_shard(job.config, split, index, backend=job.backend, device=job.device)
+
+    return GpuGenerator
