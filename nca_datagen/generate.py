@@ -118,7 +118,7 @@ def generate_shard(config: DatasetConfig, split: str, shard_index: int, *, backe
     columns = {
         "rule_id": sample_rule_ids,
         "sim": sample_sims,
-        "complexity": sequence_ratios(tokens, cfg.tokens_per_frame),
+        "complexity": sequence_ratios(tokens, cfg.tokens_per_frame, config.probe_frames),
         "probe_complexity": np.array([probe_of_rule[r] for r in sample_rule_ids], dtype=np.float64),
         **grid_stats(frames),
     }

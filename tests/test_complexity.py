@@ -5,7 +5,15 @@ import gzip
 import numpy as np
 import pytest
 
-from nca_datagen.complexity import Band, grid_stats, gzip_ratio, histogram, patch_tokens, token_entropy_bits
+from nca_datagen.complexity import (
+    Band,
+    grid_stats,
+    gzip_ratio,
+    histogram,
+    patch_tokens,
+    sequence_ratios,
+    token_entropy_bits,
+)
 from nca_datagen.config import NCAConfig
 from nca_datagen.tokenizer import encode_patches
 
@@ -86,3 +94,10 @@ def test_grid_stats_and_entropy():
     assert stats["cell_change_rate"].tolist() == [0.0, 2 / 32]
     assert stats["colors_last_frame"].tolist() == [1, 3]
     assert token_entropy_bits(np.array([1, 1, 2, 2])) == 1.0 and token_entropy_bits(np.array([5])) == 0.0
+
+
+def test_sequence_ratio_uses_the_probe_window():
+    rng = np.random.default_rng(0)
+    seq = np.concatenate([[10, *rng.integers(0, 10, 36), 11] for _ in range(27)])
+    assert sequence_ratios(seq[None], 38, 10)[0] == gzip_ratio(patch_tokens(seq, 38)[:10])
+    assert sequence_ratios(seq[None], 38)[0] == gzip_ratio(patch_tokens(seq, 38))
