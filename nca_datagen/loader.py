@@ -1,0 +1,201 @@
+"""The trainer's way in: a torch `IterableDataset` over a dataset's manifest (local folder or s3://).
+
+Order, for one split, rank and epoch, is a pure function of (seed, epoch, rank, world_size, DataLoader workers):
+
+1. shards are permuted by (seed, epoch) (manifest order when `shuffle=False`);
+2. rank r takes shards r, r + world_size, ... of that order. Every rank must see the same number of samples or
+   DDP hangs at the last step, so each rank stops at the smallest rank total: with equal shards (what
+   `nca-datagen build` writes) that drops at most world_size - 1 shards per epoch, and a different few each epoch
+   because the permutation changes;
+3. DataLoader worker w of W takes every W-th shard of its rank's list, and reads them `shuffle_shards` at a time:
+   the samples of such a window are permuted together by (seed, epoch, window), so a batch mixes rules of several
+   shards instead of ten simulations of one rule. Memory: one window of compressed shards.
+
+Samples are yielded as the paper trains on them (`tokenizer.training_example`): `input_ids` = seq[:C],
+`labels` = seq[1:C+1] with the first frame's targets -100, C = `context` (default: sequence length - 2 = 1024).
+`raw=True` yields the whole sequence with its key and metadata instead.
+
+Every shard is checked against its manifest size and sha256 before any of its samples is yielded; a missing,
+truncated or corrupt shard raises `ShardError` naming the file, or is skipped with a warning when
+`skip_bad_shards=True` (ranks may then see unequal counts: use it for analysis, not for DDP training).
+
+Resuming: `state_dict()` counts the samples this process has yielded per worker in the current epoch;
+`load_state_dict()` makes the next pass yield exactly the remaining ones, in the same order. Iterated in-process
+(num_workers=0) that is the whole story. With DataLoader workers the dataset runs in worker processes, so use a
+loader that snapshots per-worker dataset state (torchdata's `StatefulDataLoader` calls these two methods inside
+each worker); the resumed run must use the same number of workers.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from nca_datagen import storage
+from nca_datagen.config import DatasetConfig
+from nca_datagen.manifest import dataset_root, read_manifest
+from nca_datagen.shards import ShardError, iter_shard_samples
+from nca_datagen.tokenizer import training_example
+
+DEFAULT_SHUFFLE_SHARDS = 4  # shards mixed per window: rules from 4 shards per batch at ~4x one shard's memory
+
+
+class NCADataset(IterableDataset):
+    """Shards of one split, split by rank and worker, shuffled per (seed, epoch), resumable mid-epoch."""
+
+    def __init__(self, url, split: str = "train", *, seed: int = 0, shuffle: bool = True, rank: int | None = None,
+                 world_size: int | None = None, raw: bool = False, context: int | None = None,
+                 skip_bad_shards: bool = False, storage_options: dict | None = None,
+                 shuffle_shards: int = DEFAULT_SHUFFLE_SHARDS):
+        super().__init__()
+        self.url, self.split, self.storage_options = str(url), split, storage_options
+        self.manifest = read_manifest(self.url, storage_options)
+        if split not in self.manifest["splits"]:
+            raise ValueError(f"split {split!r} is not in {self.url}: it has {', '.join(self.manifest['splits'])}")
+        self.shards = self.manifest["splits"][split]["shards"]
+        config = DatasetConfig.from_dict(self.manifest["config"])
+        self.tokens_per_frame = config.nca.tokens_per_frame
+        self.seq_len = config.nca.seq_len
+        self.context = self.seq_len - 2 if context is None else int(context)
+        if not 0 < self.context < self.seq_len:
+            raise ValueError(f"context={context}: choose 1..{self.seq_len - 1} for sequences of {self.seq_len} tokens")
+        self.rank, self.world_size = _rank_and_world(rank, world_size)
+        if len(self.shards) < self.world_size:
+            raise ValueError(f"split {split!r} has {len(self.shards)} shards, fewer than world_size="
+                             f"{self.world_size}: every rank needs at least one; build with more shards")
+        if shuffle_shards < 1:
+            raise ValueError(f"shuffle_shards={shuffle_shards}: must be >= 1")
+        self.seed, self.shuffle, self.raw = int(seed), bool(shuffle), bool(raw)
+        self.skip_bad_shards, self.shuffle_shards = bool(skip_bad_shards), int(shuffle_shards)
+        self.epoch = 0
+        self._yielded: dict[int, int] = {}  # worker id -> samples yielded this epoch (in this process)
+        self._resume: dict[int, int] = {}  # worker id -> samples to skip on the next pass
+        self._num_workers = 1
+
+    # ------------------------------------------------------------------ position
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch `epoch` (its own shard and sample order); call before each epoch, as with DistributedSampler."""
+        self.epoch = int(epoch)
+        self._yielded, self._resume = {}, {}
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "epoch": self.epoch, "split": self.split, "rank": self.rank,
+                "world_size": self.world_size, "num_workers": self._num_workers,
+                "yielded": {str(w): n for w, n in self._yielded.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = {"seed": self.seed, "split": self.split, "rank": self.rank, "world_size": self.world_size}
+        wrong = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
+        if wrong:
+            raise ValueError("state was saved by a differently configured loader: " + ", ".join(
+                f"{k}: {old!r} -> {new!r}" for k, (old, new) in wrong.items()) + "; construct it with the same values")
+        self.epoch = int(state["epoch"])
+        self._num_workers = int(state.get("num_workers", 1))
+        self._resume = {int(w): int(n) for w, n in state["yielded"].items()}
+        self._yielded = dict(self._resume)
+
+    def __len__(self) -> int:
+        """Samples this rank yields per epoch (the same on every rank)."""
+        return sum(take for _, take in self.rank_plan(self.epoch))
+
+    # ------------------------------------------------------------------ plan
+    def rank_plan(self, epoch: int) -> list[tuple[int, int]]:
+        """(shard position in the manifest, samples to take) for this rank and epoch, in reading order."""
+        n = len(self.shards)
+        order = np.random.default_rng([self.seed, epoch, 0]).permutation(n) if self.shuffle else np.arange(n)
+        per_rank = [order[r :: self.world_size] for r in range(self.world_size)]
+        limit = min(sum(self.shards[i]["samples"] for i in p) for p in per_rank)
+        plan, left = [], limit
+        for i in per_rank[self.rank]:
+            take = min(self.shards[i]["samples"], left)
+            if take:
+                plan.append((int(i), take))
+            left -= take
+        return plan
+
+    def worker_plan(self, epoch: int, worker: int, num_workers: int) -> list[tuple[int, int]]:
+        return self.rank_plan(epoch)[worker::num_workers]
+
+    # ------------------------------------------------------------------ iteration
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        if self._resume and num_workers != self._num_workers:
+            raise ValueError(f"resuming a state saved with {self._num_workers} DataLoader workers needs "
+                             f"{self._num_workers} workers, not {num_workers}")
+        self._num_workers = num_workers
+        skip = self._resume.pop(worker, 0)
+        self._yielded[worker] = skip
+        fs, root = dataset_root(self.url, self.storage_options)
+        for key, tokens, meta in self._samples(fs, root, self.worker_plan(self.epoch, worker, num_workers), skip):
+            self._yielded[worker] += 1
+            yield self._item(key, tokens, meta)
+
+    def _samples(self, fs, root, plan, skip):
+        for start in range(0, len(plan), self.shuffle_shards):
+            window = plan[start : start + self.shuffle_shards]
+            size = sum(take for _, take in window)
+            if skip >= size:
+                skip -= size
+                continue
+            samples = self._load_window(fs, root, window)
+            if self.shuffle:
+                first = window[0][0]
+                samples = [samples[j] for j in np.random.default_rng([self.seed, self.epoch, 1, first]).permutation(
+                    len(samples))]
+            yield from samples[skip:]
+            skip = 0
+
+    def _load_window(self, fs, root, window) -> list:
+        samples = []
+        for i, take in window:
+            shard = self.shards[i]
+            try:
+                samples += self._read_shard(fs, root, shard)[:take]
+            except ShardError as exc:
+                if not self.skip_bad_shards:
+                    raise
+                warnings.warn(f"skipping bad shard: {exc}", stacklevel=2)
+        return samples
+
+    def _read_shard(self, fs, root, shard) -> list:
+        path = storage.join(root, shard["path"])
+        samples = list(iter_shard_samples(path, fs=fs, expected_sha256=shard["sha256"], expected_bytes=shard["bytes"]))
+        if len(samples) != shard["samples"]:
+            raise ShardError(f"{storage.url_of(fs, path)}: {len(samples)} samples, "
+                             f"the manifest says {shard['samples']}")
+        return samples
+
+    def _item(self, key, tokens, meta) -> dict:
+        if self.raw:
+            clean = {k: (math.nan if v is None else v) for k, v in meta.items()}
+            return {**clean, "key": key, "tokens": torch.from_numpy(tokens.astype(np.int64))}
+        input_ids, labels = training_example(tokens, self.tokens_per_frame, self.context)
+        return {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels)}
+
+
+def iter_sequences(url, split: str = "train", storage_options: dict | None = None) -> Iterator[np.ndarray]:
+    """Every sequence of a split as a uint16 numpy array, in manifest order, each shard checked by sha256."""
+    manifest = read_manifest(url, storage_options)
+    fs, root = dataset_root(url, storage_options)
+    for shard in manifest["splits"][split]["shards"]:
+        path = storage.join(root, shard["path"])
+        for _, tokens, _ in iter_shard_samples(path, fs=fs, expected_sha256=shard["sha256"],
+                                               expected_bytes=shard["bytes"]):
+            yield tokens
+
+
+def _rank_and_world(rank, world_size) -> tuple[int, int]:
+    if rank is None or world_size is None:
+        dist = torch.distributed
+        on = dist.is_available() and dist.is_initialized()
+        rank = (dist.get_rank() if on else 0) if rank is None else rank
+        world_size = (dist.get_world_size() if on else 1) if world_size is None else world_size
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank={rank}, world_size={world_size}: need 0 <= rank < world_size")
+    return int(rank), int(world_size)

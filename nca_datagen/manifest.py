@@ -1,0 +1,278 @@
+"""The manifest: the single file that turns a folder of shards into a dataset, written last.
+
+A dataset folder holds, once finished:
+
+    manifest.json           format version, tool version, the full resolved config (enough to regenerate
+                            every shard), per split: brace pattern, per-shard {path, samples, tokens, bytes,
+                            sha256}, totals, filter counts, complexity histograms; provenance (versions, zlib,
+                            device, times)
+    samples/{split}.parquet every sample: key, shard, sample, rule_id, sim and its statistics
+    README.md (+ figures)   the dataset card (nca_datagen.card)
+    {split}/shard-NNNNNN.tar.zst and {split}/shard-NNNNNN.json (shard records, see nca_datagen.shards)
+
+While a build runs the folder holds `build.json` (the config being built) and no manifest. `prepare_output`
+uses the two to decide: a finished dataset is never overwritten by accident, a build in progress resumes only
+with the same config, anything else is refused with the difference spelled out. `write_manifest` writes the
+tables and the card, checks every listed shard is present at its recorded size, and writes `manifest.json` last
+and atomically: a reader that sees a manifest sees every shard it names.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import sys
+from importlib import metadata
+
+import numpy as np
+
+from nca_datagen import __version__, storage
+from nca_datagen.config import SPLITS, DatasetConfig
+from nca_datagen.shards import COMPRESSIONS
+
+FORMAT = "nca-datagen-dataset"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+BUILD = "build.json"  # the config of a build in progress; removed when the manifest is written
+CARD_FILES = ("README.md", "preview.png", "complexity.png", "token-frequency.png")  # what nca_datagen.card writes
+SHARD_FIELDS = ("path", "samples", "tokens", "bytes", "sha256")
+SEED_DERIVATION = ("numpy SeedSequence / integer hash of (seed, split id, rule id, sim index); "
+                   "split ids: " + ", ".join(f"{s}={i}" for i, s in enumerate(SPLITS)))
+
+
+def prepare_output(out_url: str, config: DatasetConfig, *, overwrite: bool = False, storage_options=None,
+                   settings: dict | None = None) -> None:
+    """Get `out_url` ready for a build of `config` (and shard `settings` such as compression), or refuse.
+
+    - holds a finished dataset: refuse, unless `overwrite` (then its files are deleted first);
+    - holds a build in progress with another config or settings: refuse, showing `field: old -> new`;
+    - otherwise record the build (`build.json`) so that rerunning the same command resumes it.
+    """
+    fs, root = storage.filesystem(out_url, storage_options)
+    where = storage.url_of(fs, root)
+    wanted = {"config": config.to_dict(), "settings": settings or {}}
+    try:
+        if storage.is_local(fs):
+            os.makedirs(root, exist_ok=True)
+        _prepare(fs, root, where, wanted, overwrite)
+    except OSError as exc:
+        raise ValueError(f"cannot write to {where} ({type(exc).__name__}: {exc}); choose a writable output "
+                         f"folder, or check the bucket name and credentials for s3:// URLs") from exc
+
+
+def _prepare(fs, root: str, where: str, wanted: dict, overwrite: bool) -> None:
+    if storage.exists(fs, storage.join(root, MANIFEST)) and not overwrite:
+        raise ValueError(f"{where} already holds a finished dataset ({MANIFEST}); pass --overwrite to replace "
+                         f"it, or choose another output folder")
+    if overwrite:
+        remove_dataset(fs, root)
+    else:
+        previous = read_json(fs, storage.join(root, BUILD))
+        if previous is not None and previous != wanted:
+            diff = "\n  ".join(config_diff(previous, wanted)) or "(formatting only)"
+            raise ValueError(f"{where} holds an unfinished build made with a different config:\n  {diff}\n"
+                             f"rerun with the old settings to resume it, pass --overwrite to discard it, "
+                             f"or choose another output folder")
+    storage.write_atomic(fs, storage.join(root, BUILD), _json_bytes(wanted))
+
+
+def config_diff(old, new, prefix: str = "") -> list[str]:
+    """Flattened differences between two nested dicts, as 'field: old -> new' lines."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        lines = []
+        for key in sorted(set(old) | set(new), key=str):
+            lines += config_diff(old.get(key, "<unset>"), new.get(key, "<unset>"), f"{prefix}{key}.")
+        return lines
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+def remove_dataset(fs, root: str) -> None:
+    """Delete what nca-datagen writes in `root` (manifest, build marker, card, tables, split folders); keep the rest."""
+    if storage.exists(fs, storage.join(root, MANIFEST)):
+        storage_remove(fs, storage.join(root, MANIFEST))
+    for name in (BUILD, *CARD_FILES, "samples", *SPLITS):
+        path = storage.join(root, name)
+        if storage.exists(fs, path):
+            storage_remove(fs, path)
+
+
+def storage_remove(fs, path: str) -> None:
+    fs.rm(path, recursive=True)
+
+
+def write_manifest(out_url: str, config: DatasetConfig, records: dict[str, list[dict]], provenance: dict,
+                   storage_options=None, *, figures: bool = True) -> dict:
+    """Write the Parquet tables, the dataset card and then `manifest.json`; return the manifest.
+
+    `figures=False` writes the card's text without its PNG figures (drawing them regenerates a few rules and
+    imports matplotlib: about a second or more, which tests skip).
+    """
+    fs, root = storage.filesystem(out_url, storage_options)
+    splits = {}
+    for split, recs in records.items():
+        recs = sorted(recs, key=lambda r: r["index"])
+        _check_complete(fs, root, split, recs)
+        remove_stale_shards(fs, root, split, len(recs))
+        table = f"samples/{split}.parquet"
+        storage.write_atomic(fs, storage.join(root, table), samples_table(recs))
+        splits[split] = split_summary(split, recs, table)
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "tool_version": __version__,
+        "config": config.to_dict(),
+        "seeds": {"seed": config.seed, "derivation": SEED_DERIVATION},
+        "splits": splits,
+        "totals": {k: sum(s[k] for s in splits.values()) for k in ("num_shards", "samples", "tokens", "bytes")},
+        "provenance": {**environment(), **provenance},
+    }
+    _write_card(fs, root, manifest, figures)
+    storage.write_atomic(fs, storage.join(root, MANIFEST), _json_bytes(manifest))
+    if storage.exists(fs, storage.join(root, BUILD)):
+        storage_remove(fs, storage.join(root, BUILD))
+    return manifest
+
+
+def split_summary(split: str, recs: list[dict], table: str) -> dict:
+    """The manifest's entry for one split, from its shard records (sorted by index)."""
+    compression = recs[0]["compression"] if recs else "zstd"
+    counts: dict[str, int] = {}
+    hists: dict[str, dict] = {}
+    for r in recs:
+        for k, v in r["counts"].items():
+            counts[k] = counts.get(k, 0) + v
+        for k, h in r["histograms"].items():
+            hists[k] = _add_hist(hists.get(k), h)
+    return {
+        "pattern": brace_pattern(split, len(recs), compression),
+        "compression": compression,
+        "level": recs[0]["level"] if recs else None,
+        "seq_len": recs[0]["seq_len"] if recs else None,
+        "shards": [{k: r[k] for k in SHARD_FIELDS} for r in recs],
+        "table": table,
+        "num_shards": len(recs),
+        **{k: sum(r[k] for r in recs) for k in ("samples", "tokens", "bytes")},
+        "counts": counts,
+        "acceptance_rate": counts.get("kept", 0) / counts["candidates"] if counts.get("candidates") else None,
+        "histograms": hists,
+    }
+
+
+def brace_pattern(split: str, n: int, compression: str) -> str:
+    """'train/shard-{000000..000011}.tar.zst': expands (webdataset / braceexpand) to exactly the n shards."""
+    return f"{split}/shard-{{{0:06d}..{max(n - 1, 0):06d}}}{COMPRESSIONS[compression]}"
+
+
+def samples_table(recs: list[dict]) -> bytes:
+    """Parquet bytes: one row per sample of these shard records (key, shard, sample, rule_id, sim, stats)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns: dict[str, list] = {"shard": []}
+    for r in recs:
+        n = r["samples"]
+        columns["shard"] += [r["path"]] * n
+        for name, values in r["columns"].items():
+            columns.setdefault(name, []).extend(values)
+    order = ["key", "shard", "sample", *sorted(c for c in columns if c not in ("key", "shard", "sample"))]
+    table = pa.table({c: columns[c] for c in order if c in columns})
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def read_manifest(url: str, storage_options=None) -> dict:
+    """The manifest of the dataset at `url` (its folder or its manifest.json); a clear error if there is none."""
+    fs, root = dataset_root(url, storage_options)
+    path = storage.join(root, MANIFEST)
+    try:
+        manifest = json.loads(storage.read_bytes(fs, path))
+    except FileNotFoundError:
+        hint = (" A build is in progress or was interrupted there (build.json): rerun the same build command "
+                "to finish it.") if storage.exists(fs, storage.join(root, BUILD)) else ""
+        raise ValueError(f"no dataset at {storage.url_of(fs, root)}: {storage.url_of(fs, path)} does not exist. "
+                         f"A finished dataset has {MANIFEST} at its root.{hint}") from None
+    if manifest.get("format") != FORMAT or manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{storage.url_of(fs, path)} is not a manifest this version of nca-datagen reads "
+                         f"(format {manifest.get('format')!r} v{manifest.get('format_version')}); upgrade nca-datagen")
+    return manifest
+
+
+def dataset_root(url: str, storage_options=None):
+    """(fs, root) of a dataset given its folder or its manifest.json."""
+    url = str(url).rstrip("/")
+    if url.endswith("/" + MANIFEST) or url == MANIFEST:
+        url = url[: -len(MANIFEST)].rstrip("/") or "."
+    return storage.filesystem(url, storage_options)
+
+
+def environment() -> dict:
+    """Versions that can change the bytes of a shard (zlib changes the filter; the rest is for the record)."""
+    from nca_datagen.complexity import ZLIB_VERSION
+
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "zlib": ZLIB_VERSION,
+        **{name: _version(name) for name in ("numpy", "torch", "triton", "zstandard", "pyarrow")},
+    }
+
+
+def _check_complete(fs, root: str, split: str, recs: list[dict]) -> None:
+    indices = [r["index"] for r in recs]
+    if indices != list(range(len(recs))):
+        missing = sorted(set(range(max(indices, default=-1) + 1)) - set(indices))
+        raise ValueError(f"{split}: shard records must be numbered 0..{len(recs) - 1} without gaps; missing "
+                         f"{missing[:10]} (rerun the build to finish them)")
+    if len({r["compression"] for r in recs}) > 1:
+        raise ValueError(f"{split}: shards were written with different compressions; rebuild with --overwrite")
+    for r in recs:
+        have = storage.size(fs, storage.join(root, r["path"]))
+        if have != r["bytes"]:
+            raise ValueError(f"{storage.url_of(fs, storage.join(root, r['path']))}: "
+                             f"{'missing' if have is None else f'{have} bytes'}, its record says {r['bytes']}; "
+                             f"rerun the build to rewrite it")
+
+
+def remove_stale_shards(fs, root: str, split: str, n: int) -> None:
+    """Delete shards/records numbered >= n left by an earlier, larger build, so the pattern matches the files."""
+    folder = storage.join(root, split)
+    for path in fs.glob(storage.join(folder, "shard-*")):
+        digits = path.rsplit("/", 1)[-1][len("shard-"):].split(".", 1)[0]
+        if digits.isdigit() and int(digits) >= n:
+            storage_remove(fs, path)
+
+
+def _add_hist(total: dict | None, h: dict) -> dict:
+    if total is None:
+        return {"lo": h["lo"], "hi": h["hi"], "counts": list(h["counts"])}
+    assert (total["lo"], total["hi"], len(total["counts"])) == (h["lo"], h["hi"], len(h["counts"])), (total, h)
+    return {**total, "counts": (np.asarray(total["counts"]) + np.asarray(h["counts"])).tolist()}
+
+
+def _write_card(fs, root: str, manifest: dict, figures: bool) -> None:
+    try:
+        from nca_datagen.card import write_card
+    except ImportError:  # the dataset card module is optional until it lands; the dataset is complete without it
+        return
+    write_card(fs, root, manifest, figures=figures)
+
+
+def read_json(fs, path: str):
+    try:
+        return json.loads(storage.read_bytes(fs, path))
+    except FileNotFoundError:
+        return None
+
+
+def _version(name: str):
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _json_bytes(obj) -> bytes:
+    return (json.dumps(obj, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()

@@ -1,0 +1,159 @@
+"""Loader: rank x worker partitioning with equal counts, deterministic shuffling, exact resume, damaged shards."""
+
+import types
+
+import numpy as np
+import pytest
+import torch
+from shard_fixtures import FAKE, fake_shard, make_dataset
+from torch.utils.data import DataLoader
+
+import nca_datagen.loader as loader_mod
+from nca_datagen.loader import NCADataset, iter_sequences
+from nca_datagen.shards import ShardError
+from nca_datagen.tokenizer import IGNORE_INDEX
+
+N = FAKE.samples_per_shard  # 4 samples per shard
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ds")
+    make_dataset(str(out), {"train": 7, "val": 1})
+    return str(out)
+
+
+def keys(ds, **loader_kwargs):
+    if loader_kwargs:
+        return [batch["key"] for batch in DataLoader(ds, batch_size=None, **loader_kwargs)]
+    return [item["key"] for item in ds]
+
+
+def all_keys(split="train", shards=7):
+    return {f"{split}-{s:06d}-{i:06d}" for s in range(shards) for i in range(N)}
+
+
+def test_training_example_masking(dataset):
+    item = next(iter(NCADataset(dataset, shuffle=False)))
+    seq = fake_shard("train", 0).tokens_NL[0].astype(np.int64)
+    tpf = FAKE.nca.tokens_per_frame
+    assert item["input_ids"].dtype == torch.int64 and len(item["input_ids"]) == FAKE.nca.seq_len - 2
+    assert torch.equal(item["input_ids"], torch.from_numpy(seq[:-2]))
+    assert (item["labels"][: tpf - 1] == IGNORE_INDEX).all()
+    assert torch.equal(item["labels"][tpf - 1 :], torch.from_numpy(seq[tpf:-1]))
+    short = next(iter(NCADataset(dataset, shuffle=False, context=50)))
+    assert len(short["input_ids"]) == len(short["labels"]) == 50
+
+
+# 3 workers on a 2-core test machine: torch warns, the test only checks partitioning
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_two_ranks_three_workers_partition_the_data(dataset):
+    seen = [keys(NCADataset(dataset, rank=r, world_size=2, raw=True, seed=5), num_workers=3) for r in range(2)]
+    assert len(seen[0]) == len(seen[1]) == 3 * N  # 7 shards: 3 each, one dropped this epoch
+    assert not set(seen[0]) & set(seen[1])
+    assert len(set(seen[0]) | set(seen[1])) == 6 * N
+    assert set(seen[0]) | set(seen[1]) <= all_keys()
+    assert len(NCADataset(dataset, rank=1, world_size=2)) == 3 * N
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_union_over_ranks_and_workers_is_the_dataset_when_shards_divide(tmp_path):
+    make_dataset(str(tmp_path), {"train": 6})
+    seen = [keys(NCADataset(str(tmp_path), rank=r, world_size=2, raw=True), num_workers=3) for r in range(2)]
+    assert len(seen[0]) == len(seen[1]) and sorted(seen[0] + seen[1]) == sorted(all_keys(shards=6))
+
+
+def test_worker_plans_split_the_rank_plan(dataset):
+    ds = NCADataset(dataset, raw=True, seed=1)
+    plans = [ds.worker_plan(0, w, 3) for w in range(3)]
+    assert sorted(i for p in plans for i, _ in p) == list(range(7))
+    assert sorted(ds.rank_plan(0)) == sorted(x for p in plans for x in p)
+
+
+def test_order_is_a_function_of_seed_and_epoch(dataset):
+    a = keys(NCADataset(dataset, raw=True, seed=1))
+    assert a == keys(NCADataset(dataset, raw=True, seed=1))
+    assert a != keys(NCADataset(dataset, raw=True, seed=2))
+    assert sorted(a) == sorted(keys(NCADataset(dataset, raw=True, seed=2))) == sorted(all_keys())
+    ds = NCADataset(dataset, raw=True, seed=1)
+    ds.set_epoch(1)
+    assert keys(ds) != a
+    assert keys(NCADataset(dataset, raw=True, shuffle=False)) == sorted(all_keys())
+
+
+@pytest.mark.parametrize("consumed", [0, 3, 17, 28])
+def test_resume_yields_exactly_the_remaining_samples(dataset, consumed):
+    ds = NCADataset(dataset, raw=True, seed=3)
+    ds.set_epoch(2)
+    it = iter(ds)
+    head = [next(it)["key"] for _ in range(consumed)]
+    state = ds.state_dict()
+    rest = [x["key"] for x in it]
+    fresh = NCADataset(dataset, raw=True, seed=3)
+    fresh.load_state_dict(state)
+    assert keys(fresh) == rest and len(head) + len(rest) == 7 * N
+
+
+def test_resume_inside_a_worker(dataset, monkeypatch):
+    """What a per-worker stateful loader does: each worker saves and restores its own position."""
+    monkeypatch.setattr(loader_mod, "get_worker_info", lambda: types.SimpleNamespace(id=1, num_workers=3))
+    ds = NCADataset(dataset, raw=True, seed=3)
+    it = iter(ds)
+    next(it), next(it)
+    state = ds.state_dict()
+    assert state["yielded"] == {"1": 2} and state["num_workers"] == 3
+    rest = [x["key"] for x in it]
+    fresh = NCADataset(dataset, raw=True, seed=3)
+    fresh.load_state_dict(state)
+    assert keys(fresh) == rest
+    monkeypatch.setattr(loader_mod, "get_worker_info", lambda: None)
+    again = NCADataset(dataset, raw=True, seed=3)
+    again.load_state_dict(state)
+    with pytest.raises(ValueError, match="needs 3 workers"):
+        next(iter(again))
+
+
+def test_state_from_another_loader_is_refused(dataset):
+    state = NCADataset(dataset, seed=1).state_dict()
+    with pytest.raises(ValueError, match="seed: 1 -> 2"):
+        NCADataset(dataset, seed=2).load_state_dict(state)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "bitflip", "delete"])
+def test_bad_shard_raises_naming_the_file_or_is_skipped(tmp_path, damage):
+    make_dataset(str(tmp_path), {"train": 3})
+    path = tmp_path / "train" / "shard-000001.tar.zst"
+    blob = bytearray(path.read_bytes())
+    if damage == "delete":
+        path.unlink()
+    else:
+        if damage == "truncate":
+            blob = blob[:-7]
+        else:
+            blob[20] ^= 0x40
+        path.write_bytes(bytes(blob))
+    with pytest.raises(ShardError, match=r"train/shard-000001\.tar\.zst"):
+        keys(NCADataset(str(tmp_path), raw=True))
+    with pytest.raises(ShardError, match=r"train/shard-000001\.tar\.zst"):
+        list(iter_sequences(str(tmp_path)))
+    with pytest.warns(UserWarning, match=r"shard-000001\.tar\.zst"):
+        got = keys(NCADataset(str(tmp_path), raw=True, skip_bad_shards=True))
+    assert set(got) == all_keys(shards=3) - {f"train-000001-{i:06d}" for i in range(N)}
+
+
+def test_iter_sequences_and_raw_metadata(dataset):
+    seqs = list(iter_sequences(dataset, split="val"))
+    assert len(seqs) == N and all(s.dtype == np.uint16 for s in seqs)
+    assert np.array_equal(np.stack(seqs), fake_shard("val", 0).tokens_NL)
+    item = next(iter(NCADataset(dataset, split="val", raw=True, shuffle=False)))
+    assert item["key"] == "val-000000-000000" and item["tokens"].dtype == torch.int64
+    assert item["rule_id"] == fake_shard("val", 0).columns["rule_id"][0]
+
+
+def test_user_errors(dataset, tmp_path):
+    with pytest.raises(ValueError, match="no dataset at"):
+        NCADataset(str(tmp_path))
+    with pytest.raises(ValueError, match="split 'test' is not in"):
+        NCADataset(dataset, split="test")
+    with pytest.raises(ValueError, match="fewer than world_size=8"):
+        NCADataset(dataset, rank=0, world_size=8)

@@ -1,0 +1,86 @@
+"""Manifest: resume-or-refuse on the output folder, a manifest that names exactly the files, written last."""
+
+import dataclasses
+import json
+
+import pyarrow.parquet as pq
+import pytest
+from braceexpand import braceexpand
+from shard_fixtures import FAKE, fake_shard, make_dataset
+
+from nca_datagen.complexity import ZLIB_VERSION
+from nca_datagen.config import NCAConfig
+from nca_datagen.manifest import BUILD, MANIFEST, prepare_output, read_manifest, write_manifest
+from nca_datagen.shards import write_shard
+
+
+def test_manifest_describes_exactly_the_files(tmp_path):
+    m = make_dataset(str(tmp_path), {"train": 3, "val": 1})
+    assert (tmp_path / MANIFEST).exists() and not (tmp_path / BUILD).exists()
+    for split, n in (("train", 3), ("val", 1)):
+        info = m["splits"][split]
+        expanded = list(braceexpand(info["pattern"]))
+        assert expanded == [s["path"] for s in info["shards"]]
+        assert sorted(expanded) == sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / split).glob("*.tar.zst"))
+        assert info["samples"] == n * FAKE.samples_per_shard
+        assert info["counts"] == {"candidates": 5 * n, "kept": 2 * n, "too_simple": 3 * n, "too_complex": 0}
+        assert sum(info["histograms"]["candidates"]["counts"]) == 5 * n
+        assert set(info["shards"][0]) == {"path", "samples", "tokens", "bytes", "sha256"}
+        table = pq.read_table(tmp_path / info["table"]).to_pylist()
+        assert len(table) == info["samples"]
+        assert table[0]["key"] == f"{split}-000000-000000" and table[0]["shard"] == f"{split}/shard-000000.tar.zst"
+        assert {"rule_id", "sim", "complexity", "probe_complexity"} <= set(table[0])
+    assert m["totals"]["samples"] == 4 * FAKE.samples_per_shard
+    assert m["config"] == FAKE.to_dict() and m["seeds"]["seed"] == FAKE.seed
+    assert m["provenance"]["zlib"] == ZLIB_VERSION and m["provenance"]["device"] == "cpu"
+    assert read_manifest(str(tmp_path)) == m == read_manifest(str(tmp_path / MANIFEST))
+    assert (tmp_path / "README.md").exists()  # the dataset card
+
+
+def test_read_manifest_names_the_missing_path(tmp_path):
+    with pytest.raises(ValueError, match=f"{tmp_path}/manifest.json does not exist"):
+        read_manifest(str(tmp_path))
+    prepare_output(str(tmp_path), FAKE)
+    with pytest.raises(ValueError, match=r"rerun the same build command"):
+        read_manifest(str(tmp_path))
+
+
+def test_prepare_output_resumes_same_config_and_refuses_another(tmp_path):
+    out = str(tmp_path / "ds")
+    prepare_output(out, FAKE, settings={"compression": "zstd"})
+    prepare_output(out, FAKE, settings={"compression": "zstd"})  # a rerun resumes
+    other = dataclasses.replace(FAKE, seed=3, nca=NCAConfig(frames=5))
+    with pytest.raises(ValueError, match=r"(?s)nca\.frames: 4 -> 5.*seed: 0 -> 3"):
+        prepare_output(out, other, settings={"compression": "zstd"})
+    with pytest.raises(ValueError, match=r"settings.compression: 'zstd' -> 'none'"):
+        prepare_output(out, FAKE, settings={"compression": "none"})
+    prepare_output(out, other, overwrite=True)
+    assert json.loads((tmp_path / "ds" / BUILD).read_text())["config"] == other.to_dict()
+
+
+def test_finished_dataset_is_not_overwritten_by_accident(tmp_path):
+    make_dataset(str(tmp_path), {"train": 2})
+    with pytest.raises(ValueError, match=r"already holds a finished dataset.*--overwrite"):
+        prepare_output(str(tmp_path), FAKE)
+    (tmp_path / "notes.txt").write_text("mine")
+    prepare_output(str(tmp_path), FAKE, overwrite=True)
+    assert not (tmp_path / MANIFEST).exists() and not (tmp_path / "train").exists()
+    assert (tmp_path / "notes.txt").read_text() == "mine"  # only our files are deleted
+
+
+def test_unwritable_output_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match=r"cannot write to .*choose a writable output folder"):
+        prepare_output(str(blocker / "ds"), FAKE)
+
+
+def test_write_manifest_refuses_gaps_and_drops_stale_shards(tmp_path):
+    out = str(tmp_path)
+    recs = [write_shard(fake_shard("train", i), out) for i in range(3)]
+    with pytest.raises(ValueError, match=r"missing \[1\]"):
+        write_manifest(out, FAKE, {"train": [recs[0], recs[2]]}, {}, figures=False)
+    m = write_manifest(out, FAKE, {"train": recs[:2]}, {}, figures=False)  # a smaller rebuild: shard 2 is stale
+    assert list(braceexpand(m["splits"]["train"]["pattern"])) == [p.name and f"train/{p.name}" for p in
+                                                                   sorted((tmp_path / "train").glob("*.tar.zst"))]
+    assert not (tmp_path / "train" / "shard-000002.json").exists()

@@ -1,0 +1,137 @@
+"""`nca-datagen verify` and `nca-datagen publish`, through the CLI, on local folders and a real S3 server."""
+
+import dataclasses
+import json
+
+import nca_datagen.pipelines.publish as publish_mod
+import pytest
+from click.testing import CliRunner
+from shard_fixtures import REAL, make_dataset, real_shards
+
+from nca_datagen import storage
+from nca_datagen.cli import main
+
+
+def cli(*args, env=None):
+    return CliRunner().invoke(main, list(args), env=env)
+
+
+def damage(path, how):
+    if how == "missing":
+        path.unlink()
+        return
+    blob = bytearray(path.read_bytes())
+    if how == "truncate":
+        blob = blob[: len(blob) - 100]
+    else:
+        blob[len(blob) // 3] ^= 0x10
+    path.write_bytes(bytes(blob))
+
+
+def test_verify_accepts_a_good_dataset(tmp_path):
+    make_dataset(str(tmp_path), {"train": 2, "val": 1})
+    result = cli("verify", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "ok  train/shard-000001.tar.zst" in result.output and "dataset verified" in result.output
+
+
+@pytest.mark.parametrize("how", ["truncate", "bitflip", "missing"])
+def test_verify_names_each_bad_file(tmp_path, how):
+    make_dataset(str(tmp_path), {"train": 3})
+    damage(tmp_path / "train" / "shard-000001.tar.zst", how)
+    damage(tmp_path / "train" / "shard-000002.tar.zst", "truncate")
+    result = cli("verify", str(tmp_path / "manifest.json"))
+    assert result.exit_code == 1
+    assert "2 problem(s)" in result.output
+    assert "BAD train/shard-000001.tar.zst" in result.output and "BAD train/shard-000002.tar.zst" in result.output
+    assert "ok  train/shard-000000.tar.zst" in result.output
+
+
+def test_verify_without_a_dataset_is_a_clear_error(tmp_path):
+    result = cli("verify", str(tmp_path))
+    assert result.exit_code == 1 and "no dataset at" in result.output
+
+
+@pytest.mark.slow
+def test_regenerate_matches_the_recipe(tmp_path):
+    make_dataset(str(tmp_path), {"train": real_shards(1)}, config=REAL)
+    result = cli("verify", str(tmp_path), "--regenerate", "1", "--backend", "torch")
+    assert result.exit_code == 0, result.output
+    assert "ok  regenerated train/shard-000000.tar.zst" in result.output
+
+
+@pytest.mark.slow
+def test_regenerate_catches_shards_that_do_not_follow_the_recipe(tmp_path):
+    make_dataset(str(tmp_path), {"train": 1}, config=REAL)  # random tokens: valid shards, wrong content
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["provenance"]["zlib"] = "0.0.0-elsewhere"
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    result = cli("verify", str(tmp_path), "--regenerate", "1", "--backend", "torch")
+    assert result.exit_code == 1
+    assert "zlib 0.0.0-elsewhere" in result.output
+    assert "BAD regenerated train/shard-000000.tar.zst" in result.output
+
+
+def test_publish_to_s3_and_back(tmp_path, s3_server, s3_bucket, monkeypatch):
+    src, dst, back = str(tmp_path / "src"), f"{s3_bucket}/nca/v1", str(tmp_path / "back")
+    make_dataset(src, {"train": 3, "val": 1})
+    first = cli("publish", src, dst, "--endpoint-url", s3_server)
+    assert first.exit_code == 0, first.output
+    assert "4 shards uploaded, 0 already present" in first.output
+    again = cli("publish", src, dst, "--endpoint-url", s3_server)
+    assert again.exit_code == 0 and "0 shards uploaded, 4 already present" in again.output
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)  # the endpoint from the environment this time
+    assert cli("verify", dst).exit_code == 0
+    copied = cli("publish", dst, back)
+    assert copied.exit_code == 0 and "4 shards uploaded" in copied.output
+    assert (tmp_path / "back" / "manifest.json").read_bytes() == (tmp_path / "src" / "manifest.json").read_bytes()
+    assert (tmp_path / "back" / "samples" / "train.parquet").exists()
+    assert cli("verify", back).exit_code == 0
+
+
+def test_interrupted_publish_leaves_no_manifest_and_resumes(tmp_path, s3_server, s3_bucket, monkeypatch):
+    src, dst = str(tmp_path / "src"), f"{s3_bucket}/nca"
+    opts = {"endpoint_url": s3_server}
+    make_dataset(src, {"train": 4})
+    fs, root = storage.filesystem(dst, opts)
+    calls = []
+    real_upload = publish_mod.upload_shard
+
+    def flaky_upload(dfs, path, blob):
+        calls.append(path)
+        if len(calls) == 3:
+            raise ConnectionError("network went away")
+        real_upload(dfs, path, blob)
+
+    monkeypatch.setattr(publish_mod, "upload_shard", flaky_upload)
+    result = cli("publish", src, dst, "--endpoint-url", s3_server)
+    assert isinstance(result.exception, ConnectionError)
+    assert not fs.exists(f"{root}/manifest.json")
+    assert len(fs.glob(f"{root}/train/shard-*.tar.zst")) == 2
+
+    monkeypatch.setattr(publish_mod, "upload_shard", real_upload)
+    resumed = cli("publish", src, dst, "--endpoint-url", s3_server)
+    assert resumed.exit_code == 0 and "2 shards uploaded, 2 already present" in resumed.output
+    assert fs.exists(f"{root}/manifest.json")
+
+
+def test_republishing_another_version_hides_the_old_manifest_first(tmp_path, s3_server, s3_bucket, monkeypatch):
+    dst, opts = f"{s3_bucket}/nca", {"endpoint_url": s3_server}
+    make_dataset(str(tmp_path / "v1"), {"train": 2})
+    assert cli("publish", str(tmp_path / "v1"), dst, "--endpoint-url", s3_server).exit_code == 0
+    make_dataset(str(tmp_path / "v2"), {"train": 3}, config=dataclasses.replace(REAL, seed=9))
+    monkeypatch.setattr(publish_mod, "upload_shard", lambda *a: (_ for _ in ()).throw(ConnectionError("down")))
+    cli("publish", str(tmp_path / "v2"), dst, "--endpoint-url", s3_server)
+    fs, root = storage.filesystem(dst, opts)
+    assert not fs.exists(f"{root}/manifest.json")
+
+
+def test_publish_refuses_a_corrupt_source(tmp_path, s3_server, s3_bucket):
+    src = tmp_path / "src"
+    make_dataset(str(src), {"train": 2})
+    damage(src / "train" / "shard-000001.tar.zst", "bitflip")
+    result = cli("publish", str(src), f"{s3_bucket}/x", "--endpoint-url", s3_server)
+    assert result.exit_code == 1 and "shard-000001.tar.zst" in result.output
+    fs, root = storage.filesystem(f"{s3_bucket}/x", {"endpoint_url": s3_server})
+    assert not fs.exists(f"{root}/manifest.json")
