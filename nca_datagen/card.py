@@ -1,13 +1,14 @@
 """The dataset card: `README.md` with Hugging Face YAML front matter, plus PNG figures, beside `manifest.json`.
 
-`write_card(fs, root, manifest)` is called by `manifest.write_manifest` once the manifest is final. It reads
-nothing but the manifest (and, for two figures, the recipe inside it), and is defensive about the manifest's
-shape: a section whose keys are missing is left out rather than failing the build. Figures:
+`write_card(fs, root, manifest)` is called by `manifest.write_manifest` once every shard is written and before
+`manifest.json` is. The text comes from the manifest alone and is defensive about its shape: a section whose
+keys are missing is left out rather than failing the build. Figures:
 
 - `complexity.png`: probe-ratio histograms of candidate vs kept rules (and per-sample ratios), band edges marked.
-- `preview.png`: the first kept rules of train shard 0, one simulation each, regenerated from the recipe (the
-  recipe is deterministic, so these are exactly samples of the dataset; no shard has to be read).
-- `token-frequency.png`: token rank/frequency, log-log, over those sequences' patch tokens (delimiters dropped).
+- `preview.png`: the first kept rules of the train split, one simulation each, read from the first shard.
+- `token-frequency.png`: token rank/frequency, log-log, over up to 256 samples of the first shard(s), patch
+  tokens only (delimiters dropped). Reading a few samples costs a fraction of a second, far less than
+  regenerating them from the recipe.
 
 A figure that cannot be drawn (e.g. an older manifest without a recipe) is skipped with a warning: the card
 must never fail the manifest write it is part of.
@@ -15,27 +16,28 @@ must never fail the manifest write it is part of.
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 
 import numpy as np
 
 from nca_datagen.storage import write_atomic
+from nca_datagen.units import format_bytes
 
 PAPER = "Training Language Models via Neural Cellular Automata"
 PAPER_URL = "https://arxiv.org/abs/2603.10055"
 TAGS = ("synthetic", "cellular-automata", "nca", "pre-pre-training")
 PREVIEW_RULES = 6  # rows in the card's preview strip
 PREVIEW_FRAMES = 12  # frames per row (a full paper sequence has 27; 12 keep the picture readable)
+SAMPLE_LIMIT = 256  # samples read for the preview and token-frequency figures (~260K tokens at paper settings)
 
 
-def write_card(fs, root: str, manifest: dict, *, figures: bool = True, backend=None) -> list[str]:
+def write_card(fs, root: str, manifest: dict, *, figures: bool = True) -> list[str]:
     """Write README.md (and figures, when `figures`) under `root` on filesystem `fs`; returns the paths."""
     root = root.rstrip("/")
     written: list[str] = []
     images: dict[str, str] = {}  # figure file name -> caption
     if figures:
-        for name, (caption, data) in draw_figures(manifest, backend=backend).items():
+        for name, (caption, data) in draw_figures(manifest, fs, root).items():
             path = f"{root}/{name}"
             write_atomic(fs, path, data)
             written.append(path)
@@ -175,12 +177,14 @@ def _seq_len(nca: dict) -> int | None:
 
 
 def _split_totals(split: dict) -> dict:
-    totals = dict(split.get("totals") or {})
+    """samples, tokens, bytes, shards of one split: the manifest's own numbers, else summed over its shards."""
     shards = split.get("shards") or []
-    if shards:
-        for key in ("samples", "tokens", "bytes"):
-            totals.setdefault(key, sum(int(s.get(key, 0) or 0) for s in shards))
-        totals.setdefault("shards", len(shards))
+    totals = {k: split[k] for k in ("samples", "tokens", "bytes") if isinstance(split.get(k), (int, float))}
+    for key in ("samples", "tokens", "bytes"):
+        if key not in totals and shards:
+            totals[key] = sum(int(s.get(key, 0) or 0) for s in shards)
+    if split.get("num_shards") is not None or shards:
+        totals["shards"] = split.get("num_shards", len(shards))
     return totals
 
 
@@ -270,40 +274,32 @@ def _n(x) -> str:
 
 
 def _size(b) -> str:
-    if not isinstance(b, (int, float)):
-        return "—"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if b < 1000 or unit == "TB":
-            return f"{b:.0f} {unit}" if unit == "B" else f"{b:.1f} {unit}"
-        b /= 1000
-    return "—"
+    return format_bytes(b) if isinstance(b, (int, float)) else "—"
 
 
 # ----------------------------------------------------------------------------------------------- figures
 
 
-# ----------------------------------------------------------------------------------------------- figures
-
-
-def draw_figures(manifest: dict, *, backend=None) -> dict[str, tuple[str, bytes]]:
-    """{file name: (caption, PNG bytes)} for every figure that can be drawn from this manifest."""
-    out: dict[str, tuple[str, bytes]] = {}
-    band = _band(manifest)
+def draw_figures(manifest: dict, fs=None, root: str | None = None) -> dict[str, tuple[str, bytes]]:
+    """{file name: (caption, PNG bytes)} for every figure that can be drawn: histograms from the manifest,
+    preview and token frequencies from samples of the dataset's first shard(s) (needs `fs` and `root`)."""
+    out: dict[str, tuple[str, bytes] | None] = {}
     hists = merged_histograms(manifest)
     if hists:
         out["complexity.png"] = _optional(
             "complexity.png", "gzip ratio of candidate and kept rules (probe trajectory) and of the kept sequences; "
-            "dashed lines mark the band edges", lambda: _complexity_png(hists, band))
-    preview = _optional("preview", "", lambda: ("", preview_sequences(manifest, backend=backend)))
-    if preview:
-        cfg, data = preview[1]
+            "dashed lines mark the band edges", lambda: _complexity_png(hists, _band(manifest)))
+    got = _optional("samples", "", lambda: read_samples(fs, root, manifest)) if fs is not None else None
+    if got:
+        cfg, split, samples = got
+        rows = first_kept_rules(samples, PREVIEW_RULES)
         out["preview.png"] = _optional(
-            "preview.png", f"the first {data.num_samples} kept rules of {data.split} shard 0 (simulation 0 of "
-            f"each), frames left to right from step s{cfg.nca.burn_in}; colour = cell state, label = rule id "
-            "and probe gzip ratio", lambda: _preview_png(cfg, data))
+            "preview.png", f"the first {len(rows)} kept rules of the {split} split (simulation 0 of each), frames "
+            f"left to right from step s{cfg.nca.burn_in}; colour = cell state, label = rule id and probe gzip "
+            "ratio", lambda: _preview_png(cfg, split, rows))
         out["token-frequency.png"] = _optional(
-            "token-frequency.png", "patch-token rank/frequency (log-log) of those sequences, delimiters dropped",
-            lambda: _token_png(cfg, data))
+            "token-frequency.png", f"patch-token rank/frequency (log-log) of {len(samples)} {split} sequences, "
+            "delimiters dropped", lambda: _token_png(cfg, split, samples))
     return {k: v for k, v in out.items() if v}
 
 
@@ -338,20 +334,36 @@ def merged_histograms(manifest: dict) -> dict:
     return out
 
 
-def preview_sequences(manifest: dict, rules: int = PREVIEW_RULES, *, backend=None):
-    """(DatasetConfig, ShardData) for the first `rules` kept rules of train shard 0, simulation 0 each.
-
-    Regenerated from the recipe: the first K kept rules of a shard do not depend on how many it keeps, and
-    simulation 0 of a rule does not depend on how many simulations there are, so these are dataset samples.
-    """
+def read_samples(fs, root: str, manifest: dict, limit: int = SAMPLE_LIMIT):
+    """(DatasetConfig, split, [(key, tokens, meta)]): up to `limit` samples of the first shards of the train
+    split (else the first split), streamed from the shards the manifest names. Shards hold their rules'
+    simulations contiguously, so the first samples cover the first kept rules."""
     from nca_datagen.config import DatasetConfig
-    from nca_datagen.generate import generate_shard
+    from nca_datagen.shards import iter_shard_samples
 
     cfg = DatasetConfig.from_dict(manifest["config"])
-    small = dataclasses.replace(cfg, rules_per_shard=min(rules, cfg.rules_per_shard), sims_per_rule=1)
-    splits = manifest.get("splits") or {"train": {}}
+    splits = manifest["splits"]
     split = "train" if "train" in splits else next(iter(splits))
-    return cfg, generate_shard(small, split, 0, backend=backend)
+    samples = []
+    for shard in splits[split]["shards"]:
+        for sample in iter_shard_samples(f"{root.rstrip('/')}/{shard['path']}", fs=fs):
+            samples.append(sample)
+            if len(samples) >= limit:
+                return cfg, split, samples
+    if not samples:
+        raise ValueError(f"the {split} split has no samples")
+    return cfg, split, samples
+
+
+def first_kept_rules(samples, rules: int) -> list[tuple[int, float, np.ndarray]]:
+    """(rule id, probe ratio, tokens) of the first `rules` rules seen, each by its lowest simulation index."""
+    best: dict[int, tuple[int, float, np.ndarray, int]] = {}  # insertion order = order of first appearance
+    for _, tokens, meta in samples:
+        rule, sim = int(meta["rule_id"]), int(meta.get("sim", 0))
+        if (rule in best and best[rule][3] <= sim) or (rule not in best and len(best) >= rules):
+            continue
+        best[rule] = (rule, float(meta.get("probe_complexity", float("nan"))), tokens, sim)
+    return [(rule, ratio, tokens) for rule, ratio, tokens, _ in best.values()]
 
 
 def _complexity_png(hists: dict, band) -> bytes:
@@ -360,24 +372,24 @@ def _complexity_png(hists: dict, band) -> bytes:
     return figure_png(plot_histograms(hists, band, title="gzip ratio, all splits"))
 
 
-def _preview_png(cfg, data) -> bytes:
+def _preview_png(cfg, split: str, rows) -> bytes:
     from nca_datagen.tokenizer import sequence_to_frames
     from nca_datagen.viz import PreviewRow, png_bytes, render_strip
 
     n = cfg.nca
-    frames = sequence_to_frames(data.tokens_NL, n)[:, :PREVIEW_FRAMES]
-    rows = [PreviewRow(int(r), float(c), "kept", f, label=f"rule {int(r)}   {float(c):.3f}")
-            for r, c, f in zip(data.columns["rule_id"], data.columns["probe_complexity"], frames, strict=True)]
-    title = f"{data.split} shard 0: first {len(rows)} kept rules, band {cfg.band}"
-    img = render_strip(rows, n.states, scale=max(2, 36 // max(n.grid)), title=title, first_step=n.burn_in,
+    frames = sequence_to_frames(np.stack([t for _, _, t in rows]), n)[:, :PREVIEW_FRAMES]
+    drawn = [PreviewRow(rule, ratio, "kept", f, label=f"rule {rule}   {ratio:.3f}")
+             for (rule, ratio, _), f in zip(rows, frames, strict=True)]
+    title = f"{split}: first {len(drawn)} kept rules, band {cfg.band}"
+    img = render_strip(drawn, n.states, scale=max(2, 36 // max(n.grid)), title=title, first_step=n.burn_in,
                        stride=n.frame_stride)
     return png_bytes(img)
 
 
-def _token_png(cfg, data) -> bytes:
+def _token_png(cfg, split: str, samples) -> bytes:
     from nca_datagen.complexity import patch_tokens
     from nca_datagen.viz import figure_png, plot_rank_frequency
 
-    tokens = np.concatenate([patch_tokens(s, cfg.nca.tokens_per_frame).ravel() for s in data.tokens_NL])
-    title = f"token rank/frequency, {data.num_samples} sequences of {data.split} shard 0"
+    tokens = np.concatenate([patch_tokens(t, cfg.nca.tokens_per_frame).ravel() for _, t, _ in samples])
+    title = f"token rank/frequency, {len(samples)} {split} sequences"
     return figure_png(plot_rank_frequency(tokens, cfg.nca.vocab_size - 2, title=title))

@@ -15,13 +15,10 @@ factor with nearest-neighbour sampling so every cell is a crisp square. Pillow d
 
 from __future__ import annotations
 
-import dataclasses
-import glob
 import io
 import json
 import math
-import os
-import sys
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +27,7 @@ import numpy as np
 
 from nca_datagen.complexity import PRESETS, Band, gzip_ratio
 from nca_datagen.palette import colourise, palette
+from nca_datagen.storage import storage_flags
 
 VERDICT_TEXT = {"kept": "kept", "too_simple": "too simple", "too_complex": "too complex"}
 # Text colours for verdict labels: Okabe-Ito bluish green / blue / vermillion (distinct for colour-blind readers,
@@ -75,7 +73,7 @@ def _row_label(row: PreviewRow) -> str:
 
 
 def _text_width(draw, text: str, fnt) -> int:
-    return int(math.ceil(draw.textlength(text, font=fnt)))
+    return math.ceil(draw.textlength(text, font=fnt))
 
 
 def render_strip(rows: list[PreviewRow], states: int, *, scale: int = 4, title: str = "",
@@ -224,7 +222,7 @@ def plot_histograms(histograms: dict, band: Band | None, *, title: str = ""):
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     style = {"candidates": dict(color="#999999", label="candidate rules"),
              "kept": dict(color="#0072B2", label="kept rules"),
-             "samples": dict(color="#E69F00", label="samples (whole sequence)")}
+             "samples": dict(color="#E69F00", label="samples (each sequence's own ratio)")}
     for ax, keys in zip(axes, panels, strict=True):
         for k in keys:
             counts, edges = _hist_arrays(histograms[k])
@@ -285,30 +283,6 @@ def figure_png(fig) -> bytes:
     return buf.getvalue()
 
 
-def text_histogram(counts, lo: float, hi: float, *, width: int = 40, band: Band | None = None) -> list[str]:
-    """Terminal bars for a histogram: one line per non-empty bin, '│' marking bins on a band edge."""
-    counts = np.asarray(counts, dtype=np.int64)
-    if counts.size == 0:
-        return []
-    edges = np.linspace(lo, hi, len(counts) + 1)
-    nz = np.flatnonzero(counts)
-    if nz.size == 0:
-        return ["(empty)"]
-    first, last = nz[0], nz[-1]
-    peak = counts.max()
-    lines = []
-    for i in range(first, last + 1):
-        a, b = edges[i], edges[i + 1]
-        bar = "█" * int(round(width * counts[i] / peak)) if counts[i] else ""
-        mark = ""
-        if band is not None:
-            inside = band.lo <= a and b <= band.hi
-            mark = "│" if any(a - 1e-9 <= e <= b + 1e-9 and 0 < e < 1 for e in (band.lo, band.hi)) else (
-                " " if not inside else "·")
-        lines.append(f"{a:5.2f}-{b:4.2f} {mark}{bar} {counts[i]}")
-    return lines
-
-
 SPARK = " ▁▂▃▄▅▆▇█"
 
 
@@ -345,9 +319,14 @@ def sample_preview(config, rules: int, *, frames: int | None = None, only_kept: 
     sid = split_id(split)
     want_kept = rules if only_kept else math.ceil(rules / 2)
     want_other = rules - want_kept
-    limit = max_candidates or max(2000, 200 * rules)
-    kept, other, probed, batch = [], [], 0, max(16, 2 * rules)
-    while (len(kept) < want_kept or len(other) < want_other) and probed < limit:
+    # a mixed preview gives up sooner than --only-kept: it shows the rejections it found, with a note
+    limit = max_candidates or (max(2000, 200 * rules) if only_kept else 100 * rules)
+    soft_limit = 20 * rules  # past this, stop waiting for a rare rejection reason and show what came
+    found = {"kept": [], "too_simple": [], "too_complex": []}
+    probed, batch = 0, max(16, 2 * rules)
+    # a band open at 1.0 (or 0.0) has no too-complex (too-simple) rules to wait for
+    one_sided = config.band.hi >= 1.0 or config.band.lo <= 0.0
+    while probed < limit and not _preview_done(found, want_kept, want_other, one_sided or probed >= soft_limit):
         ids = np.arange(probed, min(probed + batch, limit))
         tables = sample_rules(cfg, config.seed, sid, ids)
         states, keys = trajectory_inputs(cfg, config.seed, sid, ids, [PROBE_SIM] * len(ids), probe=True)
@@ -355,24 +334,443 @@ def sample_preview(config, rules: int, *, frames: int | None = None, only_kept: 
         for rule_id, fr in zip(ids, frames_BFHW, strict=True):
             ratio = gzip_ratio(encode_patches(fr[: config.probe_frames], cfg))
             verdict = config.band.verdict(ratio)
-            row = PreviewRow(int(rule_id), float(ratio), verdict, fr[:show])
-            if verdict == "kept" and len(kept) < want_kept:
-                kept.append(row)
-            elif verdict != "kept" and len(other) < want_other:
-                other.append(row)
+            if len(found[verdict]) < (want_kept if verdict == "kept" else want_other):
+                found[verdict].append(PreviewRow(int(rule_id), float(ratio), verdict, fr[:show]))
         probed += len(ids)
+    kept = found["kept"]
     if only_kept and not kept:
         raise ValueError(f"band {config.band} kept none of {probed} candidate rules: choose a wider band "
                          f"(see `nca-datagen preview` without --only-kept for the ratios rules reach)")
-    rows = kept + other
-    if len(rows) < rules:  # a band that keeps (almost) nothing, or everything: fill with whatever came
-        click.echo(f"note: {probed} candidates gave {len(kept)} kept and {len(other)} rejected rules; "
-                   f"showing {len(rows)}", err=True)
+    simple, complex_ = found["too_simple"], found["too_complex"]
+    n_simple = min(len(simple), max(want_other // 2, want_other - len(complex_)))  # half each, else fill
+    rows = kept + simple[:n_simple] + complex_[: want_other - n_simple]
+    if len(rows) < rules:  # a band that keeps (almost) nothing, or everything: show what came
+        click.echo(f"note: {probed} candidate rules gave {len(kept)} kept, {len(simple)} too simple and "
+                   f"{len(complex_)} too complex; drawing {len(rows)}", err=True)
     return sorted(rows, key=lambda r: r.ratio)
+
+
+def _preview_done(found: dict, want_kept: int, want_other: int, patience_over: bool) -> bool:
+    """Enough kept rules, and rejected ones of both reasons (half each) - or of either, once patience is over."""
+    if len(found["kept"]) < want_kept:
+        return False
+    simple, complex_ = len(found["too_simple"]), len(found["too_complex"])
+    if patience_over:
+        return simple + complex_ >= want_other
+    return simple >= want_other // 2 and complex_ >= want_other - want_other // 2
 
 
 def preview_title(config, frames: int) -> str:
     n = config.nca
     return (f"band {config.band}   {n.grid[0]}x{n.grid[1]} cells, {n.states} states, seed {config.seed}   "
-            f"probe frames s{n.burn_in}..s{n.burn_in + (frames - 1) * n.frame_stride}, ratio of first "
-            f"{config.probe_frames}")
+            f"probe trajectories s{n.burn_in}..s{n.burn_in + (frames - 1) * n.frame_stride}   "
+            f"label: rule id, gzip ratio, verdict")
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+def _parse_grid(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        parts = [int(v) for v in str(value).lower().replace("*", "x").split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2:
+        raise click.BadParameter(f"{value!r}: use HEIGHTxWIDTH (e.g. 12x12) or one number for a square grid")
+    return tuple(parts)
+
+
+def _parse_band(ctx, param, value):
+    try:
+        return Band.parse(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+@click.command("preview")
+@click.option("--complexity", "band", default="50%+", show_default=True, callback=_parse_band,
+              help="Band to judge rules by: 50%+, 30-40%, 0.5:1.0, or a preset (web, math, code).")
+@click.option("--rules", default=8, show_default=True, type=click.IntRange(1, 64), help="Rules (rows) to draw.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Run seed of the recipe.")
+@click.option("--split", default="train", show_default=True, type=click.Choice(["train", "val"]))
+@click.option("--grid", default="12x12", show_default=True, callback=_parse_grid, help="Cells, HxW.")
+@click.option("--states", default=10, show_default=True, type=int, help="Alphabet size (at most 16 can be drawn).")
+@click.option("--patch", default=2, show_default=True, type=int, help="Patch size of a token (affects the ratio).")
+@click.option("--frames", default=None, type=click.IntRange(1),
+              help="Frames to draw per rule [default: the probe's 10]. The ratio always uses the probe's frames.")
+@click.option("--only-kept", is_flag=True, help="Draw only rules the band keeps (default: about half kept, "
+                                                 "half rejected, to show the boundary).")
+@click.option("--scale", default=None, type=click.IntRange(1, 64),
+              help="Pixels per cell [default: 4 for PNG, 6 for GIF, scaled down for big grids].")
+@click.option("--backend", default=None, type=click.Choice(["auto", "triton", "numba", "torch"]),
+              help="Rollout backend [default: NCA_BACKEND or auto].")
+@click.option("--device", default=None, help="auto, cpu or cuda [default: NCA_DEVICE or auto].")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
+              help="Output file: .png (one row per rule) or .gif (animated, rules side by side).")
+def preview_command(band, rules, seed, split, grid, states, patch, frames, only_kept, scale, backend, device, out):
+    """Draw sampled candidate rules of a complexity band, labelled with gzip ratio and verdict.
+
+    Rules are probed exactly as the filter does; each row is a rule's probe trajectory, frames left to right.
+    Colours: nca_datagen/palette.py (Okabe-Ito for states 0-7).
+
+    \b
+    Example:
+      nca-datagen preview --complexity 50%+ --rules 8 --out docs/preview-50plus.png
+    """
+    from nca_datagen.config import DatasetConfig, NCAConfig
+
+    suffix = Path(out).suffix.lower()
+    if suffix not in (".png", ".gif"):
+        raise click.BadParameter(f"{out}: the output must end in .png or .gif", param_hint="--out")
+    try:
+        palette(states)
+        config = DatasetConfig(nca=NCAConfig(grid=grid, states=states, patch=patch), band=band, seed=seed)
+        rows = sample_preview(config, rules, frames=frames, only_kept=only_kept, split=split, backend=backend,
+                              device=device)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    n = config.nca
+    shown = rows[0].frames_FHW.shape[0]
+    title = preview_title(config, shown)
+    auto = (4 if suffix == ".png" else 6) * 12 // max(12, max(n.grid))
+    scale = scale or max(1, auto)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".png":
+        save_image(render_strip(rows, states, scale=scale, title=title, first_step=n.burn_in,
+                                stride=n.frame_stride), out)
+    else:
+        save_image(render_gif_frames(rows, states, scale=scale, title=title, first_step=n.burn_in,
+                                     stride=n.frame_stride), out)
+    verdicts = {v: sum(r.verdict == v for r in rows) for v in VERDICT_TEXT}
+    click.echo(f"wrote {out}: {len(rows)} rules ({', '.join(f'{c} {VERDICT_TEXT[v]}' for v, c in verdicts.items())})"
+               f", band {config.band}, {shown} frames")
+
+
+def rebin(counts, factor: int) -> np.ndarray:
+    """Sum groups of `factor` adjacent bins (a ragged last group is kept)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    pad = (-len(counts)) % factor
+    return np.concatenate([counts, np.zeros(pad, np.int64)]).reshape(-1, factor).sum(axis=1)
+
+
+def inspect_summary(manifest: dict, url: str) -> dict:
+    """The machine-readable view `inspect --json` prints: recipe, totals, per-split counts and histograms."""
+    from nca_datagen.card import merged_histograms
+
+    splits = {}
+    for name, s in (manifest.get("splits") or {}).items():
+        splits[name] = {k: s.get(k) for k in ("num_shards", "samples", "tokens", "bytes", "seq_len", "compression",
+                                              "pattern", "counts", "acceptance_rate", "histograms")}
+    return {"url": url, "format": manifest.get("format"), "format_version": manifest.get("format_version"),
+            "tool_version": manifest.get("tool_version"), "config": manifest.get("config"),
+            "totals": manifest.get("totals"), "splits": splits, "histograms": merged_histograms(manifest),
+            "provenance": manifest.get("provenance")}
+
+
+def _band_of(manifest: dict) -> Band | None:
+    band = (manifest.get("config") or {}).get("band")
+    return Band.from_dict(band) if band else None
+
+
+def terminal_histogram(cand, kept, lo: float, hi: float, band: Band | None, width: int = 32):
+    """rich Text lines, one per bin from the first to the last non-empty one. The bar is the candidates: its
+    kept part solid, its rejected part light. '▕' marks bins inside the band, '┆' bins that straddle an edge."""
+    from rich.text import Text
+
+    cand = np.asarray(cand, dtype=np.int64)
+    kept = np.zeros_like(cand) if kept is None else np.asarray(kept, dtype=np.int64)
+    edges = np.linspace(lo, hi, len(cand) + 1)
+    nz = np.flatnonzero(cand + kept)
+    if nz.size == 0:
+        return [Text("(no candidates)")]
+    peak, total = max(int(cand.max()), 1), max(int(cand.sum()), 1)
+    lines = []
+    for i in range(int(nz[0]), int(nz[-1]) + 1):
+        a, b = edges[i], edges[i + 1]
+        mark = " "
+        if band is not None and band.lo < b and a < band.hi:
+            mark = "▕" if band.lo <= a + 1e-9 and b <= band.hi + 1e-9 else "┆"
+        n_c, n_k = int(cand[i]), int(kept[i])
+        full = round(width * n_c / peak)
+        solid = min(full, round(width * n_k / peak))
+        t = Text(f"{a:4.2f}-{b:4.2f} ")
+        t.append(mark, style="green")
+        t.append("█" * solid, style="green")
+        t.append("░" * (full - solid), style="grey50")
+        t.append(" " * (width - full) + f" {n_k:>5,} / {n_c:<5,} {100 * n_c / total:5.1f}%")
+        lines.append(t)
+    return lines
+
+
+def display_factor(n_bins: int, lo: float, hi: float, band: Band | None) -> int:
+    """Merge bins for the terminal: to 0.1-wide bins (the paper's table) when the band edges stay on bin edges."""
+    for factor in (5, 2, 1):
+        if n_bins % factor:
+            continue
+        width = (hi - lo) * factor / n_bins
+        edges = [] if band is None else [e for e in (band.lo, band.hi) if lo < e < hi]
+        if all(abs((e - lo) / width - round((e - lo) / width)) < 1e-6 for e in edges):
+            return factor
+    return 1
+
+
+@click.command("inspect")
+@click.argument("url")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of tables.")
+@click.option("--out-dir", type=click.Path(file_okay=False), default=None,
+              help="Also write the complexity histograms as PNGs here (one for all splits, one per split).")
+@storage_flags
+def inspect_command(url, as_json, out_dir, endpoint_url, profile, s3_checksums):
+    """Show a dataset's recipe, totals, acceptance and complexity histograms (local folder or s3:// URL)."""
+    from nca_datagen.manifest import read_manifest
+    from nca_datagen.storage import storage_options_from_flags
+
+    try:
+        manifest = read_manifest(url, storage_options_from_flags(endpoint_url, profile, s3_checksums))
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    summary = inspect_summary(manifest, url)
+    written = write_histogram_pngs(manifest, out_dir) if out_dir else []
+    if as_json:
+        summary["figures"] = written
+        click.echo(json.dumps(summary, indent=1, default=str))
+        return
+    _print_inspect(summary, _band_of(manifest), written)
+
+
+def write_histogram_pngs(manifest: dict, out_dir: str) -> list[str]:
+    """complexity.png (all splits) and complexity-SPLIT.png under `out_dir`; returns the paths."""
+    from nca_datagen.card import merged_histograms
+
+    band = _band_of(manifest)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    jobs = [("complexity.png", merged_histograms(manifest), "all splits")]
+    jobs += [(f"complexity-{name}.png", s.get("histograms") or {}, f"{name} split")
+             for name, s in (manifest.get("splits") or {}).items()]
+    written = []
+    for fname, hists, what in jobs:
+        if not hists:
+            continue
+        path = str(Path(out_dir) / fname)
+        plot_histograms(hists, band, title=f"gzip ratio, {what}").savefig(path)
+        written.append(path)
+    return written
+
+
+def _print_inspect(summary: dict, band: Band | None, written: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    cfg = summary.get("config") or {}
+    nca = cfg.get("nca") or {}
+    console.print(f"[bold]{summary['url']}[/bold]  ({summary.get('format')} v{summary.get('format_version')}, "
+                  f"written by nca-datagen {summary.get('tool_version')})")
+    recipe = Table(title="recipe", show_header=False, title_justify="left")
+    recipe.add_column(style="bold")
+    recipe.add_column()
+    if band is not None:
+        recipe.add_row("band", f"{band}  (keep iff {band.lo:g} < gzip ratio < {band.hi:g})")
+    if nca:
+        recipe.add_row("grid / states / patch", f"{'x'.join(map(str, nca.get('grid', [])))} / {nca.get('states')} / "
+                                                f"{nca.get('patch')}")
+        recipe.add_row("frames / burn-in", f"{nca.get('frames')} / {nca.get('burn_in')}")
+    for key in ("seed", "rules_per_shard", "sims_per_rule", "probe_frames"):
+        if key in cfg:
+            recipe.add_row(key, str(cfg[key]))
+    console.print(recipe)
+    size = Table(title="size", title_justify="left")
+    for col in ("split", "shards", "sequences", "tokens", "bytes"):
+        size.add_column(col, justify="left" if col == "split" else "right")
+    for name, s in summary["splits"].items():
+        size.add_row(name, _fmt(s.get("num_shards")), _fmt(s.get("samples")), _fmt(s.get("tokens")), _bytes(s))
+    t = summary.get("totals") or {}
+    if t:
+        size.add_row("[bold]total[/bold]", _fmt(t.get("num_shards")), _fmt(t.get("samples")), _fmt(t.get("tokens")),
+                     _bytes(t))
+    console.print(size)
+    accept = Table(title="filter: candidate rules by verdict", title_justify="left")
+    for col in ("split", "candidates", "kept", "too simple", "too complex", "acceptance"):
+        accept.add_column(col, justify="left" if col == "split" else "right")
+    for name, s in summary["splits"].items():
+        c = s.get("counts") or {}
+        rate = s.get("acceptance_rate")
+        accept.add_row(name, _fmt(c.get("candidates")), _fmt(c.get("kept")), _fmt(c.get("too_simple")),
+                       _fmt(c.get("too_complex")), f"{rate:.1%}" if rate is not None else "-")
+    console.print(accept)
+    hists = summary.get("histograms") or {}
+    if hists.get("candidates"):
+        h = hists["candidates"]
+        factor = display_factor(len(h["counts"]), h["lo"], h["hi"], band)
+        kept = hists.get("kept", {}).get("counts")
+        console.print("[bold]probe gzip ratio of candidate rules[/bold] (all splits)\n"
+                      "bar: solid = kept, light = rejected; ▕ inside the band, ┆ on a band edge")
+        console.print(f"{'ratio':<10} {'':32} {'kept':>5} / {'cand':<5} {'share':>6}")
+        for line in terminal_histogram(rebin(h["counts"], factor), rebin(kept, factor) if kept else None,
+                                       h["lo"], h["hi"], band):
+            console.print(line)
+    if hists.get("samples"):
+        h = hists["samples"]
+        nz = np.flatnonzero(h["counts"])
+        if nz.size:
+            edges = np.linspace(h["lo"], h["hi"], len(h["counts"]) + 1)
+            console.print(f"[bold]per-sequence gzip ratio[/bold] {edges[nz[0]]:.2f} "
+                          f"{sparkline(np.asarray(h['counts'])[nz[0]:nz[-1] + 1])} {edges[nz[-1] + 1]:.2f}")
+    for path in written:
+        console.print(f"wrote {path}")
+
+
+def _bytes(d: dict) -> str:
+    from nca_datagen.units import format_bytes
+
+    return format_bytes(d["bytes"]) if isinstance(d.get("bytes"), (int, float)) else "-"
+
+
+def _fmt(x) -> str:
+    return f"{int(x):,}" if isinstance(x, (int, float)) else "-"
+
+
+# ------------------------------------------------------------------------------------ your corpus's ratio
+
+CHUNK_TOKENS = 360  # the paper's probe: 10 frames x 36 patch tokens, delimiters removed
+NCA_RANDOM_CEILING = 0.669  # uniformly random NCA patch tokens (10^4 ids) under the paper's measure
+# Share of random rules per band, measured on the paper's reference code (paper-facts.md §3, 4000 rules).
+PAPER_BAND_SHARES = (((0.0, 0.1), 0.139), ((0.1, 0.2), 0.060), ((0.2, 0.3), 0.070), ((0.3, 0.4), 0.080),
+                     ((0.4, 0.5), 0.192), ((0.5, 1.0), 0.457))
+PAPER_BEST = {(0.5, 1.0): "web text, math", (0.3, 0.4): "code"}  # paper-facts.md §3 and §6
+
+
+def bytes_gzip_ratio(raw: bytes) -> float:
+    """len(gzip(raw, level 9)) / len(raw): the same compressor and overhead as `complexity.gzip_ratio`."""
+    import zlib
+
+    from nca_datagen.complexity import GZIP_OVERHEAD
+
+    return (len(zlib.compress(raw, 9, wbits=-15)) + GZIP_OVERHEAD) / len(raw)
+
+
+def corpus_chunks(docs: list[bytes], chunk: int = CHUNK_TOKENS, max_chunks: int = 20_000) -> list[bytes]:
+    """Every whole `chunk`-byte window of every document (a document's ragged tail is dropped), then at most
+    `max_chunks` of them, evenly spaced, so a big corpus is sampled the same way on every run."""
+    chunks = [d[i:i + chunk] for d in docs for i in range(0, len(d) - chunk + 1, chunk)]
+    if len(chunks) > max_chunks:
+        chunks = [chunks[i] for i in np.linspace(0, len(chunks) - 1, max_chunks).round().astype(int)]
+    return chunks
+
+
+def measure_corpus(docs: list[bytes], chunk: int = CHUNK_TOKENS, max_chunks: int = 20_000) -> dict:
+    """gzip ratios of a corpus: bytes as int32 tokens (the NCA measure), raw bytes, and the random ceiling."""
+    chunks = corpus_chunks(docs, chunk, max_chunks)
+    if not chunks:
+        longest = max((len(d) for d in docs), default=0)
+        raise ValueError(f"the corpus has no document of at least {chunk} bytes (longest: {longest}); "
+                         f"give more text or a smaller --chunk")
+    as_tokens = np.array([gzip_ratio(np.frombuffer(c, np.uint8)) for c in chunks])
+    as_bytes = np.array([bytes_gzip_ratio(c) for c in chunks])
+    rng = np.random.default_rng(0)  # the ceiling of this encoding: uniformly random bytes, same measure
+    ceiling = float(np.mean([gzip_ratio(rng.integers(0, 256, chunk, dtype=np.uint8)) for _ in range(64)]))
+    total = sum(len(d) for d in docs)
+    whole = sum(len(_deflate(d)) + 18 for d in docs) / total
+    mean = float(as_tokens.mean())
+    return {
+        "documents": len(docs), "bytes": total, "chunk_tokens": chunk, "chunks": len(chunks),
+        "token_ratio": _stats(as_tokens), "byte_ratio": _stats(as_bytes), "whole_document_byte_ratio": whole,
+        "random_byte_token_ratio": ceiling,
+        "nca_scale_estimate": mean / ceiling * NCA_RANDOM_CEILING,
+    }
+
+
+def _deflate(data: bytes) -> bytes:
+    import zlib
+
+    return zlib.compress(data, 9, wbits=-15)
+
+
+def _stats(x: np.ndarray) -> dict:
+    q = np.quantile(x, [0.1, 0.5, 0.9])
+    return {"mean": float(x.mean()), "p10": float(q[0]), "median": float(q[1]), "p90": float(q[2])}
+
+
+@click.command("complexity")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--chunk", default=CHUNK_TOKENS, show_default=True, type=click.IntRange(16),
+              help="Tokens (bytes) per measured window; 360 is the paper's probe size.")
+@click.option("--max-chunks", default=20_000, show_default=True, type=click.IntRange(1),
+              help="Windows measured at most (evenly spaced over the corpus).")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def complexity_command(paths, chunk, max_chunks, as_json):
+    """gzip ratio of your own text or code, beside the NCA complexity bands.
+
+    PATHS are files, folders (recursive), globs, .jsonl files (their "text" field) or `stdlib` (this Python's
+    standard-library sources): the same corpus spec as `nca-datagen train text`.
+
+    \b
+    The measure is the paper's, applied to text: every byte is one token, a window of 360 tokens (the size of
+    the NCA probe) is written as int32 little-endian and gzipped at level 9; the ratio is compressed/raw size,
+    averaged over windows. Byte tokens carry at most 8 of 32 bits, so their ceiling (random bytes) is lower than
+    NCA tokens' 0.669; the "NCA-scale estimate" rescales by the two ceilings. It is a rough guide: which band
+    helps your corpus is measured by `nca-datagen train sweep`.
+    """
+    from nca_datagen.train.text import load_documents
+
+    try:
+        docs = load_documents(list(paths))
+        result = measure_corpus(docs, chunk, max_chunks)
+    except (ValueError, OSError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    result["paths"] = list(paths)
+    result["paper_bands"] = [{"band": [lo, hi], "share_of_random_rules": share, "paper_best_for": PAPER_BEST.get(
+        (lo, hi))} for (lo, hi), share in PAPER_BAND_SHARES]
+    result["presets"] = dict(PRESETS)
+    if as_json:
+        click.echo(json.dumps(result, indent=1))
+        return
+    _print_complexity(result)
+
+
+def _print_complexity(r: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from nca_datagen.units import format_bytes
+
+    console = Console(highlight=False)
+    console.print(f"[bold]{', '.join(r['paths'])}[/bold]: {r['documents']:,} documents, {format_bytes(r['bytes'])}; "
+                  f"{r['chunks']:,} windows of {r['chunk_tokens']} tokens measured")
+    t = Table(title="gzip ratio (compressed / raw, level 9; higher = less compressible)", title_justify="left")
+    t.add_column("measure")
+    for col in ("mean", "p10", "median", "p90"):
+        t.add_column(col, justify="right")
+    for key, label in (("token_ratio", "bytes as int32 tokens (NCA measure)"),
+                       ("byte_ratio", f"raw bytes, {r['chunk_tokens']}-byte windows")):
+        s = r[key]
+        t.add_row(label, *(f"{s[c]:.3f}" for c in ("mean", "p10", "median", "p90")))
+    t.add_row("raw bytes, whole documents", f"{r['whole_document_byte_ratio']:.3f}", "", "", "")
+    t.add_row("random bytes as int32 tokens", f"{r['random_byte_token_ratio']:.3f}", "", "", "")
+    console.print(t)
+    est = r["nca_scale_estimate"]
+    console.print(f"NCA-scale estimate: {r['token_ratio']['mean']:.3f} / {r['random_byte_token_ratio']:.3f} x "
+                  f"{NCA_RANDOM_CEILING} = [bold]{est:.3f}[/bold]\n(your ratio as a share of random bytes' ratio, "
+                  f"times random NCA tokens' ratio: a rough guide)")
+    bands = Table(title="NCA complexity bands (probe gzip ratio of random rules, paper)", title_justify="left")
+    for col in ("band", "random rules", "paper's best for", ""):
+        bands.add_column(col)
+    for (lo, hi), share in PAPER_BAND_SHARES:
+        here = "◀ your corpus" if lo < est <= hi or (lo == 0 and est <= hi) else ""
+        name = f"{lo * 100:g}%+" if hi >= 1 else f"{lo * 100:g}-{hi * 100:g}%"
+        bands.add_row(name, f"{share:.1%}", PAPER_BEST.get((lo, hi), ""), here)
+    console.print(bands)
+    console.print("The paper's recommendations: web text and math 50%+, code 30-40% (presets: "
+                  + ", ".join(f"--complexity {k} = {v}" for k, v in PRESETS.items()) + ").\n"
+                  "To measure which band helps your corpus, pre-pre-train small models per band and compare:\n"
+                  "  nca-datagen train sweep " + _text_args(r["paths"]) + " --out sweep/", soft_wrap=True)
+
+
+def _text_args(paths: list[str]) -> str:
+    if len(paths) > 3:  # a shell-expanded glob: show the form, not every file
+        return "--text PATH [--text PATH ...]"
+    return " ".join(f"--text {shlex.quote(p)}" for p in paths)
