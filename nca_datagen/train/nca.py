@@ -12,13 +12,15 @@ import torch
 
 
 def dataset_info(url: str) -> dict:
-    """vocab size and sequence length of a dataset, from its manifest."""
+    """Vocabulary size, sequence length and per-split sample counts of a dataset, from its manifest."""
     from nca_datagen import manifest
 
-    nca = manifest.read_manifest(url)["config"]["nca"]
+    m = manifest.read_manifest(url)
+    nca = m["config"]["nca"]
     tokens_per_frame = (nca["grid"][0] // nca["patch"]) * (nca["grid"][1] // nca["patch"]) + 2
     return {"vocab_size": nca["states"] ** (nca["patch"] ** 2) + 2, "seq_len": nca["frames"] * tokens_per_frame,
-            "tokens_per_frame": tokens_per_frame}
+            "tokens_per_frame": tokens_per_frame,
+            "samples": {split: s["samples"] for split, s in m["splits"].items()}}
 
 
 class NCABatches:
@@ -36,7 +38,7 @@ class NCABatches:
         rows = []
         empty_epochs = 0
         while len(rows) < self.batch_size:
-            if self._it is None:
+            if self._it is None:  # a new epoch (set_epoch clears the loader's position, so not after a resume)
                 self.dataset.set_epoch(self.epoch)
                 self._it = iter(self.dataset)
             try:
@@ -55,26 +57,22 @@ class NCABatches:
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch = state["epoch"]
-        self.dataset.load_state_dict(state["dataset"])
-        self._it = None
+        self.dataset.load_state_dict(state["dataset"])  # its epoch and the samples already yielded in it
+        self._it = iter(self.dataset)
 
 
 def nca_val_batches(url: str, batch_size: int, max_sequences: int, context: int | None = None):
-    """The first `max_sequences` validation sequences in a fixed order (no shuffle), as a list of batches;
-    None when the dataset has no validation split."""
+    """The first `max_sequences` validation sequences in manifest order (no shuffle), as a list of batches;
+    None when the dataset has no (or an empty) validation split."""
     from nca_datagen import loader
 
-    try:
-        dataset = loader.NCADataset(url, "val", shuffle=False, context=context)
-        rows = []
-        for row in dataset:
-            rows.append(row)
-            if len(rows) >= max_sequences:
-                break
-    except (ValueError, KeyError, FileNotFoundError):  # no val split in this dataset
+    if not dataset_info(url)["samples"].get("val"):
         return None
-    if not rows:
-        return None
+    rows = []
+    for row in loader.NCADataset(url, "val", shuffle=False, context=context):
+        rows.append(row)
+        if len(rows) >= max_sequences:
+            break
     x = torch.stack([r["input_ids"] for r in rows])
     y = torch.stack([r["labels"] for r in rows])
-    return list(zip(x.split(batch_size), y.split(batch_size)))
+    return list(zip(x.split(batch_size), y.split(batch_size), strict=True))

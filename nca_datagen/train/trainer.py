@@ -30,6 +30,9 @@ from pathlib import Path
 import torch
 
 CHECKPOINT_FORMAT = "nca-datagen-train/1"
+# TrainConfig fields a resumed run must share with its checkpoint (the rest, like device or logging, may change)
+RESUME_FIELDS = ("steps", "batch_size", "lr", "schedule", "warmup", "min_lr_ratio", "weight_decay", "beta1", "beta2",
+                 "grad_clip", "seed")
 
 
 @dataclass
@@ -111,7 +114,7 @@ def train_step(model, optimizer, input_ids_BT, labels_BT, micro_batch_size: int,
     """One optimizer step over a batch split into micro-batches; returns the mean loss (a device tensor, not
     synced). Each micro-batch loss is divided by the number of micro-batches: the step's loss is their mean."""
     micro = micro_batch_size or input_ids_BT.shape[0]
-    pieces = list(zip(input_ids_BT.split(micro), labels_BT.split(micro)))
+    pieces = list(zip(input_ids_BT.split(micro), labels_BT.split(micro), strict=True))
     total = torch.zeros((), device=device)
     for x_BT, y_BT in pieces:
         with autocast(device):
@@ -177,11 +180,17 @@ def read_metrics(out_dir: str | os.PathLike) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _resume(ckpt_path: Path, model, optimizer, source, metrics_path: Path) -> int:
+def _resume(ckpt_path: Path, model, optimizer, source, metrics_path: Path, cfg: TrainConfig) -> int:
     state = load_checkpoint(ckpt_path)
     if state["model_config"] != model.cfg.to_dict():
         raise ValueError(f"{ckpt_path} holds a different model ({state['model_config']}); "
                          f"use a fresh --out folder or the same model settings")
+    changed = {k: (state["train_config"][k], getattr(cfg, k)) for k in RESUME_FIELDS
+               if state["train_config"][k] != getattr(cfg, k)}
+    if changed:
+        diff = ", ".join(f"{k}: {old} -> {new}" for k, (old, new) in changed.items())
+        raise ValueError(f"{ckpt_path} was trained with other settings ({diff}); resume with the same settings "
+                         f"or use a fresh --out folder")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     source.load_state_dict(state["data"])
@@ -199,7 +208,8 @@ def fit(model, source, cfg: TrainConfig, out_dir, *, val_batches=None, meta: dic
     """Train `model` (a `Decoder` on the CPU) for `cfg.steps` steps from `source`; returns the metrics records.
 
     With `resume` and a `ckpt.pt` in `out_dir`, continue from it. `val_batches` (a list of batches) is
-    evaluated every `eval_every` steps and after the last step.
+    evaluated after the last step and, with `eval_every`, before the first (a record with step 0 and no
+    training loss) and every `eval_every` steps.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -212,7 +222,7 @@ def fit(model, source, cfg: TrainConfig, out_dir, *, val_batches=None, meta: dic
     optimizer = make_optimizer(model, cfg, device)
     step = 0
     if resume and ckpt_path.exists():
-        step = _resume(ckpt_path, model, optimizer, source, metrics_path)
+        step = _resume(ckpt_path, model, optimizer, source, metrics_path, cfg)
     elif metrics_path.exists():
         metrics_path.unlink()
     run_model = torch.compile(model) if cfg.compile else model
@@ -221,6 +231,8 @@ def fit(model, source, cfg: TrainConfig, out_dir, *, val_batches=None, meta: dic
     logger = _Logger(metrics_path, cfg, out_dir, desc, start=step, end=end)
     model.train()
     try:
+        if step == 0 and val_batches is not None and cfg.eval_every:  # the curve's starting point
+            logger.log({"step": 0, "val_loss": evaluate(model, val_batches, device)}, None)
         while step < end:
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
@@ -232,9 +244,10 @@ def fit(model, source, cfg: TrainConfig, out_dir, *, val_batches=None, meta: dic
             last = step == end
             if step % cfg.log_every == 0 or last:
                 record = {"step": step, "loss": float(loss), "lr": lr, "tokens": step * x_BT.numel()}
+                tokens_per_s = x_BT.numel() / (time.perf_counter() - t0)  # this step, before any evaluation
                 if val_batches is not None and (step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0)):
                     record["val_loss"] = evaluate(model, val_batches, device)
-                logger.log(record, x_BT.numel() / (time.perf_counter() - t0))
+                logger.log(record, tokens_per_s)
             if last or (cfg.ckpt_every and step % cfg.ckpt_every == 0):
                 save_checkpoint(ckpt_path, model, optimizer, step, cfg, source, meta)
     finally:
@@ -247,7 +260,7 @@ class _Logger:
     """metrics.jsonl, a rich progress bar (loss, tokens/s) and, if asked for, TensorBoard or W&B."""
 
     def __init__(self, path: Path, cfg: TrainConfig, out_dir: Path, desc: str, start: int, end: int):
-        self.file = open(path, "a")
+        self.file = open(path, "a")  # noqa: SIM115 -- held for the whole run, closed in close()
         self.progress = self.task = self.tracker = None
         if not cfg.quiet:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -269,10 +282,10 @@ class _Logger:
                 raise ValueError("tracker='wandb' needs `pip install wandb`") from exc
             self.tracker = wandb.init(project="nca-datagen", name=desc, dir=str(out_dir), config=asdict(cfg))
 
-    def log(self, record: dict, tokens_per_s: float) -> None:
+    def log(self, record: dict, tokens_per_s: float | None) -> None:
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
-        if self.progress is not None:
+        if self.progress is not None and tokens_per_s is not None:
             val = f" val {record['val_loss']:.3f}" if "val_loss" in record else ""
             self.progress.update(self.task, completed=record["step"],
                                  info=f"loss {record['loss']:.3f}{val} {tokens_per_s:,.0f} tok/s")

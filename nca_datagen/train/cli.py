@@ -1,0 +1,162 @@
+"""`nca-datagen train ...`: nca (pre-pre-train), text (language training), compare, sweep."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import click
+
+from nca_datagen.train.model import SIZES
+
+
+def _common(fn):
+    """Options every stage shares (they map onto `TrainConfig` fields)."""
+    options = [
+        click.option("--steps", type=int, default=100, show_default=True, help="Optimizer steps."),
+        click.option("--batch-size", type=int, default=8, show_default=True, help="Sequences per step."),
+        click.option("--micro-batch-size", type=int, default=None,
+                     help="Sequences per forward/backward (gradient accumulation; default: the batch)."),
+        click.option("--lr", type=float, default=None, help="Peak learning rate (default: the stage's)."),
+        click.option("--warmup", type=int, default=None,
+                     help="Warmup steps (nca default: the whole budget; text: 5% of steps)."),
+        click.option("--model", type=click.Choice(list(SIZES)), default="tiny", show_default=True,
+                     help="Named model size."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N"),
+        click.option("--compile/--no-compile", default=False, show_default=True, help="torch.compile the model."),
+        click.option("--eval-every", type=int, default=None, help="Validate every N steps (default: at the end)."),
+        click.option("--ckpt-every", type=int, default=None, help="Checkpoint every N steps (default: at the end)."),
+        click.option("--tracker", type=click.Choice(["tensorboard", "wandb"]), default=None,
+                     help="Also log to TensorBoard or W&B (must be installed)."),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _train_kwargs(kw: dict) -> dict:
+    keys = ("steps", "batch_size", "micro_batch_size", "lr", "warmup", "seed", "device", "compile", "eval_every",
+            "ckpt_every", "tracker", "quiet")
+    return {k: kw.pop(k) for k in keys if k in kw and kw[k] is not None}
+
+
+def _text_options(fn):
+    options = [
+        click.option("--context", type=int, default=256, show_default=True, help="Tokens (bytes) per example."),
+        click.option("--val-fraction", type=float, default=0.05, show_default=True,
+                     help="Share of documents held out for validation (fixed split)."),
+        click.option("--eval-tokens", type=int, default=65536, show_default=True,
+                     help="Validation tokens evaluated (from the held-out documents)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@click.group("train")
+def train_group():
+    """Pre-pre-train on NCA data, transfer to text, compare against training from scratch."""
+
+
+@train_group.command("nca")
+@click.argument("data")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (ckpt.pt, metrics).")
+@_common
+def nca_command(data, out, **kw):
+    """Pre-pre-train on the NCA dataset DATA (folder or manifest URL): Adam 1e-4, linear warmup."""
+    from nca_datagen.train.stages import pretrain_nca
+
+    model = kw.pop("model")
+    summary = pretrain_nca(data, out, model=model, **_train_kwargs(kw))
+    click.echo(json.dumps({k: summary[k] for k in ("final_loss", "final_val_loss", "params", "checkpoint")}))
+
+
+@train_group.command("text")
+@click.argument("corpus", nargs=-1, required=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder.")
+@click.option("--init", default=None, help="NCA checkpoint to start from (default: from scratch).")
+@click.option("--transfer", default="all", show_default=True,
+              help="Parts kept from --init: all | none | comma list of attn, mlp, norm (e.g. attn,norm).")
+@click.option("--reinit-layers", default="", help="Blocks kept in no part, e.g. 0,3.")
+@_text_options
+@_common
+def text_command(corpus, out, init, transfer, reinit_layers, context, val_fraction, eval_tokens, **kw):
+    """Train a byte-level language model on CORPUS (files, folders, globs, .jsonl, or `stdlib`).
+
+    With --init the block shape comes from the checkpoint (--model is ignored); embedding and head are fresh.
+    """
+    from nca_datagen.train.stages import train_text
+
+    model = kw.pop("model")
+    summary = train_text(list(corpus), out, model=model, init=init, transfer=transfer, reinit_layers=reinit_layers,
+                         context=context, val_fraction=val_fraction, eval_tokens=eval_tokens, **_train_kwargs(kw))
+    click.echo(json.dumps({k: summary[k] for k in ("final_loss", "final_val_loss", "final_val_ppl", "checkpoint")}))
+
+
+def _compare_options(fn):
+    options = [
+        click.option("--text", "text", required=True, multiple=True, help="Corpus (repeatable), or `stdlib`."),
+        click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder."),
+        click.option("--nca-steps", type=int, default=200, show_default=True, help="Pre-pre-training steps."),
+        click.option("--nca-batch-size", type=int, default=8, show_default=True),
+        click.option("--transfer", default="all", show_default=True, help="Parts kept (see `train text`)."),
+        click.option("--reinit-layers", default="", help="Blocks kept in no part, e.g. 0,3."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _echo_report(report: dict) -> None:
+    speedup = f"{report['speedup']:.2f}x" if report["speedup"] else "not reached"
+    click.echo(f"scratch: val loss {report['scratch_val_loss']:.4f}  ppl {report['scratch_val_ppl']:.4f}")
+    click.echo(f"NCA    : val loss {report['nca_val_loss']:.4f}  ppl {report['nca_val_ppl']:.4f}  "
+               f"({report['ppl_change']:+.2%} ppl)  speed-up {speedup}")
+
+
+@train_group.command("compare")
+@click.option("--nca", "nca", required=True, help="NCA dataset (pre-pre-trained on first) or checkpoint.")
+@_compare_options
+@_text_options
+@_common
+def compare_command(nca, text, out, nca_steps, nca_batch_size, transfer, reinit_layers, context, val_fraction,
+                    eval_tokens, **kw):
+    """Scratch vs NCA-initialised on the same text, steps and seed: final loss, perplexity, speed-up, PNG.
+
+    Given a dataset, pre-pre-trains a --model decoder on it first (--nca-steps); given a checkpoint, both
+    text models take its block shape.
+    """
+    from nca_datagen.train.compare import compare
+
+    model = kw.pop("model")
+    report = compare(nca, list(text), out, nca_steps=nca_steps, nca_batch_size=nca_batch_size, model=model,
+                     transfer=transfer, reinit_layers=reinit_layers, context=context, val_fraction=val_fraction,
+                     eval_tokens=eval_tokens, **_train_kwargs(kw))
+    _echo_report(report)
+    click.echo(f"wrote {out}/compare.json and {out}/compare.png")
+
+
+@train_group.command("sweep")
+@click.option("--bands", default=",".join(("20-30%", "30-40%", "40-50%", "50%+")), show_default=True,
+              help="Complexity bands, comma separated.")
+@click.option("--tokens", type=int, default=200_000, show_default=True, help="NCA tokens built per band.")
+@click.option("--build-args", default="", help="More `nca-datagen build` options, quoted: '--grid 8 --frames 12'.")
+@_compare_options
+@_text_options
+@_common
+def sweep_command(bands, tokens, build_args, text, out, nca_steps, nca_batch_size, transfer, reinit_layers, context,
+                  val_fraction, eval_tokens, **kw):
+    """Build a small dataset per complexity band, pre-pre-train on each, compare on your corpus."""
+    from nca_datagen.train.compare import sweep
+
+    model = kw.pop("model")
+    result = sweep(list(text), out, bands=[b.strip() for b in bands.split(",") if b.strip()], tokens=tokens,
+                   build_args=shlex.split(build_args),
+                   nca_steps=nca_steps, nca_batch_size=nca_batch_size, model=model, transfer=transfer,
+                   reinit_layers=reinit_layers, context=context, val_fraction=val_fraction, eval_tokens=eval_tokens,
+                   **_train_kwargs(kw))
+    for row in result["bands"]:
+        click.echo(f"{row['band']:>8}: val ppl {row['nca_val_ppl']:.4f} ({row['ppl_change']:+.2%} vs scratch)")
+    click.echo(f"best band: {result['best_band']}; wrote {out}/sweep.json and {out}/sweep.png")

@@ -1,0 +1,160 @@
+"""Scratch vs NCA-initialised language training on the same text, and a sweep over complexity bands.
+
+`compare` trains two text models with the same corpus, split, steps, batches and seed: one from scratch, one
+whose blocks come from an NCA checkpoint (pre-pre-training first if given a dataset). It reports, as the paper
+does (paper-facts §6): final validation loss and perplexity of both, the relative change
+(NCA / scratch - 1; negative is better), and the speed-up = scratch's steps / the steps at which the NCA run's
+validation loss first reaches scratch's final validation loss (linearly interpolated between evaluations;
+None if it never does). Outputs: `compare.json`, `compare.png` (both validation curves) in `out_dir`.
+
+`sweep` builds one small dataset per complexity band with the `nca-datagen build` command (a subprocess, so
+this package still never imports the generator), pre-pre-trains on each and compares on the user's corpus.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+from nca_datagen.train.stages import pretrain_nca, train_text
+from nca_datagen.train.trainer import read_metrics
+
+BANDS = ("20-30%", "30-40%", "40-50%", "50%+")  # the paper's studied bands (paper-facts §3)
+
+
+def is_checkpoint(path: str) -> bool:
+    """A training checkpoint (a .pt file, or a run folder with ckpt.pt and no manifest) rather than a dataset."""
+    p = Path(path)
+    return (p.is_file() and p.suffix == ".pt") or (p.is_dir() and (p / "ckpt.pt").exists()
+                                                   and not (p / "manifest.json").exists())
+
+
+def val_curve(metrics: list[dict]) -> list[tuple[int, float]]:
+    return [(m["step"], m["val_loss"]) for m in metrics if "val_loss" in m]
+
+
+def steps_to_reach(curve: list[tuple[int, float]], target: float) -> float | None:
+    """First step at which a validation curve reaches `target`, interpolated linearly between evaluations."""
+    prev = None
+    for step, loss in curve:
+        if loss <= target:
+            if prev is None or prev[1] == loss:
+                return float(step)
+            (s0, l0) = prev
+            return s0 + (step - s0) * (l0 - target) / (l0 - loss)
+        prev = (step, loss)
+    return None
+
+
+def summarize(scratch: dict, nca: dict, scratch_curve, nca_curve) -> dict:
+    s_loss, n_loss = scratch["final_val_loss"], nca["final_val_loss"]
+    reach = steps_to_reach(nca_curve, s_loss)
+    steps = scratch_curve[-1][0]
+    return {
+        "scratch_val_loss": s_loss, "nca_val_loss": n_loss,
+        "scratch_val_ppl": math.exp(s_loss), "nca_val_ppl": math.exp(n_loss),
+        "ppl_change": math.exp(n_loss - s_loss) - 1,  # paper's "NCA vs scratch" column (negative = better)
+        "loss_change": n_loss / s_loss - 1,
+        "nca_steps_to_scratch_final": reach,
+        "speedup": steps / reach if reach else None,  # paper: scratch steps / NCA steps to the same loss
+    }
+
+
+def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, curve in curves.items():
+        if curve:
+            ax.plot(*zip(*curve, strict=True), marker="o", markersize=3, label=label)
+    ax.set_xlabel("language training step")
+    ax.set_ylabel("validation loss (nats / byte)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def compare(nca: str, text, out_dir, *, steps: int = 200, nca_steps: int = 200, model: str = "tiny",
+            nca_batch_size: int = 8, transfer="all", reinit_layers=(), scratch: dict | None = None,
+            nca_train: dict | None = None, **text_kwargs) -> dict:
+    """Scratch vs NCA-initialised text training. `nca` is a dataset (pre-pre-trained on first, `nca_steps`
+    steps of `nca_batch_size`, into out_dir/nca) or a checkpoint. `text_kwargs` go to `train_text` for both
+    runs (batch_size, context, lr, device, seed, eval_every, ...); `scratch` reuses a finished scratch run
+    summary (the sweep trains scratch once)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text_kwargs.setdefault("eval_every", max(1, steps // 20))
+    if is_checkpoint(nca):
+        ckpt, nca_run = nca, None
+    else:
+        shared = ("device", "seed", "quiet", "compile", "tracker")  # the rest of the NCA recipe is the paper's
+        nca_cfg = {**{k: text_kwargs.get(k) for k in shared}, **(nca_train or {})}
+        nca_run = pretrain_nca(nca, out_dir / "nca", model=model, steps=nca_steps, batch_size=nca_batch_size,
+                               **nca_cfg)
+        ckpt = nca_run["checkpoint"]
+    # scratch: the same block shape as the checkpoint, nothing transferred (so every fresh tensor is shared)
+    scratch = scratch or train_text(text, out_dir / "scratch", init=ckpt, transfer="none", steps=steps, **text_kwargs)
+    nca_text = train_text(text, out_dir / "nca-init", init=ckpt, transfer=transfer, reinit_layers=reinit_layers,
+                          steps=steps, **text_kwargs)
+    curves = {"scratch": val_curve(read_metrics(Path(scratch["checkpoint"]).parent)),
+              "NCA-initialised": val_curve(read_metrics(out_dir / "nca-init"))}
+    report = {
+        **summarize(scratch, nca_text, curves["scratch"], curves["NCA-initialised"]),
+        "steps": steps, "nca": str(nca), "checkpoint": str(ckpt), "text": str(text),
+        "nca_run": nca_run, "scratch_run": scratch, "nca_text_run": nca_text, "curves": curves,
+    }
+    plot_curves(curves, out_dir / "compare.png", _title(report))
+    (out_dir / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _title(report: dict) -> str:
+    speedup = f"{report['speedup']:.2f}x" if report["speedup"] else "n/a"
+    return (f"scratch ppl {report['scratch_val_ppl']:.3f} vs NCA {report['nca_val_ppl']:.3f} "
+            f"({report['ppl_change']:+.1%}), speed-up {speedup}")
+
+
+def build_dataset(band: str, tokens: int, out: Path, seed: int = 0, extra_args=()) -> Path:
+    """`nca-datagen build` in a subprocess (the trainer must not import the generator); returns the folder."""
+    if (out / "manifest.json").exists():
+        return out
+    # this interpreter's nca-datagen, not whichever one is first on PATH
+    cmd = [sys.executable, "-c", "from nca_datagen.cli import main; main()", "build", "--complexity", band,
+           "--tokens", str(tokens), "--out", str(out), "--executor", "inline", "--seed", str(seed), "--quiet",
+           *extra_args]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"building the {band} dataset failed ({' '.join(cmd)}):\n{done.stderr[-2000:]}")
+    return out
+
+
+def sweep(text, out_dir, *, bands=BANDS, tokens: int = 200_000, build_args=(), **compare_kwargs) -> dict:
+    """One dataset per band -> pre-pre-train -> compare on `text`; reports the band with the lowest final
+    validation loss, and draws every validation curve in one picture (`sweep.png`)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows, curves, scratch = [], {}, None
+    for band in bands:
+        slug = band.replace("%", "pct").replace("+", "plus")
+        data = build_dataset(band, tokens, out_dir / "data" / slug, compare_kwargs.get("seed") or 0, build_args)
+        report = compare(str(data), text, out_dir / slug, scratch=scratch, **compare_kwargs)
+        scratch = report["scratch_run"]
+        curves.setdefault("scratch", report["curves"]["scratch"])
+        curves[band] = report["curves"]["NCA-initialised"]
+        rows.append({"band": band, **{k: report[k] for k in ("nca_val_loss", "nca_val_ppl", "ppl_change", "speedup")}})
+    best = min(rows, key=lambda r: r["nca_val_loss"])
+    result = {"best_band": best["band"], "scratch_val_loss": scratch["final_val_loss"],
+              "scratch_val_ppl": math.exp(scratch["final_val_loss"]), "bands": rows, "curves": curves,
+              "text": str(text), "tokens_per_band": tokens}
+    plot_curves(curves, out_dir / "sweep.png", f"best band: {best['band']} ({best['ppl_change']:+.1%} ppl vs scratch)")
+    (out_dir / "sweep.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result

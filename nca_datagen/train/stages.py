@@ -1,0 +1,118 @@
+"""The two training stages as functions: NCA pre-pre-training, and language training (scratch or transfer).
+
+Each builds its data and model, then calls `trainer.fit`; each writes `ckpt.pt`, `metrics.jsonl` and
+`run.json` (what was run, and the final numbers) into its output folder and returns that summary.
+Defaults follow the paper's recipe (paper-facts §5) scaled down: NCA uses Adam at 1e-4, no weight decay,
+linear warmup over the whole budget; text uses AdamW, warmup then cosine. The NCA model's vocabulary is
+the dataset's own (10,002 at paper settings; the paper pads to 64,000): embedding and head are replaced at
+transfer, so only the blocks' shape matters downstream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+from nca_datagen.train import text as text_data
+from nca_datagen.train.model import ModelConfig, build_model, count_params, model_config
+from nca_datagen.train.trainer import TrainConfig, fit, load_checkpoint
+from nca_datagen.train.transfer import transfer_weights
+
+NCA_DEFAULTS = dict(lr=1e-4, schedule="linear", warmup=-1, weight_decay=0.0)
+TEXT_DEFAULTS = dict(lr=5e-4, schedule="cosine", weight_decay=0.1)
+TEXT_WARMUP_FRACTION = 0.05  # text warmup, unless given: 5% of the steps (the paper does not state its own)
+
+
+def _train_config(defaults: dict, overrides: dict) -> TrainConfig:
+    kwargs = {**defaults, **{k: v for k, v in overrides.items() if v is not None}}
+    if "warmup" not in kwargs:
+        kwargs["warmup"] = max(1, round(TEXT_WARMUP_FRACTION * kwargs.get("steps", TrainConfig.steps)))
+    return TrainConfig(**kwargs)
+
+
+def _summary(out_dir: Path, kind: str, model, cfg: TrainConfig, metrics: list[dict], **extra) -> dict:
+    vals = [m["val_loss"] for m in metrics if "val_loss" in m]
+    summary = {
+        "kind": kind,
+        "model": model.cfg.to_dict(),
+        "params": count_params(model),
+        "params_without_embeddings": count_params(model, embeddings=False),
+        "train": dataclasses.asdict(cfg),
+        "steps": metrics[-1]["step"] if metrics else 0,
+        "final_loss": metrics[-1]["loss"] if metrics else None,
+        "final_val_loss": vals[-1] if vals else None,
+        "final_val_ppl": math.exp(vals[-1]) if vals else None,
+        "checkpoint": str(out_dir / "ckpt.pt"),
+        **extra,
+    }
+    (out_dir / "run.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def pretrain_nca(data: str, out_dir, *, model: str = "tiny", val_sequences: int = 64, resume: bool = True,
+                 **train) -> dict:
+    """Pre-pre-train a `model`-sized decoder on the NCA dataset at `data` (folder or manifest URL).
+
+    `train` overrides `TrainConfig` fields (steps, batch_size, lr, device, ...). The validation loss uses the
+    first `val_sequences` sequences of the dataset's val split, when it has one.
+    """
+    from nca_datagen.train.nca import NCABatches, dataset_info, nca_val_batches
+
+    out_dir = Path(out_dir)
+    cfg = _train_config(NCA_DEFAULTS, train)
+    info = dataset_info(data)
+    source = NCABatches(data, cfg.batch_size, seed=cfg.seed)
+    val = nca_val_batches(data, cfg.micro_batch_size or cfg.batch_size, val_sequences) if val_sequences else None
+    net = build_model(model_config(model, info["vocab_size"], info["seq_len"] - 2), seed=cfg.seed)
+    metrics = fit(net, source, cfg, out_dir, val_batches=val, resume=resume, desc="nca",
+                  meta={"stage": "nca", "data": str(data), "size": model})
+    return _summary(out_dir, "nca", net, cfg, metrics, data=str(data), size=model)
+
+
+def text_model_config(model: str | dict, context: int) -> ModelConfig:
+    """The text model for a size name, or the block shape of a checkpoint's model config (a dict)."""
+    if isinstance(model, dict):
+        return dataclasses.replace(ModelConfig(**model), vocab_size=text_data.VOCAB_SIZE, context=context)
+    return model_config(model, text_data.VOCAB_SIZE, context)
+
+
+def text_data_for(corpus, batch_size: int, context: int, seed: int, val_fraction: float, eval_tokens: int,
+                  eval_batch_size: int):
+    """(training batches, validation batches) of a corpus: split by document with a fixed seed (0), so every
+    run on the same corpus validates on the same documents whatever its training seed."""
+    docs = text_data.load_documents(corpus)
+    train_docs, val_docs = text_data.split_documents(docs, val_fraction, seed=0)
+    source = text_data.TextBatches(text_data.token_stream(train_docs), batch_size, context, seed=seed)
+    val = text_data.val_batches(text_data.token_stream(val_docs), eval_batch_size, context, eval_tokens)
+    return source, val, {"documents": len(docs), "train_documents": len(train_docs), "val_documents": len(val_docs),
+                         "train_tokens": int(source.stream.numel()), "val_tokens": sum(int(x.numel()) for x, _ in val)}
+
+
+def train_text(corpus, out_dir, *, model: str = "tiny", init: str | None = None, transfer="all",
+               reinit_layers=(), context: int = 256, val_fraction: float = 0.05, eval_tokens: int = 65536,
+               resume: bool = True, **train) -> dict:
+    """Train a byte-level language model on `corpus` from scratch, or from the NCA checkpoint `init`
+    (then the block shape comes from the checkpoint, and `transfer` / `reinit_layers` choose what is kept).
+
+    `train` overrides `TrainConfig` fields. Validation covers at most `eval_tokens` tokens of the held-out
+    documents.
+    """
+    out_dir = Path(out_dir)
+    cfg = _train_config(TEXT_DEFAULTS, train)
+    source, val, corpus_info = text_data_for(corpus, cfg.batch_size, context, cfg.seed, val_fraction, eval_tokens,
+                                             cfg.micro_batch_size or cfg.batch_size)
+    state = load_checkpoint(init) if init else None
+    net = build_model(text_model_config(state["model_config"] if state else model, context), seed=cfg.seed)
+    report = None
+    if state is not None:
+        report = transfer_weights(net, state["model"], transfer, reinit_layers)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "transfer.json").write_text(json.dumps(report, indent=2) + "\n")
+    desc = "text (scratch)" if report is None or not report["kept"] else "text (from init)"
+    metrics = fit(net, source, cfg, out_dir, val_batches=val, resume=resume, desc=desc,
+                  meta={"stage": "text", "corpus": str(corpus), "init": str(init) if init else None})
+    return _summary(out_dir, "text", net, cfg, metrics, corpus=str(corpus), corpus_info=corpus_info,
+                    init=str(init) if init else None,
+                    transfer={"parts": report["parts"], "reinit_layers": report["reinit_layers"]} if report else None)

@@ -1,0 +1,245 @@
+"""The trainer: model, schedule, accumulation, text data, checkpoints, resume, transfer, compare, CLI.
+
+All on the CPU with the `tiny` model, a few steps each. NCA-data tests (through the loader) live in
+test_train_nca.py.
+"""
+
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from nca_datagen.train import text as text_data
+from nca_datagen.train.compare import compare, steps_to_reach
+from nca_datagen.train.model import ModelConfig, build_model, count_params, flops_per_token, model_config
+from nca_datagen.train.stages import train_text
+from nca_datagen.train.trainer import TrainConfig, load_checkpoint, lr_at, read_metrics, train_step
+from nca_datagen.train.transfer import parse_parts, transfer_weights
+
+torch.set_num_threads(1)  # the test machine is shared; tiny models gain nothing from more threads
+
+TINY = ModelConfig(vocab_size=50, depth=2, width=32, heads=2, mlp_hidden=64, context=64)
+FAST = dict(context=32, eval_tokens=512, quiet=True, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """Ten small, learnable documents (repetitive text), enough for a train/val split at context 32."""
+    root = tmp_path_factory.mktemp("corpus")
+    for i in range(10):
+        (root / f"doc{i}.txt").write_text("".join(f"line {j % 7} of document {i}: abc abc abc.\n" for j in range(40)))
+    return root
+
+
+# ---------------------------------------------------------------- model
+
+
+def test_model_is_causal_and_loss_ignores_masked_targets():
+    model = build_model(TINY, seed=0)
+    x = torch.randint(0, TINY.vocab_size, (2, 16))
+    y = x.clone()
+    y[:, 5] = (x[:, 5] + 1) % TINY.vocab_size  # change one future token
+    assert torch.equal(model(x)[:, :5], model(y)[:, :5])  # earlier positions cannot see it
+    assert not torch.allclose(model(x)[:, 5:], model(y)[:, 5:])
+    labels = torch.randint(0, TINY.vocab_size, (2, 16))
+    masked = labels.clone()
+    masked[:, :4] = -100
+    logits = model(x)
+    expected = torch.nn.functional.cross_entropy(logits[:, 4:].reshape(-1, TINY.vocab_size), labels[:, 4:].reshape(-1))
+    torch.testing.assert_close(model(x, masked), expected)
+
+
+def test_same_seed_same_weights_and_longer_than_context_works():
+    a, b = build_model(TINY, seed=3), build_model(TINY, seed=3)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert a(torch.zeros(1, TINY.context * 2, dtype=torch.long)).shape == (1, 128, TINY.vocab_size)
+
+
+def test_named_sizes_and_base_is_about_100m():
+    cfg = model_config("base", vocab_size=10002, context=1024)
+    n = count_params(build_model(dataclasses.replace(cfg, depth=1))) + 11 * (4 * 768**2 + 3 * 768 * 2048 + 2 * 768)
+    assert 90e6 < n < 110e6, n
+    assert flops_per_token(cfg, 1024) > 6 * 84e6
+    with pytest.raises(ValueError, match="width"):
+        ModelConfig(width=30, heads=4)
+    with pytest.raises(ValueError, match="choose one of"):
+        model_config("huge", 10, 10)
+
+
+# ---------------------------------------------------------------- schedule and step
+
+
+def test_lr_schedules():
+    nca = TrainConfig(steps=10, lr=1e-4)  # paper: linear warmup over the whole budget
+    assert [lr_at(s, nca) for s in (0, 4, 9)] == pytest.approx([1e-5, 5e-5, 1e-4])
+    text = TrainConfig(steps=10, lr=1.0, schedule="cosine", warmup=2, min_lr_ratio=0.1)
+    assert lr_at(0, text) == 0.5 and lr_at(2, text) == 1.0
+    assert lr_at(9, text) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="multiple"):
+        TrainConfig(batch_size=6, micro_batch_size=4)
+
+
+def test_accumulation_averages_micro_batches():
+    """4 micro-batches of 1 give the loss and update of one batch of 4 (the mean, not the paper code's sum)."""
+    x = torch.randint(0, TINY.vocab_size, (4, 16))
+    y = torch.randint(0, TINY.vocab_size, (4, 16))
+    results = []
+    for micro in (4, 1):
+        model = build_model(TINY, seed=0)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        loss = train_step(model, opt, x, y, micro, grad_clip=0, device=torch.device("cpu"))
+        results.append((loss, model.state_dict()))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for name, p in results[0][1].items():
+        torch.testing.assert_close(p, results[1][1][name], msg=name)
+
+
+# ---------------------------------------------------------------- text data
+
+
+def test_text_split_is_by_document_and_deterministic(tmp_path, corpus):
+    docs = text_data.load_documents(str(corpus))
+    train, val = text_data.split_documents(docs, 0.2, seed=0)
+    assert (train, val) == text_data.split_documents(docs, 0.2, seed=0)
+    assert len(val) == 2 and len(train) == 8 and not set(train) & set(val)
+    jsonl = tmp_path / "c.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": f"doc {i} é"}) + "\n" for i in range(3)))
+    assert text_data.load_documents(str(jsonl))[2] == "doc 2 é".encode()
+    assert len(text_data.load_documents(str(corpus / "doc[0-2].txt"))) == 3
+    assert text_data.decode(text_data.encode("héllo")) == "héllo"
+    assert len(text_data.load_documents("stdlib")) > 100  # the running Python's own sources
+    with pytest.raises(ValueError, match="no files"):
+        text_data.load_documents(str(tmp_path / "missing*"))
+
+
+def test_text_batches_resume_by_index(corpus):
+    stream = text_data.token_stream(text_data.load_documents(str(corpus)))
+    a = text_data.TextBatches(stream, 4, 32, seed=1)
+    first = [a.next() for _ in range(50)]  # crosses an epoch boundary
+    b = text_data.TextBatches(stream, 4, 32, seed=1)
+    b.load_state_dict({"index": 30})
+    assert all(torch.equal(first[30 + i][0], b.next()[0]) for i in range(20))
+    x, y = first[0]
+    assert x.shape == (4, 32) and torch.equal(x[:, 1:], y[:, :-1])
+
+
+# ---------------------------------------------------------------- training, checkpoints, resume
+
+
+def test_text_training_lowers_loss_and_checkpoint_round_trips(tmp_path, corpus):
+    summary = train_text(str(corpus), tmp_path / "run", steps=30, batch_size=8, lr=3e-3, eval_every=10, **FAST)
+    metrics = read_metrics(tmp_path / "run")
+    vals = [m["val_loss"] for m in metrics if "val_loss" in m]
+    assert len(vals) == 4 and metrics[0] == {"step": 0, "val_loss": vals[0]} and vals[-1] < vals[0] - 0.5, vals
+    assert summary["final_val_ppl"] == pytest.approx(math.exp(vals[-1]))
+    state = load_checkpoint(tmp_path / "run")  # the folder or the file
+    assert state["step"] == 30 and state["data"] == {"index": 30}
+    model = build_model(ModelConfig(**state["model_config"]), seed=123)
+    model.load_state_dict(state["model"])
+    x = torch.randint(0, 257, (1, 32))
+    again = build_model(ModelConfig(**load_checkpoint(tmp_path / "run" / "ckpt.pt")["model_config"]), seed=7)
+    again.load_state_dict(load_checkpoint(tmp_path / "run" / "ckpt.pt")["model"])
+    assert torch.equal(model(x), again(x))
+
+
+def test_resume_continues_the_loss_curve_identically(tmp_path, corpus):
+    kw = dict(steps=8, batch_size=4, micro_batch_size=2, lr=3e-3, eval_every=4, **FAST)
+    train_text(str(corpus), tmp_path / "whole", **kw)
+    train_text(str(corpus), tmp_path / "split", stop_at=5, **kw)  # "preempted" after step 5
+    assert load_checkpoint(tmp_path / "split")["step"] == 5
+    train_text(str(corpus), tmp_path / "split", **kw)  # resumes from the checkpoint
+    whole, split = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "split")
+    assert [m["step"] for m in split] == list(range(9))
+    assert whole == split  # every loss, lr and val loss, exactly
+    with pytest.raises(ValueError, match="other settings"):  # a changed schedule is refused, not silently mixed
+        train_text(str(corpus), tmp_path / "split", **{**kw, "steps": 9})
+
+
+# ---------------------------------------------------------------- transfer
+
+
+@pytest.mark.parametrize(("parts", "reinit"), [("all", ""), ("attn", ""), ("attn,norm", "1"), ("mlp", "0"),
+                                               ("none", "")], ids=lambda v: v or "-")
+def test_transfer_keeps_exactly_the_chosen_tensors(parts, reinit):
+    source = build_model(dataclasses.replace(TINY, vocab_size=18), seed=1).state_dict()  # an "NCA" model
+    fresh = build_model(dataclasses.replace(TINY, vocab_size=257), seed=2)
+    scratch = {k: v.clone() for k, v in fresh.state_dict().items()}
+    report = transfer_weights(fresh, source, parts, reinit)
+    chosen, layers = parse_parts(parts), {int(i) for i in reinit.split(",") if i}
+    for name, tensor in fresh.state_dict().items():
+        block = name.split(".")[1] if name.startswith("blocks.") else None
+        part = ("norm" if name.startswith("norm.") or "_norm" in name else
+                name.split(".")[2] if block is not None else None)
+        keep = part in chosen and (block is None or int(block) not in layers)
+        assert (name in report["kept"]) == keep and (name in report["fresh"]) != keep, name
+        if keep:
+            assert torch.equal(tensor, source[name]), name
+        else:
+            assert torch.equal(tensor, scratch[name]), name  # the scratch init, untouched
+            if name in source and source[name].shape == tensor.shape and not name.endswith("norm.weight"):
+                assert not torch.equal(tensor, source[name]), name
+    assert all(n in report["fresh"] for n in ("embed.weight", "head.weight"))
+
+
+def test_transfer_rejects_bad_specs():
+    model = build_model(TINY)
+    with pytest.raises(ValueError, match="choose"):
+        transfer_weights(model, model.state_dict(), "attention")
+    with pytest.raises(ValueError, match=r"layers are 0\.\.1"):
+        transfer_weights(model, model.state_dict(), "all", "5")
+    wide = build_model(dataclasses.replace(TINY, width=64)).state_dict()
+    with pytest.raises(ValueError, match="different shape"):
+        transfer_weights(model, wide, "mlp")
+
+
+# ---------------------------------------------------------------- compare and CLI
+
+
+def test_steps_to_reach_interpolates():
+    curve = [(10, 3.0), (20, 2.0), (30, 1.0)]
+    assert steps_to_reach(curve, 2.5) == 15.0
+    assert steps_to_reach(curve, 3.5) == 10.0
+    assert steps_to_reach(curve, 0.5) is None
+
+
+def test_compare_from_a_checkpoint_end_to_end(tmp_path, corpus):
+    # any decoder checkpoint can stand in for an NCA one here; the NCA path is in test_train_nca.py
+    init = train_text(str(corpus), tmp_path / "pre", steps=4, batch_size=4, lr=3e-3, **FAST)["checkpoint"]
+    report = compare(init, str(corpus), tmp_path / "cmp", steps=6, batch_size=4, lr=3e-3, eval_every=2, **FAST)
+    assert (tmp_path / "cmp" / "compare.png").stat().st_size > 1000
+    saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert saved["scratch_val_loss"] == report["scratch_val_loss"] and saved["steps"] == 6
+    assert report["ppl_change"] == pytest.approx(report["nca_val_ppl"] / report["scratch_val_ppl"] - 1)
+    assert [s for s, _ in report["curves"]["scratch"]] == [0, 2, 4, 6]
+    assert report["curves"]["scratch"][0] != report["curves"]["NCA-initialised"][0]  # different starting weights
+    assert json.loads((tmp_path / "cmp" / "nca-init" / "transfer.json").read_text())["parts"] == ["attn", "mlp", "norm"]
+    assert json.loads((tmp_path / "cmp" / "scratch" / "transfer.json").read_text())["kept"] == []
+
+
+def test_cli_text_and_help(tmp_path, corpus):
+    from nca_datagen.cli import main
+
+    runner = CliRunner()
+    for sub in ("nca", "text", "compare", "sweep"):
+        result = runner.invoke(main, ["train", sub, "--help"])
+        assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["train", "text", str(corpus), "--out", str(tmp_path / "t"), "--steps", "2",
+                                  "--batch-size", "2", "--context", "32", "--eval-tokens", "256", "--device", "cpu",
+                                  "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.strip().splitlines()[-1])["final_val_loss"] > 0
+
+
+def test_train_package_never_imports_the_generator():
+    code = ("import sys, nca_datagen.train.cli, nca_datagen.train.stages, nca_datagen.train.compare, "
+            "nca_datagen.train.nca; "
+            "bad = [m for m in sys.modules if m.startswith(('nca_datagen.generate', 'nca_datagen.rollout', "
+            "'nca_datagen.rules', 'nca_datagen.kernels', 'nca_datagen.seeds'))]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

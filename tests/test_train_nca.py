@@ -1,0 +1,139 @@
+"""The trainer on NCA data, read through the public loader: learning, resume, masking, compare, sweep, imports.
+
+The dataset is tiny (6x6 grid, 3 states, 2x2 patches, 8 frames: vocab 83, 88 tokens per sequence) and built
+once per module with the `nca-datagen build` command (tests may use the generator; the trainer may not).
+"""
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from nca_datagen.cli import main
+from nca_datagen.train.nca import NCABatches, dataset_info
+from nca_datagen.train.stages import pretrain_nca
+from nca_datagen.train.trainer import load_checkpoint, read_metrics
+
+torch.set_num_threads(1)
+
+TINY_DATA = ["--grid", "6", "--states", "3", "--patch", "2", "--frames", "8", "--sims-per-rule", "4",
+             "--samples-per-shard", "40"]
+FAST = dict(quiet=True, device="cpu")
+TRAIN_PACKAGE = Path(__file__).resolve().parents[1] / "nca_datagen" / "train"
+
+
+def build(out: Path, band: str = "0.3:", tokens: str = "20K") -> Path:
+    result = CliRunner().invoke(main, ["build", "--complexity", band, "--tokens", tokens, *TINY_DATA,
+                                       "--out", str(out), "--executor", "inline", "--quiet"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return build(tmp_path_factory.mktemp("nca") / "data")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("corpus")
+    for i in range(6):
+        (root / f"doc{i}.txt").write_text("".join(f"line {j % 5} of doc {i}: abc abc.\n" for j in range(30)))
+    return root
+
+
+def test_batches_carry_the_paper_masking(dataset):
+    info = dataset_info(str(dataset))
+    assert info["vocab_size"] == 3**4 + 2 and info["seq_len"] == 88 and info["samples"]["val"] > 0
+    x, y = NCABatches(str(dataset), batch_size=4).next()
+    assert x.shape == y.shape == (4, 86)
+    assert (y[:, : info["tokens_per_frame"] - 1] == -100).all()  # first frame's targets ignored
+    assert torch.equal(x[:, info["tokens_per_frame"] :], y[:, info["tokens_per_frame"] - 1 : -1])
+
+
+def test_loss_decreases_on_nca_data(tmp_path, dataset):
+    summary = pretrain_nca(str(dataset), tmp_path / "run", steps=25, batch_size=8, lr=3e-3, warmup=5,
+                           eval_every=20, **FAST)
+    metrics = [m for m in read_metrics(tmp_path / "run") if m["step"] > 0]
+    first, last = [m["loss"] for m in metrics[:5]], [m["loss"] for m in metrics[-5:]]
+    assert sum(last) / 5 < sum(first) / 5 - 0.5, (first, last)
+    vals = [m["val_loss"] for m in metrics if "val_loss" in m]
+    assert len(vals) == 2 and vals[-1] < 4.2  # log(83) = 4.42 is a uniform guess
+    assert summary["model"]["vocab_size"] == 83 and load_checkpoint(tmp_path / "run")["meta"]["stage"] == "nca"
+
+
+def test_nca_resume_continues_identically_through_the_loader_state(tmp_path, dataset):
+    kw = dict(steps=12, batch_size=24, micro_batch_size=12, lr=3e-3, **FAST)
+    assert dataset_info(str(dataset))["samples"]["train"] == 240  # 10 batches per epoch
+    pretrain_nca(str(dataset), tmp_path / "whole", **kw)
+    pretrain_nca(str(dataset), tmp_path / "split", stop_at=11, **kw)  # preempted inside the second epoch
+    state = load_checkpoint(tmp_path / "split")["data"]
+    assert state["epoch"] == 1 and state["dataset"]["yielded"] == {"0": 24}
+    pretrain_nca(str(dataset), tmp_path / "split", **kw)
+    assert read_metrics(tmp_path / "whole") == read_metrics(tmp_path / "split")
+
+
+def test_compare_pretrains_on_a_dataset_then_compares(tmp_path, dataset, corpus):
+    result = CliRunner().invoke(main, [
+        "train", "compare", "--nca", str(dataset), "--text", str(corpus), "--out", str(tmp_path / "cmp"),
+        "--nca-steps", "4", "--nca-batch-size", "4", "--steps", "4", "--batch-size", "4", "--context", "32",
+        "--eval-tokens", "256", "--eval-every", "2", "--device", "cpu", "--quiet", "--transfer", "attn,norm",
+        "--reinit-layers", "1"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert report["nca_run"]["steps"] == 4 and report["nca_run"]["model"]["vocab_size"] == 83
+    assert report["nca_text_run"]["transfer"] == {"parts": ["attn", "norm"], "reinit_layers": [1]}
+    assert (tmp_path / "cmp" / "compare.png").exists() and "speed-up" in result.output
+
+
+@pytest.mark.slow
+def test_sweep_builds_with_the_cli_and_picks_a_band(tmp_path, corpus):
+    result = CliRunner().invoke(main, [
+        "train", "sweep", "--bands", "0.2:0.4,0.4:", "--tokens", "8000", "--build-args", " ".join(TINY_DATA),
+        "--text", str(corpus), "--out", str(tmp_path / "sw"), "--nca-steps", "3", "--nca-batch-size", "4",
+        "--steps", "3", "--batch-size", "4", "--context", "32", "--eval-tokens", "256", "--device", "cpu", "--quiet"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert [r["band"] for r in report["bands"]] == ["0.2:0.4", "0.4:"]
+    assert report["best_band"] in ("0.2:0.4", "0.4:") and (tmp_path / "sw" / "sweep.png").exists()
+    assert set(report["curves"]) == {"scratch", "0.2:0.4", "0.4:"}
+
+
+def test_the_loader_is_the_only_data_path():
+    """Statically: the train package imports no nca_datagen module but the loader, manifest and tokenizer.
+    Dynamically: after a training step on NCA data, the generator proper was never imported."""
+    allowed = {"nca_datagen.loader", "nca_datagen.manifest", "nca_datagen.tokenizer", "nca_datagen"}
+    for path in TRAIN_PACKAGE.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            for name in names:
+                if name.startswith("nca_datagen") and not name.startswith("nca_datagen.train"):
+                    assert name in allowed, f"{path.name} imports {name}"
+                    if name == "nca_datagen":  # `from nca_datagen import loader` and the like
+                        assert {a.name for a in node.names} <= {"loader", "manifest", "tokenizer"}, path.name
+
+
+def test_a_training_run_never_imports_the_generator(tmp_path, dataset):
+    code = f"""
+import sys, torch
+torch.set_num_threads(1)
+import nca_datagen.train.cli, nca_datagen.train.stages, nca_datagen.train.compare, nca_datagen.loader
+gen = ('nca_datagen.generate', 'nca_datagen.rollout', 'nca_datagen.rules', 'nca_datagen.kernels', 'nca_datagen.seeds')
+print([m for m in sys.modules if m.startswith(gen)])
+from nca_datagen.train.stages import pretrain_nca
+pretrain_nca({str(dataset)!r}, {str(tmp_path / "run")!r}, steps=1, batch_size=2, quiet=True, device="cpu",
+             val_sequences=0)
+print([m for m in sys.modules if m.startswith(gen[:2])])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    at_import, after_training = out.strip().splitlines()
+    assert at_import == "[]"
+    # The loader validates the manifest's config, which imports `rules` (fixed-point bounds) and
+    # `kernels.common`; nothing that generates data (generate, rollout) is ever loaded.
+    assert after_training == "[]"
