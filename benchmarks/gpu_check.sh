@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Prepared device check for a bare H200 machine (see /work/.library/device/README.md): one call, < 8 minutes.
+#
+#   bash benchmarks/gpu_check.sh          # via the device tool: run(command="bash benchmarks/gpu_check.sh", timeout_s=540)
+#
+# The machine has no network: it uses the image's own python3 (torch + CUDA + triton + numba preinstalled) and
+# installs only this project, with --no-deps. Wheels of missing packages (zstandard, webdataset, ...) may be
+# carried in .whl/ (README's recipe); they are installed to /tmp/site when present. Steps, each with its own
+# timeout, all clipped to a global deadline; a failing step never stops the next one:
+#   1. nvidia-smi + versions            2. pip install -e . --no-deps     3. pytest -m gpu (GPU tests)
+#   4. benchmarks/gpu_check.py (kernel compile/regs/spills, block-shape sweep, tokens/s)
+#   5. benchmarks/bench_rollout.py      6. bench_build.py / bench_train.py, if present
+# Results come back through $OUT (at most 8 files): summary.json (per-step rc, seconds, timeout), log.txt, and
+# results.tgz (benchmark JSON/markdown, pytest junit XML, nvidia-smi, versions, per-step logs).
+set -uo pipefail  # not -e: a failed step is recorded and the next one runs
+
+OUT="${OUT:-$PWD/gpu_check_out}"
+mkdir -p "$OUT"
+WORK="$(mktemp -d)"
+DEADLINE_S="${GPU_CHECK_DEADLINE_S:-465}"  # leave ~75 s of the 540 s call for packing and transfer
+START=$(date +%s)
+PY="${PYTHON:-python3}"
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+unset TRITON_INTERPRET
+STEPS_TSV="$WORK/steps.tsv"
+touch "$WORK/.start"  # results newer than this were written by this run
+: >"$STEPS_TSV"
+exec > >(tee -a "$OUT/log.txt") 2>&1
+
+# step NAME MAX_SECONDS CMD...: run CMD with timeout min(MAX, time left), log to $WORK/NAME.log, record rc.
+step() {
+    local name="$1" max="$2"
+    shift 2
+    local left=$((DEADLINE_S - ($(date +%s) - START)))
+    local limit=$((max < left ? max : left))
+    if ((limit < 10)); then
+        echo "== $name: skipped (deadline)"
+        printf '%s\t%s\t%s\t%s\n' "$name" "skipped" 0 "$max" >>"$STEPS_TSV"
+        return
+    fi
+    echo "== $name (timeout ${limit}s): $*"
+    local t0=$(date +%s)
+    timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$WORK/$name.log"
+    local rc=${PIPESTATUS[0]}
+    printf '%s\t%s\t%s\t%s\n' "$name" "$rc" $(($(date +%s) - t0)) "$limit" >>"$STEPS_TSV"
+    echo "== $name: rc=$rc after $(($(date +%s) - t0))s"
+}
+
+finish() {
+    # only what this run wrote (results/ may hold older CPU numbers from the checkout)
+    find benchmarks/results -maxdepth 1 -type f -newer "$WORK/.start" \( -name '*.json' -o -name '*.md' \) \
+        -exec cp -f {} "$WORK/" \; 2>/dev/null
+    "$PY" - "$STEPS_TSV" "$OUT/summary.json" "$WORK" <<'EOF' || echo '{"error": "summary writer failed"}' >"$OUT/summary.json"
+import json, sys, pathlib
+tsv, out, work = sys.argv[1:4]
+steps = []
+for line in open(tsv):
+    name, rc, sec, limit = line.rstrip("\n").split("\t")
+    steps.append({"step": name, "rc": None if rc == "skipped" else int(rc), "skipped": rc == "skipped",
+                  "seconds": int(sec), "timeout_s": int(limit), "timed_out": rc in ("124", "137")})
+summary = {"ok": all(s["rc"] == 0 for s in steps if not s["skipped"]), "steps": steps}
+for name in ("gpu_check_triton", "bench_rollout"):
+    p = pathlib.Path(work) / f"{name}.json"
+    if p.exists():
+        try:
+            summary[name] = json.loads(p.read_text()).get("rows")
+        except Exception as exc:
+            summary[name] = f"unreadable: {exc!r}"
+json.dump(summary, open(out, "w"), indent=2)
+print(json.dumps({k: v for k, v in summary.items() if k in ("ok", "steps")}, indent=1))
+EOF
+    tar -czf "$OUT/results.tgz" -C "$WORK" . 2>/dev/null
+}
+trap finish EXIT
+
+# 1. The machine and the versions it runs.
+step nvidia_smi 20 bash -c "nvidia-smi; nvidia-smi -q -d CLOCK,POWER | head -60"
+cp -f "$WORK/nvidia_smi.log" "$WORK/nvidia-smi.txt" 2>/dev/null
+step versions 60 "$PY" -c "
+import sys, torch, triton, numpy
+print('python', sys.version.split()[0]); print('torch', torch.__version__, 'cuda', torch.version.cuda)
+print('triton', triton.__version__); print('numpy', numpy.__version__)
+print('gpu', torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+try:
+    import numba; print('numba', numba.__version__)
+except ImportError:
+    print('numba missing')
+"
+
+# 2. Install: carried wheels first (optional), then this project without touching the image's torch/triton.
+if compgen -G ".whl/*.whl" >/dev/null; then
+    step wheels 90 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+if [[ -z "${GPU_CHECK_SKIP_INSTALL:-}" ]]; then  # set it for a dry run in an environment that has the project
+    step install 120 "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e .
+fi
+if ! "$PY" -c "import nca_datagen.kernels.common" 2>/dev/null; then
+    # Fallback when the editable install is impossible: lay the package out by hand (kernels/ and pipelines/
+    # are sub-packages of nca_datagen, as pyproject's package-dir says).
+    mkdir -p /tmp/nca_src && cp -r nca_datagen /tmp/nca_src/ && cp -r kernels /tmp/nca_src/nca_datagen/kernels \
+        && cp -r pipelines /tmp/nca_src/nca_datagen/pipelines
+    export PYTHONPATH="/tmp/nca_src${PYTHONPATH:+:$PYTHONPATH}"
+    echo "editable install failed: using PYTHONPATH=$PYTHONPATH"
+fi
+
+# 3. GPU tests (other modules may fail to import on the image: keep collecting).
+step pytest_gpu 270 "$PY" -m pytest -m gpu tests -q -p no:cacheprovider --continue-on-collection-errors \
+    --junitxml="$WORK/pytest_gpu.xml"
+
+# 4. Kernel facts and launch-shape sweep (bounded by its own budget).
+step gpu_check_triton 110 "$PY" benchmarks/gpu_check.py --budget-s 60
+
+# 5. The project's rollout benchmark (triton + torch on CUDA when available).
+step bench_rollout 90 "$PY" benchmarks/bench_rollout.py --no-cold-compile
+
+# 6. Build and trainer benchmarks, if present.
+if [[ -f benchmarks/bench_build.py ]]; then
+    step bench_build 90 "$PY" benchmarks/bench_build.py --skip-10x
+fi
+if [[ -f benchmarks/bench_train.py ]]; then
+    step bench_train 90 "$PY" benchmarks/bench_train.py --gpu
+fi
+exit 0

@@ -1,0 +1,173 @@
+"""The fused Triton rollout equals the torch reference bit for bit: whole trajectories and whole token sequences.
+
+Without a GPU the kernel runs in the Triton interpreter (conftest sets TRITON_INTERPRET=1 before anything
+imports the kernel module). The interpreter's cost is per operation and per time step, not per cell, so these
+cases keep rollouts short (a few steps) and each one a single program, except where the test is about blocks.
+GPU tests (`-m gpu`) check 100,000 paper-config sequences against the reference on the GPU and the numba
+backend on the CPU, a non-paper config, and that backend="auto" on CUDA dispatches here.
+"""
+
+import numpy as np
+import pytest
+import torch
+from nca_datagen.kernels import reference
+from nca_datagen.kernels.common import RolloutSpec
+
+from nca_datagen.config import NCAConfig
+from nca_datagen.rollout import rollout_tokens
+from nca_datagen.rules import sample_rules
+from nca_datagen.seeds import trajectory_inputs
+
+SHORT = dict(burn_in=2, frames=3)  # 4 steps: a paper rollout is 36, far too slow for the interpreter
+
+
+def make_inputs(cfg, rules=2, sims=2, seed=0, device="cpu"):
+    """(w1, w2, w3, rule_B, states_BHW, keys_B) as the dispatcher passes them: torch, contiguous, one device."""
+    ids = np.arange(rules)
+    tables = sample_rules(cfg, seed, 0, ids)
+    rule_B = np.repeat(ids, sims).astype(np.int64)
+    states, keys = trajectory_inputs(cfg, seed, 0, rule_B, np.tile(np.arange(sims), rules))
+    arrays = (tables.w1_RKSC, tables.w2_RCJ, tables.w3_RJS, rule_B, states, keys.astype(np.int64))
+    return [torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in arrays]
+
+
+def triton_mod():
+    from nca_datagen.kernels import rollout_triton
+
+    return rollout_triton
+
+
+def assert_same(got: torch.Tensor, want: torch.Tensor, what: str):
+    assert got.shape == want.shape and got.dtype == want.dtype, (what, got.shape, got.dtype, want.shape, want.dtype)
+    bad = (got != want).nonzero()
+    assert len(bad) == 0, (f"{what}: {len(bad)} of {want.numel()} entries differ; first at {bad[0].tolist()}: "
+                           f"triton {got[tuple(bad[0])].item()} vs reference {want[tuple(bad[0])].item()}")
+
+
+CASES = {
+    # id: (config, rules, sims, block_t)
+    "paper-12x12-n10-p2": (NCAConfig(**SHORT), 2, 2, None),
+    "odd-7x9-p1": (NCAConfig(grid=(7, 9), patch=1, **SHORT), 2, 1, None),
+    "odd-12x18-p3-n3": (NCAConfig(grid=(12, 18), patch=3, states=3, **SHORT), 1, 2, None),
+    "n2-tau1": (NCAConfig(grid=(8, 8), states=2, temperature=1.0, **SHORT), 2, 1, None),
+    "n15-p2-max-uint16": (NCAConfig(grid=(6, 6), states=15, **SHORT), 2, 1, None),
+    "tau0-beta2": (NCAConfig(grid=(6, 8), temperature=0.0, identity_bias=2.0, **SHORT), 2, 1, None),
+    "tau1-beta2": (NCAConfig(grid=(6, 6), temperature=1.0, identity_bias=2.0, **SHORT), 2, 1, None),
+    "burn0-stride2": (NCAConfig(grid=(6, 6), burn_in=0, frames=3, frame_stride=2, temperature=1.0), 1, 2, None),
+    "one-frame-no-steps": (NCAConfig(grid=(6, 6), burn_in=0, frames=1), 2, 1, None),
+    "batch5-block2": (NCAConfig(grid=(6, 6), temperature=1.0, burn_in=1, frames=2), 5, 1, 2),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_tokens_match_reference(case):
+    cfg, rules, sims, block_t = CASES[case]
+    spec = RolloutSpec.from_config(cfg)
+    args = make_inputs(cfg, rules, sims)
+    want = reference.rollout_tokens_reference(*args, spec)
+    got = triton_mod().rollout_tokens_triton(*args, spec, block_t=block_t)
+    assert_same(got, want, f"tokens {case}")
+
+
+@pytest.mark.parametrize("case", ["odd-7x9-p1", "batch5-block2"])
+def test_frames_match_reference(case):
+    cfg, rules, sims, block_t = CASES[case]
+    spec = RolloutSpec.from_config(cfg)
+    args = make_inputs(cfg, rules, sims)
+    assert_same(triton_mod().rollout_triton(*args, spec, block_t=block_t), reference.rollout_reference(*args, spec),
+                f"frames {case}")
+
+
+def test_noise_is_exercised():
+    """Guard against a vacuous pass: at tau = 1 the noise keys change the tokens, and triton follows them."""
+    cfg = NCAConfig(grid=(6, 6), temperature=1.0, burn_in=1, frames=2)
+    spec = RolloutSpec.from_config(cfg)
+    args = make_inputs(cfg, 1, 2)
+    a = triton_mod().rollout_tokens_triton(*args, spec)
+    args[5] = args[5] ^ 1
+    b = triton_mod().rollout_tokens_triton(*args, spec)
+    assert not torch.equal(a, b)
+    assert_same(b, reference.rollout_tokens_reference(*args, spec), "tokens with flipped keys")
+
+
+def test_dispatcher_and_empty_batch():
+    cfg = NCAConfig(grid=(6, 6), burn_in=1, frames=2)
+    tables = sample_rules(cfg, 0, 0, [0])
+    states, keys = trajectory_inputs(cfg, 0, 0, [0, 0], [0, 1])
+    got = rollout_tokens(cfg, tables, [0, 0], states, keys, backend="triton", device="cpu")
+    want = rollout_tokens(cfg, tables, [0, 0], states, keys, backend="torch", device="cpu")
+    assert got.dtype == np.uint16 and np.array_equal(got, want)
+    spec = RolloutSpec.from_config(cfg)
+    args = make_inputs(cfg, 1, 1)
+    empty = [args[0], args[1], args[2], args[3][:0], args[4][:0], args[5][:0]]
+    assert triton_mod().rollout_tokens_triton(*empty, spec).shape == (0, cfg.seq_len)
+
+
+def test_launcher_rejects_wrong_dtypes():
+    cfg = NCAConfig(grid=(6, 6), burn_in=1, frames=2)
+    args = make_inputs(cfg, 1, 1)
+    args[4] = args[4].to(torch.int32)
+    with pytest.raises(ValueError, match="states_BHW"):
+        triton_mod().rollout_tokens_triton(*args, RolloutSpec.from_config(cfg))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# GPU: the compiled kernel on a real device
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _paper_batch(n_rules: int, sims: int):
+    cfg = NCAConfig()
+    ids = np.arange(n_rules)
+    tables = sample_rules(cfg, 1234, 0, ids)
+    rule_B = np.repeat(ids, sims)
+    states, keys = trajectory_inputs(cfg, 1234, 0, rule_B, np.tile(np.arange(sims), n_rules))
+    return cfg, tables, rule_B, states, keys
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_gpu_100k_paper_sequences_match_reference_on_gpu_and_numba_on_cpu():
+    cfg, tables, rule_B, states, keys = _paper_batch(10_000, 10)  # 100,000 sequences, 102.6M tokens
+    spec = RolloutSpec.from_config(cfg)
+    args = [torch.from_numpy(np.ascontiguousarray(a)).cuda() for a in
+            (tables.w1_RKSC, tables.w2_RCJ, tables.w3_RJS, rule_B.astype(np.int64), states, keys.astype(np.int64))]
+    got = triton_mod().rollout_tokens_triton(*args, spec)
+    torch.cuda.synchronize()
+    chunk = 20_000  # the reference materialises (B, C, C2, S) int64 products: ~3.7 GB per 20k sequences
+    for lo in range(0, len(rule_B), chunk):
+        part = [a[lo : lo + chunk] for a in args[3:]]
+        assert_same(got[lo : lo + chunk], reference.rollout_tokens_reference(*args[:3], *part, spec),
+                    f"tokens vs GPU reference, sequences {lo}..{lo + chunk}")
+    pytest.importorskip("numba")
+    cpu = rollout_tokens(cfg, tables, rule_B, states, keys, backend="numba", device="cpu")
+    assert_same(torch.from_numpy(cpu.astype(np.int32)), got.cpu(), "tokens vs numba on CPU")
+
+
+@pytest.mark.gpu
+def test_gpu_auto_backend_dispatches_to_triton(monkeypatch):
+    mod = triton_mod()
+    calls = []
+    real = mod.rollout_tokens_triton
+
+    def spy(*args, **kwargs):
+        calls.append(args[4].device.type)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mod, "rollout_tokens_triton", spy)
+    cfg, tables, rule_B, states, keys = _paper_batch(50, 4)
+    got = rollout_tokens(cfg, tables, rule_B, states, keys, backend="auto", device="cuda")
+    assert calls == ["cuda"]
+    want = rollout_tokens(cfg, tables, rule_B, states, keys, backend="torch", device="cpu")
+    assert got.dtype == np.uint16 and np.array_equal(got, want)
+
+
+@pytest.mark.gpu
+def test_gpu_odd_config_frames_and_tokens_match_reference():
+    cfg = NCAConfig(grid=(12, 18), patch=3, states=3, temperature=1.0, identity_bias=2.0, burn_in=3, frames=9)
+    spec = RolloutSpec.from_config(cfg)
+    args = make_inputs(cfg, rules=100, sims=7, device="cuda")  # 700 sequences: no multiple of any block
+    # One launch writes both outputs: one specialisation to compile (each costs a minute or more of ptxas).
+    tokens, frames = triton_mod()._launch(*args, spec, write_tokens=True, write_frames=True)
+    assert_same(tokens, reference.rollout_tokens_reference(*args, spec), "tokens 12x18/p3/n3")
+    assert_same(frames, reference.rollout_reference(*args, spec), "frames 12x18/p3/n3")
