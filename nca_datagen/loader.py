@@ -37,7 +37,6 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from nca_datagen import storage
-from nca_datagen.config import DatasetConfig
 from nca_datagen.manifest import dataset_root, read_manifest
 from nca_datagen.shards import ShardError, iter_shard_samples
 from nca_datagen.tokenizer import training_example
@@ -58,9 +57,9 @@ class NCADataset(IterableDataset):
         if split not in self.manifest["splits"]:
             raise ValueError(f"split {split!r} is not in {self.url}: it has {', '.join(self.manifest['splits'])}")
         self.shards = self.manifest["splits"][split]["shards"]
-        config = DatasetConfig.from_dict(self.manifest["config"])
-        self.tokens_per_frame = config.nca.tokens_per_frame
-        self.seq_len = config.nca.seq_len
+        layout = self.manifest["sequence"]
+        self.tokens_per_frame = layout["tokens_per_frame"]
+        self.seq_len = layout["seq_len"]
         self.context = self.seq_len - 2 if context is None else int(context)
         if not 0 < self.context < self.seq_len:
             raise ValueError(f"context={context}: choose 1..{self.seq_len - 1} for sequences of {self.seq_len} tokens")

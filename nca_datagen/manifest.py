@@ -123,6 +123,7 @@ def write_manifest(out_url: str, config: DatasetConfig, records: dict[str, list[
         "format_version": FORMAT_VERSION,
         "tool_version": __version__,
         "config": config.to_dict(),
+        "sequence": sequence_layout(config),
         "seeds": {"seed": config.seed, "derivation": SEED_DERIVATION},
         "splits": splits,
         "totals": {k: sum(s[k] for s in splits.values()) for k in ("num_shards", "samples", "tokens", "bytes")},
@@ -133,6 +134,14 @@ def write_manifest(out_url: str, config: DatasetConfig, records: dict[str, list[
     if storage.exists(fs, storage.join(root, BUILD)):
         storage_remove(fs, storage.join(root, BUILD))
     return manifest
+
+
+def sequence_layout(config: DatasetConfig) -> dict:
+    """What a reader needs to cut sequences into examples, so readers never rebuild the generator's config."""
+    nca = config.nca
+    return {"seq_len": nca.seq_len, "tokens_per_frame": nca.tokens_per_frame, "frames": nca.frames,
+            "vocab_size": nca.vocab_size, "grid_token": nca.vocab_size - 2, "end_grid_token": nca.vocab_size - 1,
+            "dtype": "uint16"}
 
 
 def split_summary(split: str, recs: list[dict], table: str) -> dict:

@@ -120,11 +120,12 @@ class BuildProgress:
     def failed(self, split: str, index: int, error: BaseException, final: bool) -> None:
         self.failures += 1
         what = "failed for good" if final else "failed, retrying"
-        self.console.print(f"[red]{split} shard {index} {what}:[/red] {_one_line(error)}", highlight=False)
+        self.console.print(f"[red]{split} shard {index} {what}:[/red] {_one_line(error)}", highlight=False,
+                           soft_wrap=True)
 
     def message(self, text: str) -> None:
         if not self.quiet:
-            self.console.print(text, highlight=False)
+            self.console.print(text, highlight=False, soft_wrap=True)
 
     def _refresh(self) -> None:
         rate = f"{format_count(self.tokens_per_s)} tok/s"
@@ -135,7 +136,7 @@ class BuildProgress:
         elif not self.quiet and self.done_count >= self.total * self._next_line - 1e-9:
             self._next_line = min(1.0, self.done_count / max(self.total, 1) + 0.1)
             self.console.print(f"{self.done_count}/{self.total} shards, {rate}, accept {accept}, "
-                               f"ETA {format_duration(self.eta())}", highlight=False)
+                               f"ETA {format_duration(self.eta())}", highlight=False, soft_wrap=True)
 
     def close(self) -> None:
         if self._bar is not None:

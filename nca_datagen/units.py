@@ -59,7 +59,7 @@ def format_duration(seconds: float) -> str:
         return "?"
     if seconds < 60:
         return f"{seconds:.2g}s" if seconds < 10 else f"{seconds:.0f}s"
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     if minutes < 60:
         return f"{minutes}m{secs:02d}s"
     hours, minutes = divmod(minutes, 60)

@@ -7,9 +7,10 @@ retry or a rerun is always safe. Two executors run it, with the same two-call in
 
 - `InlineExecutor`: in this process, one shard at a time. Tests and debugging.
 - `RayExecutor`: Ray tasks (one CPU each) on a local Ray started for this build, or on any cluster joined
-  by address. With GPUs, one long-lived actor per GPU generates (its kernels compile once per process) and
-  hands the arrays to a CPU task that tokenizes-to-tar, compresses and writes, so the GPU never waits on
-  zstd. Ray is imported only here, only when this executor is built.
+  by address. With GPUs, long-lived generator actors (`actors_per_gpu` per GPU, each holding one CPU; their
+  kernels compile once per process) roll out shards and hand the arrays to CPU tasks that build the tar,
+  compress and write, so the GPU never waits on zstd. Ray is imported only here, only when this executor is
+  built.
 
 Retries are the driver's job (resubmission), the same for both executors, so a fault behaves identically
 in-process and on a cluster. Failures reach the driver as exceptions; nothing is swallowed.
@@ -23,10 +24,12 @@ reads the variable when it starts and ships it with the job, so workers on other
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import resource
 import socket
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -50,6 +53,7 @@ class ShardJob:
     storage_options: dict | None = None
     backend: str | None = None
     device: str = "cpu"
+    threads: int = 0  # CPU threads per worker for numba/torch; 0 = the libraries' default (all cores)
     faults: str = ""  # the driver's NCA_DATAGEN_FAIL_SHARDS
     fault_dir: str = ""
 
@@ -63,6 +67,7 @@ class ShardResult:
     node: str = ""
     pid: int = 0
     peak_rss_mb: float = 0.0
+    cpu_s: float = 0.0  # CPU time the shard took in its worker process (0 when not measured)
 
 
 def run_shard(job: ShardJob, split: str, index: int) -> ShardResult:
@@ -70,8 +75,25 @@ def run_shard(job: ShardJob, split: str, index: int) -> ShardResult:
     from nca_datagen.generate import generate_shard
 
     inject_fault(job, split, index)
+    if job.threads:
+        limit_threads(job.threads)
+    cpu0 = time.process_time()
     data = generate_shard(job.config, split, index, backend=job.backend, device=job.device)
-    return write_generated(job, data)
+    result = write_generated(job, data)
+    result.cpu_s = time.process_time() - cpu0  # CPU seconds (all threads): a load-independent cost measure
+    return result
+
+
+def limit_threads(n: int) -> None:
+    """One Ray task holds one CPU: keep numba's and torch's thread pools to it (no oversubscription)."""
+    import torch
+
+    torch.set_num_threads(n)
+    try:
+        import numba
+    except ImportError:
+        return
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
 
 
 def write_generated(job: ShardJob, data) -> ShardResult:
@@ -84,8 +106,16 @@ def write_generated(job: ShardJob, data) -> ShardResult:
     timings = dict(data.timings)
     timings.update(record.get("timings", {}) if isinstance(record.get("timings"), dict) else {})
     timings.setdefault("compress_write", time.perf_counter() - t0)
-    return ShardResult(record=record, timings=timings, node=socket.gethostname(), pid=os.getpid(),
+    return ShardResult(record=record, timings=timings, node=_node_name(), pid=os.getpid(),
                        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def _node_name() -> str:
+    """The Ray node id inside a Ray worker (several nodes may share a host), else the host name."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return ray.get_runtime_context().get_node_id()
+    return socket.gethostname()
 
 
 # -- fault injection -------------------------------------------------------------------------------------
@@ -127,6 +157,7 @@ class InlineExecutor:
     """Runs each submitted shard in this process when the driver waits for it."""
 
     name = "inline"
+    worker_threads = 0  # this process: use every core
 
     def __init__(self):
         self.slots = 1
@@ -157,15 +188,19 @@ class RayExecutor:
     """Ray tasks on a local Ray (started here) or a cluster (joined by address); GPU actors when asked."""
 
     name = "ray"
+    worker_threads = 1  # each task holds one CPU
 
     def __init__(self, address: str | None = None, workers: int | None = None, gpus: int | None = None,
-                 device: str = "auto"):
+                 device: str = "auto", actors_per_gpu: int = 4, generator_actors: int | None = None):
+        """`generator_actors` (tests only) runs the GPU pipeline — generator actors feeding CPU writer tasks — with
+        that many actors holding no GPU, so the pipeline's plumbing is exercised on a CPU-only machine."""
         import ray
 
         self.ray = ray
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self._started_here = self.address is None
-        connect_ray(ray, self.address, workers)
+        connect_ray(ray, self.address, workers, extra_cpus=_local_actor_cpus(device, gpus, actors_per_gpu)
+                    if self._started_here and workers else 0)
         resources = ray.cluster_resources()
         cluster_cpus = int(resources.get("CPU", 1))
         cluster_gpus = int(resources.get("GPU", 0))
@@ -176,7 +211,14 @@ class RayExecutor:
             raise ValueError(f"--gpus {self.gpus}: the Ray cluster has {cluster_gpus} GPU(s); ask for at most that")
         self._task = ray.remote(max_retries=0)(run_shard).options(num_cpus=1)
         self._writer = ray.remote(max_retries=0)(write_generated).options(num_cpus=1)
-        self._actors = [_gpu_actor_class(ray).remote() for _ in range(self.gpus)]
+        if generator_actors:
+            actor = _gpu_actor_class(ray).options(num_gpus=0)
+            self._actors = [actor.remote() for _ in range(generator_actors)]
+        else:
+            # Several actors share a GPU: the host-side parts of a shard (seeding, the probe's gzip filter,
+            # per-sample statistics) then run on several cores while the GPU serves whichever actor is ready.
+            actor = _gpu_actor_class(ray).options(num_gpus=1 / actors_per_gpu)
+            self._actors = [actor.remote() for _ in range(self.gpus * actors_per_gpu)]
         self._actor_load = [0] * len(self._actors)
         # Bounded in flight: enough queued work that no worker idles between shards, never more, so memory
         # stays flat however large the dataset. On a cluster, exactly `workers` CPU tasks may run at once.
@@ -187,7 +229,7 @@ class RayExecutor:
         self._pending: dict = {}  # ObjectRef -> (split, index, actor index or None)
         where = "local Ray" if self._started_here else f"Ray cluster {self.address}"
         nodes = len([n for n in ray.nodes() if n.get("Alive")])
-        gpu_text = f", {self.gpus} GPU actor(s)" if self.gpus else ""
+        gpu_text = f", {len(self._actors)} generator actor(s)" if self._actors else ""
         self.description = f"{where} ({nodes} node(s), {self.workers} CPU worker(s){gpu_text})"
 
     def submit(self, job: ShardJob, split: str, index: int) -> None:
@@ -219,25 +261,31 @@ class RayExecutor:
 
     def cancel(self) -> None:
         for ref in list(self._pending):
-            try:
-                self.ray.cancel(ref)  # KeyboardInterrupt in the task; writes are atomic, so nothing partial stays
-            except Exception:  # noqa: S110 - best effort on the way out; shutdown follows
-                pass
+            # KeyboardInterrupt in the task; writes are atomic, so nothing partial stays. Best effort: shutdown follows
+            with contextlib.suppress(Exception):
+                self.ray.cancel(ref)
         self._pending.clear()
 
     def close(self) -> None:
-        for actor in self._actors:
-            self.ray.kill(actor)
-        self.ray.shutdown()
+        """Idempotent. A local Ray started here is shut down; a joined cluster keeps running (we disconnect)."""
+        if self.ray.is_initialized():
+            for actor in self._actors:
+                with contextlib.suppress(Exception):
+                    self.ray.kill(actor)
+            self.ray.shutdown()
+        self._actors = []
 
 
-def connect_ray(ray, address: str | None, workers: int | None) -> None:
-    """Start a private local Ray (address None) or join a cluster; unreachable clusters fail fast and clearly."""
+def connect_ray(ray, address: str | None, workers: int | None, extra_cpus: int = 0) -> None:
+    """Start a private local Ray (address None) or join a cluster; unreachable clusters fail fast and clearly.
+
+    A local Ray gets `workers` CPUs (all cores by default) plus `extra_cpus` for generator actors, which hold a
+    CPU each for their host-side work: without them `--workers 2` on a GPU box would leave the actors unplaced."""
     common = dict(include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="ERROR")
     if address is None:
         # address="local" always starts a fresh instance: never join someone else's cluster by accident.
-        ray.init(address="local", num_cpus=workers or os.cpu_count(), object_store_memory=LOCAL_OBJECT_STORE_BYTES,
-                 _node_ip_address="127.0.0.1", **common)
+        ray.init(address="local", num_cpus=(workers or os.cpu_count()) + extra_cpus,
+                 object_store_memory=LOCAL_OBJECT_STORE_BYTES, _node_ip_address="127.0.0.1", **common)
         return
     if address != "auto" and not address.startswith("ray://"):
         _check_reachable(address)
@@ -260,6 +308,16 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
                               f"head node (`ray status` on it), or omit --ray-address to use a local Ray") from exc
 
 
+def _local_actor_cpus(device: str, gpus: int | None, actors_per_gpu: int) -> int:
+    """CPUs the generator actors of a local GPU build will hold (0 on a CPU build)."""
+    if device == "cpu" or gpus == 0:
+        return 0
+    import torch
+
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return min(gpus or visible, visible) * actors_per_gpu
+
+
 def _resolve_cluster_device(device: str, cluster_gpus: int, gpus: int | None) -> str:
     """The device decides by the cluster's GPUs, not the driver's: the driver may be a CPU-only laptop."""
     device = device or "auto"
@@ -273,7 +331,7 @@ def _resolve_cluster_device(device: str, cluster_gpus: int, gpus: int | None) ->
 
 
 def _gpu_actor_class(ray):
-    """One generator per GPU, alive for the whole build: kernels compile once, then every shard reuses them."""
+    """A generator alive for the whole build: kernels compile once, then every shard reuses them."""
 
     @ray.remote(num_gpus=1, num_cpus=1, max_restarts=1, max_task_retries=0)
     class GpuGenerator:

@@ -16,10 +16,9 @@ def dataset_info(url: str) -> dict:
     from nca_datagen import manifest
 
     m = manifest.read_manifest(url)
-    nca = m["config"]["nca"]
-    tokens_per_frame = (nca["grid"][0] // nca["patch"]) * (nca["grid"][1] // nca["patch"]) + 2
-    return {"vocab_size": nca["states"] ** (nca["patch"] ** 2) + 2, "seq_len": nca["frames"] * tokens_per_frame,
-            "tokens_per_frame": tokens_per_frame,
+    layout = m["sequence"]
+    return {"vocab_size": layout["vocab_size"], "seq_len": layout["seq_len"],
+            "tokens_per_frame": layout["tokens_per_frame"],
             "samples": {split: s["samples"] for split, s in m["splits"].items()}}
 
 
