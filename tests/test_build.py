@@ -1,0 +1,269 @@
+"""`nca-datagen build`: plan arithmetic, units, CLI errors (nothing written), an inline build, a local-Ray build
+that loads through `NCADataset`, and the README's main command run exactly as written."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from nca_datagen.cli import main
+from nca_datagen.complexity import Band
+from nca_datagen.units import format_count, parse_count
+
+# 152-token sequences (4 frames x 38), 2 rules x 2 sims per shard: train 2 shards, val 1 shard
+TINY = ["--frames", "4", "--samples-per-shard", "4", "--sims-per-rule", "2", "--tokens", "1216",
+        "--val-tokens", "608"]
+CONSOLE = str(Path(sys.executable).with_name("nca-datagen"))
+
+
+def build(*args, out=None):
+    argv = ["build", *TINY, *args] + (["--out", str(out)] if out is not None else [])
+    return CliRunner().invoke(main, argv, catch_exceptions=False)
+
+
+def shard_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.glob("*/shard-*.tar*"))}
+
+
+# -- units and plan ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, value", [("10K", 10_000), ("164M", 164_000_000), ("2B", 2_000_000_000),
+                                         ("1.5M", 1_500_000), ("164_000_000", 164_000_000), ("1e6", 10**6),
+                                         ("7", 7), ("2g", 2 * 10**9)])
+def test_parse_count(text, value):
+    assert parse_count(text) == value
+
+
+@pytest.mark.parametrize("text", ["12Q", "", "M", "1.2345K", "-5", "1..2M"])
+def test_parse_count_rejects(text):
+    with pytest.raises(ValueError, match="count"):
+        parse_count(text)
+
+
+def test_format_count():
+    assert format_count(164_160_000) == "164M"
+    assert format_count(999) == "999"
+
+
+def test_paper_preset_plans_exactly_the_papers_rules():
+    from nca_datagen.pipelines.build import _apply_paper_preset, dataset_config, plan_build
+
+    class Ctx:  # every option at its default
+        def get_parameter_source(self, name):
+            return type("S", (), {"name": "DEFAULT"})
+
+    kw = {}
+    _apply_paper_preset(Ctx(), kw)
+    config = dataset_config(grid=kw["grid"], states=10, patch=2, frames=27, burn_in=10, temperature=1e-4,
+                            band=Band.parse(kw["complexity"]), seed=0, sims_per_rule=10, samples_per_shard=500)
+    plan = plan_build(config, kw["tokens"], kw["val_tokens"])
+    train, val = plan.splits
+    assert (train.rules, train.sequences, train.tokens) == (16_000, 160_000, 164_160_000)
+    assert (val.rules, val.sequences) == (2_000, 20_000)
+    assert train.sequences * 1024 == 163_840_000  # the paper's "164M" counts 1024 input tokens per sequence
+
+
+def test_plan_rounds_up_to_whole_shards():
+    from nca_datagen.pipelines.build import dataset_config, plan_build
+
+    config = dataset_config(grid=(12, 12), states=10, patch=2, frames=4, burn_in=10, temperature=1e-4,
+                            band=Band.parse("50%+"), seed=0, sims_per_rule=2, samples_per_shard=4)
+    plan = plan_build(config, tokens=1217, val_fraction=0.0)  # 1217 > 4 rules x 2 x 152 = 1216: one more shard
+    assert plan.shards == {"train": 3}
+    assert plan.splits[0].tokens == 3 * 4 * 152
+
+
+def test_dry_run_prints_plan_and_writes_nothing(tmp_path):
+    out = tmp_path / "ds"
+    result = CliRunner().invoke(main, ["build", "--preset", "paper", "--out", str(out), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "16,000 rules x 10 sims" in result.output and "2,000 rules" in result.output
+    assert "estimated size" in result.output and "estimated time" in result.output
+    assert not out.exists()
+
+
+def test_help_is_grouped():
+    result = CliRunner().invoke(main, ["build", "--help"])
+    assert result.exit_code == 0
+    for heading in ("What to build:", "Rule family", "Output:", "Execution:"):
+        assert heading in result.output
+    assert "[default: 50%+]" in result.output
+
+
+# -- bad input: a clear message, nothing written -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--complexity", "0.8:0.2"], "need 0 <= lo < hi <= 1"),
+    (["--complexity", "0.5:1.5"], "need 0 <= lo < hi <= 1"),
+    (["--complexity", "lots"], "cannot parse complexity band"),
+    (["--tokens", "12Q"], "cannot parse"),
+    (["--grid", "12", "--patch", "5"], "not divisible by patch 5"),
+    (["--grid", "12x"], "HEIGHTxWIDTH"),
+    (["--states", "20", "--patch", "2"], "more than uint16"),
+    (["--samples-per-shard", "5"], "not a multiple of --sims-per-rule"),
+    (["--preset", "paper"], "--preset paper fixes"),
+    (["--device", "cuda", "--executor", "inline"], "no CUDA GPU"),
+    (["--device", "cuda"], "no CUDA GPU"),
+])
+def test_bad_input_is_refused_before_writing(tmp_path, args, message):
+    if "cuda" in args:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU")
+    out = tmp_path / "ds"
+    result = build(*args, out=out)
+    assert result.exit_code != 0
+    assert message in result.output, result.output
+    assert not out.exists()
+
+
+def test_seq_len_must_be_whole_frames(tmp_path):
+    out = tmp_path / "ds"
+    result = CliRunner().invoke(main, ["build", "--tokens", "10K", "--seq-len", "150", "--out", str(out)])
+    assert result.exit_code == 2 and "not a multiple of the 38 tokens per frame" in result.output
+    assert not out.exists()
+    both = CliRunner().invoke(main, ["build", *TINY, "--seq-len", "152", "--out", str(out)])
+    assert both.exit_code == 2 and "not both" in both.output
+
+
+def test_unwritable_output():
+    result = build("--executor", "inline", out="/proc/nca-datagen-test/ds")
+    assert result.exit_code == 1
+    assert "cannot write to /proc/nca-datagen-test/ds" in result.output
+
+
+def test_unreachable_ray_address(tmp_path):
+    out = tmp_path / "ds"
+    result = build("--ray-address", "127.0.0.1:1", out=out)
+    assert result.exit_code == 1
+    assert "cannot reach the Ray cluster at 127.0.0.1:1" in result.output
+    assert not out.exists()
+
+
+def test_unreachable_band_leaves_nothing(tmp_path):
+    out = tmp_path / "ds"
+    result = build("--complexity", "0.9:1.0", "--executor", "inline", out=out)
+    assert result.exit_code == 1
+    assert "band (0.9, 1) kept 0 of 2000 candidate rules" in result.output
+    assert "fix --complexity" in result.output
+    assert not out.exists()
+
+
+def test_unreachable_band_is_recognised_through_ray():
+    """A worker's UnreachableBandError arrives wrapped in RayTaskError: still an impossible config, not retried."""
+    from nca_datagen.pipelines.build import _cause_text, _is
+    from ray.exceptions import RayTaskError
+
+    from nca_datagen.generate import UnreachableBandError
+
+    cause = UnreachableBandError("train shard 0: band (0.9, 1) kept 0 of 2000 candidate rules")
+    wrapped = RayTaskError("run_shard", "Traceback (most recent call last): ...", cause).as_instanceof_cause()
+    assert _is(wrapped, UnreachableBandError) and not _is(RuntimeError("x"), UnreachableBandError)
+    assert _cause_text(wrapped, UnreachableBandError) == str(cause)
+
+
+# -- inline builds, resume, config changes -------------------------------------------------------------------
+
+
+def test_inline_build_resume_and_config_guard(tmp_path):
+    out = tmp_path / "ds"
+    first = build("--executor", "inline", out=out)
+    assert first.exit_code == 0, first.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["totals"]["num_shards"] == 3 and manifest["totals"]["tokens"] == 12 * 152
+    assert "--executor inline" in manifest["provenance"]["command"]
+    events = [json.loads(line) for log in (out / "_logs").glob("*.jsonl") for line in log.read_text().splitlines()]
+    done = [e for e in events if e["event"] == "shard_done"]
+    assert len(done) == 3 and {"probe_filter", "rollout_tokenize", "stats", "compress_write"} <= set(done[0]["timings"])
+    assert events[-1]["event"] == "build_end"
+
+    again = build("--executor", "inline", out=out)  # a finished dataset is never overwritten by accident
+    assert again.exit_code == 1 and "already holds a finished dataset" in again.output
+
+    other = build("--executor", "inline", "--seed", "1", "--overwrite", out=out)
+    assert other.exit_code == 0, other.output
+    assert json.loads((out / "manifest.json").read_text())["config"]["seed"] == 1
+
+
+def test_unfinished_build_guard_and_resume_verifies_shards(tmp_path, monkeypatch):
+    out = tmp_path / "ds"
+    monkeypatch.setenv("NCA_DATAGEN_FAIL_SHARDS", "val:0")
+    failed = build("--executor", "inline", "--retries", "0", out=out)
+    assert failed.exit_code == 1 and "val:0" in failed.output
+    monkeypatch.delenv("NCA_DATAGEN_FAIL_SHARDS")
+    refused = build("--executor", "inline", "--seed", "3", out=out)
+    assert refused.exit_code == 1
+    assert "different config" in refused.output and "seed: 0 -> 3" in refused.output
+    shard = out / "train" / "shard-000000.tar.zst"
+    good = shard.read_bytes()
+    shard.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # same size, wrong sha256: must be rebuilt
+    resumed = build("--executor", "inline", out=out)  # the same command finishes only what is missing
+    assert resumed.exit_code == 0, resumed.output
+    assert "building 2 of 3 shards" in resumed.output
+    assert shard.read_bytes() == good
+
+
+# -- local Ray, end to end -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_local_ray_build_loads_and_matches_inline(tmp_path):
+    from nca_datagen.loader import NCADataset, iter_sequences
+    from nca_datagen.manifest import read_manifest
+
+    ray_out, inline_out = tmp_path / "ray", tmp_path / "inline"
+    result = build("--workers", "2", out=ray_out)
+    assert result.exit_code == 0, result.output
+    assert "local Ray" in result.output
+    assert build("--executor", "inline", out=inline_out).exit_code == 0
+    assert shard_bytes(ray_out) == shard_bytes(inline_out) and len(shard_bytes(ray_out)) == 3
+
+    manifest = read_manifest(str(ray_out))
+    assert [len(manifest["splits"][s]["shards"]) for s in ("train", "val")] == [2, 1]
+    items = list(NCADataset(str(ray_out), "train", shuffle=False))
+    assert len(items) == 8 and items[0]["input_ids"].shape == (150,) and items[0]["labels"].shape == (150,)
+    train = {tuple(s) for s in iter_sequences(str(ray_out), "train")}
+    val = {tuple(s) for s in iter_sequences(str(ray_out), "val")}
+    assert len(train) == 8 and len(val) == 4 and not train & val  # disjoint rules: the split is in every seed
+
+
+README_COMMAND = "nca-datagen build --complexity 50%+ --tokens 2M --out data/nca-web"
+
+
+@pytest.mark.slow
+def test_readme_command_as_written(tmp_path):
+    """The README's main command, exactly as printed there (local Ray, CPU, a local folder)."""
+    env = {**os.environ, "PATH": f"{Path(CONSOLE).parent}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run(README_COMMAND, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((tmp_path / "data/nca-web/manifest.json").read_text())
+    assert manifest["splits"]["train"]["tokens"] >= 2_000_000
+    assert "done:" in proc.stdout
+
+
+def test_build_to_s3(s3_bucket, s3_server, tmp_path, monkeypatch):
+    """An s3:// output: shards, manifest and (uploaded at the end) the event log land in the bucket."""
+    from nca_datagen import storage
+    from nca_datagen.loader import iter_sequences
+    from nca_datagen.manifest import read_manifest
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the local spool of the event log
+    url = f"{s3_bucket}/nca/ds"
+    result = build("--executor", "inline", "--endpoint-url", s3_server, out=url)
+    assert result.exit_code == 0, result.output
+    options = {"endpoint_url": s3_server}
+    assert read_manifest(url, options)["totals"]["num_shards"] == 3
+    assert len(list(iter_sequences(url, "val", storage_options=options))) == 4
+    fs, root = storage.filesystem(url, options)
+    logs = fs.ls(storage.join(root, "_logs"))
+    assert len(logs) == 1 and logs[0].endswith(".jsonl")
+    assert list((tmp_path / "cache" / "nca-datagen" / "logs").rglob("*.jsonl"))

@@ -1,0 +1,138 @@
+"""`nca-datagen build --ray-address` on a real two-node Ray cluster on this machine (loopback only).
+
+Two `ray start` nodes (one CPU each, the second tagged with a custom `node2` resource), each in its own temp
+dir. Shards built across both nodes must be byte-identical to the inline executor's and to a one-worker run.
+Teardown kills only the processes of these two nodes (found by their temp dirs): `ray stop` would stop every
+Ray on the machine, other people's included.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+RAY = str(Path(sys.executable).with_name("ray"))
+CONSOLE = str(Path(sys.executable).with_name("nca-datagen"))
+TINY = ["--frames", "4", "--samples-per-shard", "4", "--sims-per-rule", "2", "--tokens", "2432",
+        "--val-tokens", "608"]
+# Ray >= 2.5x turns token auth on for a head node when ~/.ray/auth_token exists (any earlier local Ray writes it),
+# but a joining node does not send it; loopback-only test nodes opt out, and so does the driver that joins them.
+AUTH = {"RAY_AUTH_MODE": "disabled"}
+NODE = ["--num-cpus=1", "--num-gpus=0", "--object-store-memory=100000000", "--disable-usage-stats"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def processes_under(marker: str) -> list[int]:
+    """Pids whose command line or open files mention `marker` (our nodes' temp dirs): exactly the processes we
+    started. Open files catch Ray's agents, whose command lines are retitled (`ray::DashboardAgent`)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                texts = [(entry / "cmdline").read_bytes().decode(errors="replace")]
+                texts += [os.readlink(fd) for fd in (entry / "fd").iterdir()]
+            except OSError:
+                continue
+            if any(marker in t for t in texts):
+                pids.append(int(entry.name))
+    return pids
+
+
+def kill_nodes(dirs: list[str]) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = [p for d in dirs for p in processes_under(d)]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        if pids and sig == signal.SIGTERM:
+            time.sleep(3)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    port = free_port()
+    head_dir = tempfile.mkdtemp(prefix="ncrh", dir="/tmp")
+    node_dir = tempfile.mkdtemp(prefix="ncrn", dir="/tmp")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(AUTH)
+    try:
+        subprocess.run([RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", *NODE,
+                        "--include-dashboard=false", f"--temp-dir={head_dir}"], env=env, check=True,
+                       capture_output=True, timeout=180)
+        subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1", *NODE,
+                        '--resources={"node2": 1}', f"--temp-dir={node_dir}"], env=env, check=True,
+                       capture_output=True, timeout=180)
+        yield f"127.0.0.1:{port}"
+    finally:
+        kill_nodes([head_dir, node_dir])
+        shutil.rmtree(head_dir, ignore_errors=True)
+        shutil.rmtree(node_dir, ignore_errors=True)
+
+
+def build(out, *extra, env_extra=None):
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "NCA_DATAGEN_FAIL_SHARDS")}
+    env.update(AUTH, **(env_extra or {}))
+    proc = subprocess.run([CONSOLE, "build", *TINY, "--out", str(out), *extra], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def shard_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.glob("*/shard-*.tar*"))}
+
+
+def test_two_node_cluster_matches_inline_and_one_worker(cluster, tmp_path):
+    proc = build(tmp_path / "cluster", "--workers", "2", env_extra={"RAY_ADDRESS": cluster})  # joined via env
+    events = [json.loads(line) for log in (tmp_path / "cluster/_logs").glob("*.jsonl")
+              for line in log.read_text().splitlines()]
+    assert events[0]["executor"] == f"Ray cluster {cluster} (2 node(s), 2 CPU worker(s))"
+    assert f"Ray cluster {cluster}" in proc.stderr
+    nodes = {e["node"] for e in events if e["event"] == "shard_done"}
+    assert len(nodes) == 2, nodes  # both nodes built shards
+
+    build(tmp_path / "inline", "--executor", "inline")
+    build(tmp_path / "one", "--workers", "1")  # a private local Ray with one worker
+    cluster_shards = shard_bytes(tmp_path / "cluster")
+    assert len(cluster_shards) == 5
+    assert cluster_shards == shard_bytes(tmp_path / "inline") == shard_bytes(tmp_path / "one")
+
+
+def test_ray_address_flag_joins_the_cluster(cluster, tmp_path):
+    proc = build(tmp_path / "flag", "--ray-address", cluster, "--val-tokens", "0", "--quiet")
+    assert proc.stdout.startswith("done: 4 shards")
+    assert "Ray cluster" not in proc.stderr  # --quiet: only errors and the final line
+
+
+def test_generator_actor_pipeline_on_cpu(tmp_path):
+    """The GPU layout (generator actors -> CPU writer tasks) with CPU-only actors: same bytes as inline."""
+    from nca_datagen.pipelines.build import BuildOptions, dataset_config, plan_build, run_build
+    from nca_datagen.pipelines.executors import InlineExecutor, RayExecutor
+
+    from nca_datagen.complexity import Band
+
+    config = dataset_config(grid=(12, 12), states=10, patch=2, frames=4, burn_in=10, temperature=1e-4,
+                            band=Band.parse("50%+"), seed=0, sims_per_rule=2, samples_per_shard=4)
+    plan = plan_build(config, tokens=2432, val_tokens=608)
+    executor = RayExecutor(workers=2, device="cpu", generator_actors=1)  # one CPU for the actor, one for writes
+    assert "1 generator actor(s)" in executor.description and executor.slots == 4
+    run_build(plan, executor, BuildOptions(out_url=str(tmp_path / "actors"), device="cpu", quiet=True))
+    run_build(plan, InlineExecutor(), BuildOptions(out_url=str(tmp_path / "inline"), device="cpu", quiet=True))
+    assert shard_bytes(tmp_path / "actors") == shard_bytes(tmp_path / "inline")
+    assert len(shard_bytes(tmp_path / "actors")) == 5
