@@ -31,10 +31,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `benchmarks.report` when run as a script
 
-from nca_datagen.kernels.common import RolloutSpec  # noqa: E402
-
 from benchmarks.report import peak_rss_mb, write_report  # noqa: E402
 from nca_datagen.config import NCAConfig  # noqa: E402
+from nca_datagen.kernels.common import RolloutSpec  # noqa: E402
 from nca_datagen.rollout import rollout_tokens  # noqa: E402
 from nca_datagen.rules import sample_rules  # noqa: E402
 from nca_datagen.seeds import trajectory_inputs  # noqa: E402
@@ -162,6 +161,7 @@ def cold_numba_compile_s() -> tuple[float, float]:
 def bench_gpu(cfg, backend: str, batches, repeats: int, peak) -> list[dict]:
     """Kernel-only (device tensors, synchronised) and end-to-end rows for one GPU backend."""
     import torch
+
     from nca_datagen.kernels import reference
 
     if backend == "triton":

@@ -24,12 +24,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import write_report  # noqa: E402
+from nca_datagen.config import NCAConfig  # noqa: E402
 from nca_datagen.kernels import reference  # noqa: E402
 from nca_datagen.kernels import rollout_triton as rt  # noqa: E402
 from nca_datagen.kernels.common import RolloutSpec  # noqa: E402
-
-from benchmarks.report import write_report  # noqa: E402
-from nca_datagen.config import NCAConfig  # noqa: E402
 from nca_datagen.rules import sample_rules  # noqa: E402
 
 # (block_t, num_warps), default first. Left out: 4 rows per program, which ptxas 13 (triton 3.9) compiled to

@@ -120,6 +120,9 @@ def grid_stats(grids_NFHW: np.ndarray) -> dict[str, np.ndarray]:
         change = (grids_NFHW[:, 1:] != grids_NFHW[:, :-1]).reshape(n, -1).mean(axis=1)
     else:
         change = np.full(n, math.nan)
-    last = grids_NFHW[:, -1].reshape(n, -1)
-    colours = np.array([len(np.unique(row)) for row in last], dtype=np.int64)
+    last = grids_NFHW[:, -1].reshape(n, -1).astype(np.int64)
+    states = int(last.max(initial=0)) + 1
+    present = np.zeros((n, states), dtype=bool)
+    present[np.arange(n)[:, None], last] = True
+    colours = present.sum(axis=1)
     return {"cell_change_rate": change, "colors_last_frame": colours}

@@ -10,6 +10,8 @@ Shape legend: N sequences, F frames, H x W cells, P patches per frame, L tokens 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from nca_datagen.config import NCAConfig
@@ -38,14 +40,21 @@ def encode_patches(grids_NHW: np.ndarray, cfg: NCAConfig) -> np.ndarray:
     return (blocks * _digit_weights(cfg)).sum(axis=(-1, -2)).reshape(*lead, (h // p) * (w // p))
 
 
+@functools.lru_cache(maxsize=8)
+def _patch_cells(states: int, patch: int) -> np.ndarray:
+    """(n^(p*p), p, p) uint8: the cells of every patch id (at most 65536 x p*p bytes; ids fit uint16)."""
+    ids = np.arange(states ** (patch * patch), dtype=np.int64)
+    digits = ids[:, None] // states ** np.arange(patch * patch, dtype=np.int64) % states
+    return digits.astype(np.uint8).reshape(-1, patch, patch)
+
+
 def decode_patches(ids_NP: np.ndarray, cfg: NCAConfig) -> np.ndarray:
-    """Patch ids (..., P) -> cells (..., H, W) as uint8. Inverse of `encode_patches`."""
+    """Patch ids (..., P) -> cells (..., H, W) as uint8. Inverse of `encode_patches` (a table lookup)."""
     h, w = cfg.grid
     p = cfg.patch
     *lead, _ = ids_NP.shape
-    digits = (np.asarray(ids_NP, dtype=np.int64)[..., None, None] // _digit_weights(cfg)) % cfg.states
-    digits = digits.reshape(*lead, h // p, w // p, p, p).swapaxes(-3, -2)
-    return digits.reshape(*lead, h, w).astype(np.uint8)
+    cells = _patch_cells(cfg.states, p)[np.asarray(ids_NP)]
+    return cells.reshape(*lead, h // p, w // p, p, p).swapaxes(-3, -2).reshape(*lead, h, w)
 
 
 def token_dtype(cfg: NCAConfig) -> np.dtype:

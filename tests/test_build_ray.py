@@ -122,10 +122,9 @@ def test_ray_address_flag_joins_the_cluster(cluster, tmp_path):
 
 def test_generator_actor_pipeline_on_cpu(tmp_path):
     """The GPU layout (generator actors -> CPU writer tasks) with CPU-only actors: same bytes as inline."""
+    from nca_datagen.complexity import Band
     from nca_datagen.pipelines.build import BuildOptions, dataset_config, plan_build, run_build
     from nca_datagen.pipelines.executors import InlineExecutor, RayExecutor
-
-    from nca_datagen.complexity import Band
 
     config = dataset_config(grid=(12, 12), states=10, patch=2, frames=4, burn_in=10, temperature=1e-4,
                             band=Band.parse("50%+"), seed=0, sims_per_rule=2, samples_per_shard=4)

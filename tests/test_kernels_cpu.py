@@ -9,10 +9,10 @@ numba kernel compiles once per machine (`cache=True`), which dominates this file
 import numpy as np
 import pytest
 import torch
-from nca_datagen.kernels import cpu, reference
-from nca_datagen.kernels.common import RolloutSpec, hash32
 
 from nca_datagen.config import NCAConfig
+from nca_datagen.kernels import cpu, reference
+from nca_datagen.kernels.common import RolloutSpec, hash32
 from nca_datagen.rollout import rollout_frames, rollout_tokens
 from nca_datagen.rules import sample_rules
 from nca_datagen.seeds import trajectory_inputs

@@ -10,10 +10,10 @@ backend on the CPU, a non-paper config, and that backend="auto" on CUDA dispatch
 import numpy as np
 import pytest
 import torch
-from nca_datagen.kernels import reference
-from nca_datagen.kernels.common import RolloutSpec
 
 from nca_datagen.config import NCAConfig
+from nca_datagen.kernels import reference
+from nca_datagen.kernels.common import RolloutSpec
 from nca_datagen.rollout import rollout_tokens
 from nca_datagen.rules import sample_rules
 from nca_datagen.seeds import trajectory_inputs

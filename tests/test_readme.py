@@ -12,6 +12,7 @@ All blocks run in README order in one scratch folder (later blocks read what ear
 reach a real moto server through the standard AWS environment, with a bucket named `my-bucket`.
 """
 
+import json
 import os
 import re
 import shlex
@@ -74,6 +75,8 @@ def test_readme_commands_run_as_written(tmp_path, s3_server):
             build = commands(body)[0].split("&&")[-1].strip()
             assert build.startswith("nca-datagen build"), build
             run_shell(build, tmp_path, env)
+            manifest = json.loads((tmp_path / build.split("--out ")[1].split()[0] / "manifest.json").read_text())
+            assert manifest["splits"]["train"]["tokens"] >= 2_000_000
         elif kind == "shell":
             for line in commands(body):
                 run_shell(line, tmp_path, env)

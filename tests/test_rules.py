@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from nca_datagen.kernels.common import INT32_LIMIT, RolloutSpec
-from nca_datagen.kernels.reference import rollout_reference, step_reference
 
 from nca_datagen.config import MAX_STATES, NCAConfig
+from nca_datagen.kernels.common import INT32_LIMIT, RolloutSpec
+from nca_datagen.kernels.reference import rollout_reference, step_reference
 from nca_datagen.rules import (
     TRUNC_STD_CORRECTION,
     fixed_point_bounds,

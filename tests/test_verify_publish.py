@@ -3,11 +3,11 @@
 import dataclasses
 import json
 
-import nca_datagen.pipelines.publish as publish_mod
 import pytest
 from click.testing import CliRunner
 from shard_fixtures import REAL, make_dataset, real_shards
 
+import nca_datagen.pipelines.publish as publish_mod
 from nca_datagen import storage
 from nca_datagen.cli import main
 
