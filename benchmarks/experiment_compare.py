@@ -32,14 +32,13 @@ import torch
 
 from benchmarks.report import RESULTS, machine
 
-# Sized from measured step costs (1 thread, idle-ish box: mini at 256 bytes ~2.2K tokens/s, ~15 GFLOP/s;
-# the NCA shape costs ~2.8x more per token: the 10,002-way head and 1024-token attention). On 2 free cores:
-# NCA 150 steps x 4 x 1024 ~8 min, each text run 250 steps x 16 x 256 ~4.5 min, evaluations ~1.5 min.
+# Sized from a measured run (2026-11-28, 2 cores, 2 torch threads): build 8 s; NCA 600 steps x 4 x 1024 at
+# ~4.5K tokens/s ~9 min; each text run 600 steps x 16 x 256 at 15-19K tokens/s ~2.5 min; 14 min in all.
 FULL = {
-    "build": ["--complexity", "50%+", "--tokens", "2M", "--samples-per-shard", "250"],
+    "build": ["--complexity", "50%+", "--tokens", "4M", "--samples-per-shard", "250"],
     "model": "mini",
-    "nca": dict(nca_steps=150, nca_batch_size=4, nca_train={"lr": 1e-3}),
-    "text": dict(steps=250, batch_size=16, context=256, lr=2e-3, eval_every=25, eval_tokens=32768),
+    "nca": dict(nca_steps=600, nca_batch_size=4, nca_train={"lr": 1e-3}),
+    "text": dict(steps=600, batch_size=16, context=256, lr=2e-3, eval_every=50, eval_tokens=32768),
 }
 QUICK = {
     "build": ["--complexity", "0.3:", "--tokens", "20K", "--grid", "6", "--states", "3", "--frames", "8",
