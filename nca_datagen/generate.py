@@ -76,7 +76,7 @@ def select_rules(config: DatasetConfig, split: str, shard_index: int, *, backend
         kept.extend(int(i) for i in ids[config.band.contains(r)])
         probed += batch
     all_ratios = np.concatenate(ratios)
-    last = int(np.searchsorted(np.arange(first, first + probed), kept[need - 1])) + 1
+    last = kept[need - 1] - first + 1  # candidates up to and including the K-th kept one
     considered = all_ratios[:last]  # candidates after the K-th kept one were probed but do not count
     counts = {
         "candidates": last,
