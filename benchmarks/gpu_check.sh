@@ -116,9 +116,9 @@ step bench_rollout 90 "$PY" benchmarks/bench_rollout.py --no-cold-compile
 
 # 6. Build and trainer benchmarks, if present.
 if [[ -f benchmarks/bench_build.py ]]; then
-    step bench_build 90 "$PY" benchmarks/bench_build.py --skip-10x
+    step bench_build 90 "$PY" -m benchmarks.bench_build --skip-10x
 fi
 if [[ -f benchmarks/bench_train.py ]]; then
-    step bench_train 90 "$PY" benchmarks/bench_train.py --gpu
+    step bench_train 150 "$PY" -m benchmarks.bench_train --gpu
 fi
 exit 0
