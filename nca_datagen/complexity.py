@@ -30,6 +30,11 @@ def gzip_ratio(tokens: np.ndarray) -> float:
     raw = np.ascontiguousarray(tokens, dtype="<i4").tobytes()
     if not raw:
         raise ValueError("gzip_ratio of an empty token array is undefined")
+    return bytes_gzip_ratio(raw)
+
+
+def bytes_gzip_ratio(raw: bytes) -> float:
+    """len(gzip.compress(raw, 9, mtime=0)) / len(raw), without building the gzip container."""
     return (len(zlib.compress(raw, 9, wbits=-15)) + GZIP_OVERHEAD) / len(raw)
 
 

@@ -48,14 +48,25 @@ class ShardData:
         return self.tokens_NL.shape[0]
 
 
-def probe_ratios(config: DatasetConfig, split: str, rule_ids, *, backend=None, device=None) -> np.ndarray:
-    """The paper's filter statistic for each candidate: gzip ratio of its probe trajectory's patch tokens."""
-    cfg = config.nca.probe(config.probe_frames)
+def probe_rollouts(config: DatasetConfig, split: str, rule_ids, *, frames: int | None = None, backend=None,
+                   device=None):
+    """Probe trajectories (B, F, H, W) of the candidates and their filter ratios (B,).
+
+    The ratio always uses the first `probe_frames` frames; `frames` (for pictures) may roll out longer, which
+    leaves those frames unchanged (frame k is the state after burn-in + k steps).
+    """
+    cfg = config.nca.probe(max(frames or 0, config.probe_frames))
     sid = split_id(split)
     tables = sample_rules(cfg, config.seed, sid, rule_ids)
     states, keys = trajectory_inputs(cfg, config.seed, sid, rule_ids, [PROBE_SIM] * len(rule_ids), probe=True)
-    frames = rollout_frames(cfg, tables, np.arange(len(rule_ids)), states, keys, backend=backend, device=device)
-    return np.array([gzip_ratio(encode_patches(f, cfg)) for f in frames])
+    frames_BFHW = rollout_frames(cfg, tables, np.arange(len(rule_ids)), states, keys, backend=backend, device=device)
+    ratios = np.array([gzip_ratio(encode_patches(f[: config.probe_frames], cfg)) for f in frames_BFHW])
+    return frames_BFHW[:, : frames or config.probe_frames], ratios
+
+
+def probe_ratios(config: DatasetConfig, split: str, rule_ids, *, backend=None, device=None) -> np.ndarray:
+    """The paper's filter statistic for each candidate: gzip ratio of its probe trajectory's patch tokens."""
+    return probe_rollouts(config, split, rule_ids, backend=backend, device=device)[1]
 
 
 def select_rules(config: DatasetConfig, split: str, shard_index: int, *, backend=None, device=None):

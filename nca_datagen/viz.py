@@ -25,7 +25,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from nca_datagen.complexity import PRESETS, Band, gzip_ratio
+from nca_datagen.complexity import PRESETS, Band, bytes_gzip_ratio, gzip_ratio
 from nca_datagen.palette import colourise, palette
 from nca_datagen.storage import storage_flags
 
@@ -306,17 +306,11 @@ def sample_preview(config, rules: int, *, frames: int | None = None, only_kept: 
     A mixed preview keeps about half kept rules and fills the rest with rejected ones (both reasons, as they
     come in id order), so a rare band still shows what it keeps; `only_kept` shows kept rules only.
     """
-    from nca_datagen.config import split_id
-    from nca_datagen.rollout import rollout_frames
-    from nca_datagen.rules import PROBE_SIM, sample_rules
-    from nca_datagen.seeds import trajectory_inputs
-    from nca_datagen.tokenizer import encode_patches
+    from nca_datagen.generate import probe_rollouts
 
     if rules < 1:
         raise ValueError(f"rules={rules}: must be >= 1")
     show = frames or config.probe_frames
-    cfg = config.nca.probe(max(show, config.probe_frames))  # one rollout serves the ratio and the picture
-    sid = split_id(split)
     want_kept = rules if only_kept else math.ceil(rules / 2)
     want_other = rules - want_kept
     # a mixed preview gives up sooner than --only-kept: it shows the rejections it found, with a note
@@ -328,11 +322,9 @@ def sample_preview(config, rules: int, *, frames: int | None = None, only_kept: 
     one_sided = config.band.hi >= 1.0 or config.band.lo <= 0.0
     while probed < limit and not _preview_done(found, want_kept, want_other, one_sided or probed >= soft_limit):
         ids = np.arange(probed, min(probed + batch, limit))
-        tables = sample_rules(cfg, config.seed, sid, ids)
-        states, keys = trajectory_inputs(cfg, config.seed, sid, ids, [PROBE_SIM] * len(ids), probe=True)
-        frames_BFHW = rollout_frames(cfg, tables, np.arange(len(ids)), states, keys, backend=backend, device=device)
-        for rule_id, fr in zip(ids, frames_BFHW, strict=True):
-            ratio = gzip_ratio(encode_patches(fr[: config.probe_frames], cfg))
+        # one rollout serves the ratio and the picture
+        frames_BFHW, ratios = probe_rollouts(config, split, ids, frames=show, backend=backend, device=device)
+        for rule_id, fr, ratio in zip(ids, frames_BFHW, ratios, strict=True):
             verdict = config.band.verdict(ratio)
             if len(found[verdict]) < (want_kept if verdict == "kept" else want_other):
                 found[verdict].append(PreviewRow(int(rule_id), float(ratio), verdict, fr[:show]))
@@ -642,15 +634,6 @@ NCA_RANDOM_CEILING = 0.669  # uniformly random NCA patch tokens (10^4 ids) under
 PAPER_BAND_SHARES = (((0.0, 0.1), 0.139), ((0.1, 0.2), 0.060), ((0.2, 0.3), 0.070), ((0.3, 0.4), 0.080),
                      ((0.4, 0.5), 0.192), ((0.5, 1.0), 0.457))
 PAPER_BEST = {(0.5, 1.0): "web text, math", (0.3, 0.4): "code"}  # paper-facts.md §3 and §6
-
-
-def bytes_gzip_ratio(raw: bytes) -> float:
-    """len(gzip(raw, level 9)) / len(raw): the same compressor and overhead as `complexity.gzip_ratio`."""
-    import zlib
-
-    from nca_datagen.complexity import GZIP_OVERHEAD
-
-    return (len(zlib.compress(raw, 9, wbits=-15)) + GZIP_OVERHEAD) / len(raw)
 
 
 def corpus_chunks(docs: list[bytes], chunk: int = CHUNK_TOKENS, max_chunks: int = 20_000) -> list[bytes]:
