@@ -1,4 +1,4 @@
-"""End-to-end throughput and memory of `nca-datagen build`, run exactly as users run it (the console script).
+"""End-to-end throughput and memory of `nca-datagen build`, run as users run it: a fresh process per build.
 
 Rows: the inline executor, Ray with 1 and 2 workers (and, with --gpus, Ray with GPU actors), each reporting
 - `e2e_tok_s`: stored tokens / wall time of the whole command (Ray start, kernel warm-up, manifest included);
@@ -34,7 +34,9 @@ from pathlib import Path
 from benchmarks.report import write_report
 from nca_datagen.units import parse_count
 
-CONSOLE = str(Path(sys.executable).with_name("nca-datagen"))
+# The console script's entry point through this interpreter: `nca-datagen` itself may be on no PATH (a GPU image's
+# python3 with `pip install --target` installs no scripts; pip may put them beside another interpreter).
+CONSOLE = [sys.executable, "-m", "nca_datagen"]
 
 
 def run_build(out: Path, args: list[str]) -> dict:
@@ -43,8 +45,9 @@ def run_build(out: Path, args: list[str]) -> dict:
     log = out.with_name(out.name + ".console.txt")
     with open(log, "wb") as console:
         t0 = time.perf_counter()
-        proc = subprocess.Popen([CONSOLE, "build", "--out", str(out), "--quiet", *args], env=env, stdout=console,
-                                stderr=subprocess.STDOUT)
+        # cwd: not the checkout, which `-m` would put first on sys.path (the console script does not)
+        proc = subprocess.Popen([*CONSOLE, "build", "--out", str(out), "--quiet", *args], env=env, stdout=console,
+                                stderr=subprocess.STDOUT, cwd=out.parent)
         _, status, rusage = os.wait4(proc.pid, 0)  # rusage of this command alone: the driver's peak RSS
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -124,7 +127,8 @@ def main(argv=None):
     rows = []
     try:
         run_build(work / "warmup", ["--tokens", "20K", "--executor", "inline", "--device", "cpu"])  # compile caches
-        if has_gpu:
+        if has_gpu:  # Triton's on-disk cache: the probe and token kernels compile once per machine (~20 s each)
+            run_build(work / "warmup-gpu", ["--tokens", "20K", "--executor", "inline", "--device", "cuda"])
             gpu_args = ["--device", "cuda"] + (["--gpus", str(args.gpus)] if args.gpus else [])
             rows.append(summarise("ray gpu", run_build(work / "gpu", [*data_args, *gpu_args])))
             if not args.ray_only:

@@ -1,14 +1,17 @@
-"""Triton kernel facts on a real GPU: compile time, registers, spills, and tokens/s per launch shape.
+"""Triton kernel facts on a real GPU: compile time, registers, spills, and tokens/s per kernel variant.
 
     python benchmarks/gpu_check.py [--budget-s 150] [--batch 131072]
+    python benchmarks/gpu_check.py --warm I      # only compile variant I (run them in parallel beforehand)
 
-Run by `benchmarks/gpu_check.sh` on the H200. For each (block_t, num_warps) in SHAPES (the default shape first)
-it compiles the paper-config token kernel, records the compiled kernel's registers and spills, checks the
-tokens of a small batch against the torch reference on the same GPU (bit equality), then times a large batch
-(best of 3 after a warm-up, CUDA events). Shapes that would start after `--budget-s` are skipped, so the step
-always finishes in time. Inputs for the timing are synthetic (random rules out of 256, random states and
-keys): throughput does not depend on which seeds made them, and deriving 131k trajectories through
-seeds.py would take longer than the timing. Output: benchmarks/results/gpu_check_triton.{json,md}.
+Run by `benchmarks/gpu_check.sh` on the H200. For each variant in VARIANTS (neighbour exchange, launch shape,
+register cap; the default first) it compiles the paper-config token kernel, records the compiled kernel's
+registers and spills, checks the tokens of a small batch against the torch reference on the same GPU (bit
+equality), then times a large batch (best of 3 after a warm-up, CUDA events). Variants that would start after
+`--budget-s` are skipped, so the step always finishes in time. Compiling is ptxas-bound (~20 s a variant,
+single-threaded), so gpu_check.sh first compiles every variant in parallel processes (`--warm I`) into
+Triton's on-disk cache, and the sweep then loads them. Inputs for the timing are synthetic (random rules out
+of 256, random states and keys): throughput does not depend on which seeds made them.
+Output: benchmarks/results/gpu_check_triton.{json,md}.
 """
 
 from __future__ import annotations
@@ -31,9 +34,19 @@ from nca_datagen.kernels import rollout_triton as rt  # noqa: E402
 from nca_datagen.kernels.common import RolloutSpec  # noqa: E402
 from nca_datagen.rules import sample_rules  # noqa: E402
 
-# (block_t, num_warps), default first. Left out: 4 rows per program, which ptxas 13 (triton 3.9) compiled to
-# 32 registers and a 5-7 KB stack per thread (see GPU_ELEMENTS_PER_PROGRAM in kernels/rollout_triton.py).
-SHAPES = [(None, None), (1, 4), (2, 8), (1, 2)]
+# Launch variants, default first (None = the launcher's default for that field). Measured on the H200 before
+# (gather): (2, 4) 1.12e9 tokens/s, (1, 2) 1.11e9, (1, 4) 0.68e9, (2, 8) 0.71e9. Left out: 4 rows per
+# program, which ptxas 13 (triton 3.9) compiled to 32 registers and a 5-7 KB stack per thread.
+VARIANTS = [
+    {"neighbours": "gather"},  # the default: (2, 4)
+    {"neighbours": "scratch"},  # its default: (1, 2)
+    {"neighbours": "scratch", "block_t": 2, "num_warps": 4},
+    {"neighbours": "scratch", "block_t": 1, "num_warps": 4},
+    {"neighbours": "gather", "maxnreg": 168},
+    {"neighbours": "scratch", "maxnreg": 168},  # 255 registers uncapped: 8 warps/SM; 168 gives 12, 128 gives 16
+    {"neighbours": "scratch", "maxnreg": 128},
+    {"neighbours": "gather", "block_t": 1, "num_warps": 2},
+]
 
 
 def synthetic_inputs(cfg: NCAConfig, batch: int, rules: int = 256, seed: int = 0):
@@ -70,33 +83,46 @@ def time_launch(fn, reps: int = 3) -> float:
     return best
 
 
+def shown(variant: dict, batch: int) -> dict:
+    """The variant with the launcher's defaults filled in (for the report)."""
+    neighbours = variant.get("neighbours") or rt.default_neighbours()
+    block_t = variant.get("block_t") or rt._default_block_t(batch, 256, neighbours)  # 256 = padded 12x12
+    return {"neighbours": neighbours, "block_t": block_t,
+            "num_warps": variant.get("num_warps") or rt._default_num_warps(block_t * 256),
+            "maxnreg": variant.get("maxnreg")}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--budget-s", type=float, default=150.0, help="start no new shape after this many seconds")
+    ap.add_argument("--budget-s", type=float, default=150.0, help="start no new variant after this many seconds")
     ap.add_argument("--batch", type=int, default=131072, help="trajectories per timed launch")
+    ap.add_argument("--warm", type=int, default=None, metavar="I", help="only compile VARIANTS[I], then exit")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
     cfg = NCAConfig()
     spec = RolloutSpec.from_config(cfg)
     check = synthetic_inputs(cfg, 1000, seed=1)
+    if args.warm is not None:  # same specialisation as the sweep's first call: the cache entry it will load
+        rt.rollout_tokens_triton(*check, spec, **VARIANTS[args.warm])
+        torch.cuda.synchronize()
+        print(f"compiled {VARIANTS[args.warm]} in {time.perf_counter() - t_start:.1f} s")
+        return
     want = reference.rollout_tokens_reference(*check, spec)
     big = synthetic_inputs(cfg, args.batch)
     rows = []
-    for block_t, num_warps in SHAPES:
+    for variant in VARIANTS:
+        row = shown(variant, args.batch)
         if time.perf_counter() - t_start > args.budget_s:
-            rows.append({"block_t": block_t, "num_warps": num_warps, "skipped": "time budget"})
+            rows.append({**row, "skipped": "time budget"})
             continue
-        shown_block_t = block_t or rt._default_block_t(args.batch, 256)  # 256 = padded 12x12
-        row = {"block_t": shown_block_t, "num_warps": num_warps or rt._default_num_warps(shown_block_t * 256)}
         try:
             t0 = time.perf_counter()
-            got = rt.rollout_tokens_triton(*check, spec, block_t=block_t, num_warps=num_warps)
+            got = rt.rollout_tokens_triton(*check, spec, **variant)
             torch.cuda.synchronize()
             row["first_call_s"] = round(time.perf_counter() - t0, 2)  # compile (or cache load) + 1000 sequences
             row.update(kernel_facts())
             row["equal_to_reference"] = bool(torch.equal(got, want))
-            sec = time_launch(lambda b=block_t, w=num_warps: rt.rollout_tokens_triton(*big, spec, block_t=b,
-                                                                                       num_warps=w))
+            sec = time_launch(lambda v=variant: rt.rollout_tokens_triton(*big, spec, **v))
             row["seconds"] = sec
             row["tokens_per_s"] = args.batch * cfg.seq_len / sec
             row["cell_steps_per_s"] = args.batch * cfg.steps * cfg.grid[0] * cfg.grid[1] / sec

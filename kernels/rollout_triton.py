@@ -8,26 +8,29 @@ Layout. One program owns BLOCK_T trajectories x all H*W cells as a 2-D int32 reg
 `state[BLOCK_T, CELLS_PAD]` (CELLS_PAD = next power of 2 >= H*W; padded cells are masked on every load
 and store and compute harmless values in between). One step of one cell:
 
-    neighbours   9 x tl.gather(state, idx_k, axis=1)        idx_k: periodic (y+dy, x+dx), hoisted
+    neighbours   9 x state[idx_k] (gather or scratch load)  idx_k: periodic (y+dy, x+dx), hoisted
     first layer  h_c = sum_k w1[rule, k, nb_k, c]           9*C1 = 36 L1-resident table loads
     hidden       a_j = relu(sum_c h_c * w2[c, j]) >> SHIFT  C1*C2 = 64 int32 multiply-adds
     logits       z_s = sum_j a_j * w3[j, s] (+ beta, noise) C2*S = 160 multiply-adds
     update       running argmax over s with a strict `>`, so the lowest state wins every tie
 
-Why `tl.gather` for neighbours: a periodic roll is not a Triton primitive, and the gather keeps the grid in
-registers. For the paper's tile (2 x 256) Triton 3.9 picks a warp-local layout for it (a warp owns a row, 8
-cells per thread) and lowers it to shuffles: 8 shfl + selects per cell per neighbour, ~72 shuffles per
-cell-update, a quarter of the shuffle unit's 32 lanes/clock at the target rate. The alternative, a global
-scratch buffer re-read through L1, needs CTA barriers that Triton only exposes as `debug_barrier` and costs a
-store plus 9 global loads per cell per step. The weights w2/w3 depend only on the row (trajectory), so they
-are [BLOCK_T, 1] loads: one load per thread serves all of that thread's cells in the row, and the 224 of
-them per step stay in L1 (0.9 KiB per rule at the paper's sizes; the w1 table is 1.4 KiB). Keeping them in
-registers across steps needs 224 registers per row before any working set, i.e. spills, so they are re-read
-each step (see `pin` in `_step`).
+Neighbours, two ways (the SCRATCH constexpr; `neighbours=` at launch). A periodic roll is not a Triton
+primitive. "gather" (the default, measured on the H200) keeps the grid in registers: `tl.gather` on a
+warp-local layout (a warp owns a row, 8 cells per thread) lowers to shuffles, ~430 per step per thread, and
+Triton converts layouts around each gather through shared memory, ~20 CTA barriers a step. "scratch" writes
+the tile to a per-program scratch row between two barriers and reads the 9 neighbours back as plain loads
+(L1 hits): no shuffles, no layout conversions, 2 barriers a step, under half the instructions (see
+ELEMENTS_PER_PROGRAM below); it waits for a GPU run before it can become the default. The weights w2/w3
+depend only on the row (trajectory), so they are [BLOCK_T, 1] loads: one load per thread serves all of that
+thread's cells in the row, and the 224 of them per step stay in L1 (0.9 KiB per rule at the paper's sizes;
+the w1 table is 1.4 KiB). Keeping them in registers across steps needs 224 registers per row before any
+working set, i.e. spills, so they are re-read each step (see `pin` in `_step`).
 
 Block sizes: BLOCK_T = 512 // CELLS_PAD trajectories per program (2 at 12x12) over 4 warps, ~4 cells per
-thread; compiled for sm_90 that is 255 registers and a 112-byte stack (measured with triton 3.9's ptxas, no
-GPU). Untuned on hardware: benchmarks/gpu_check.py sweeps (block_t, num_warps) on the H200.
+thread, for "gather" (compiled for sm_90: 255 registers, a 112-byte stack; measured with triton 3.9's ptxas,
+no GPU; on the H200 1.12e9 tokens/s of kernel time); 256 // CELLS_PAD over 2 warps for "scratch" (255
+registers, no stack, 1,989 instructions per step against 4,462). benchmarks/gpu_check.py sweeps variants
+(neighbours, block_t, num_warps, maxnreg) on the H200.
 Needs Triton >= 3.3 (tl.gather came in 3.2, tuples in jit code in 3.3); the H200 image has 3.6, CI 3.9.
 
 Budget at the paper's config (12x12, 10 states, 4/16 hidden, 27 frames + 10 burn-in = 36 steps,
@@ -73,10 +76,26 @@ def _hash32(x):
 
 
 @triton.jit
+def _publish(state, scratch_row, cells):
+    """SCRATCH mode: write the tile to this program's scratch rows so any thread can read any cell."""
+    tl.debug_barrier()  # every thread has finished reading the previous contents
+    tl.store(scratch_row + cells, state.to(tl.uint8))
+    tl.debug_barrier()  # bar.sync orders the stores before every thread's loads (CTA-wide memory ordering)
+
+
+@triton.jit
+def _cells_at(state, idx, scratch_row, BLOCK_T: tl.constexpr, WIDTH: tl.constexpr, SCRATCH: tl.constexpr):
+    """state[row, idx[row, j]] as int32 [BLOCK_T, WIDTH]: from scratch (after `_publish`) or by a register gather."""
+    if SCRATCH:
+        return tl.load(scratch_row + idx).to(tl.int32)
+    return tl.gather(state, tl.broadcast_to(idx, (BLOCK_T, WIDTH)), 1)
+
+
+@triton.jit
 def _step(state, t, pin, mask, row_ok, rows_off, cols_off, cells, key, w1_row, w2_row, w3_row, noise_ptr, beta_q,
-          H: tl.constexpr, W: tl.constexpr, S: tl.constexpr, C1: tl.constexpr, C2: tl.constexpr,
+          scratch_row, H: tl.constexpr, W: tl.constexpr, S: tl.constexpr, C1: tl.constexpr, C2: tl.constexpr,
           SHIFT: tl.constexpr, BLOCK_T: tl.constexpr, CELLS_PAD: tl.constexpr,
-          USE_NOISE: tl.constexpr, USE_BETA: tl.constexpr):
+          USE_NOISE: tl.constexpr, USE_BETA: tl.constexpr, SCRATCH: tl.constexpr):
     """One synchronous update of the tile `state` (int32 [BLOCK_T, CELLS_PAD]) from time t to t + 1."""
     # `pin` is always 0 at run time, but the compiler cannot know it: the weight addresses then vary with t,
     # so LLVM cannot hoist the 224 per-row w2/w3 loads out of the time loop. Hoisted, they need 224 live
@@ -90,9 +109,10 @@ def _step(state, t, pin, mask, row_ok, rows_off, cols_off, cells, key, w1_row, w
     h = ()
     for _c in tl.static_range(C1):
         h = h + (tl.zeros((BLOCK_T, CELLS_PAD), dtype=tl.int32),)  # noqa: RUF005
+    if SCRATCH:
+        _publish(state, scratch_row, cells)
     for k in tl.static_range(9):  # k = 3*(dy+1) + (dx+1), the reference's offset order
-        idx = tl.broadcast_to(rows_off[k // 3] + cols_off[k % 3], (BLOCK_T, CELLS_PAD))
-        nb = tl.gather(state, idx, 1)
+        nb = _cells_at(state, rows_off[k // 3] + cols_off[k % 3], scratch_row, BLOCK_T, CELLS_PAD, SCRATCH)
         base = (k * S + nb) * C1
         hn = ()
         for c in tl.static_range(C1):
@@ -131,10 +151,10 @@ def _step(state, t, pin, mask, row_ok, rows_off, cols_off, cells, key, w1_row, w
 
 
 @triton.jit
-def _emit(state, f, row_ok, tok_row, frame_row, tokens_per_frame, mask, cells,
+def _emit(state, f, row_ok, tok_row, frame_row, tokens_per_frame, mask, cells, scratch_row,
           H: tl.constexpr, W: tl.constexpr, S: tl.constexpr, PATCH: tl.constexpr,
           BLOCK_T: tl.constexpr, PATCHES_PAD: tl.constexpr,
-          WRITE_TOKENS: tl.constexpr, WRITE_FRAMES: tl.constexpr):
+          WRITE_TOKENS: tl.constexpr, WRITE_FRAMES: tl.constexpr, SCRATCH: tl.constexpr):
     """Write frame f of every row: `<grid>`, the patch ids row-major, `</grid>` (and/or the raw cells)."""
     if WRITE_FRAMES:
         tl.store(frame_row + f * (H * W) + cells, state.to(tl.uint8), mask=mask)
@@ -146,9 +166,11 @@ def _emit(state, f, row_ok, tok_row, frame_row, tokens_per_frame, mask, cells,
         qc = tl.where(q_ok, q, 0)
         corner = (qc // (W // PATCH)) * (PATCH * W) + (qc % (W // PATCH)) * PATCH  # top-left cell of patch q
         tok = tl.zeros((BLOCK_T, PATCHES_PAD), dtype=tl.int32)
+        if SCRATCH:
+            _publish(state, scratch_row, cells)
         for i in tl.static_range(PATCH):
             for j in tl.static_range(PATCH):  # digit i*p + j: top-left is the least significant
-                cell = tl.gather(state, tl.broadcast_to(corner + (i * W + j), (BLOCK_T, PATCHES_PAD)), 1)
+                cell = _cells_at(state, corner + (i * W + j), scratch_row, BLOCK_T, PATCHES_PAD, SCRATCH)
                 tok += cell * (S ** (i * PATCH + j))
         start = f * tokens_per_frame
         tl.store(tok_row + start + 1 + q, tok, mask=row_ok & q_ok)
@@ -177,6 +199,7 @@ def nca_rollout_kernel(
     stride,  # steps between frames
     beta_q,  # identity bias at logit scale (used iff USE_BETA)
     pin,  # always 0; opaque to the compiler (see _step), never specialised
+    scratch_ptr,  # uint8 (programs * BLOCK_T, CELLS_PAD): each program's neighbour exchange (used iff SCRATCH)
     H: tl.constexpr, W: tl.constexpr, S: tl.constexpr, PATCH: tl.constexpr,
     C1: tl.constexpr, C2: tl.constexpr, SHIFT: tl.constexpr,
     BLOCK_T: tl.constexpr,  # trajectories per program
@@ -184,6 +207,7 @@ def nca_rollout_kernel(
     PATCHES_PAD: tl.constexpr,  # next power of 2 >= (H/P)*(W/P)
     USE_NOISE: tl.constexpr, USE_BETA: tl.constexpr,
     WRITE_TOKENS: tl.constexpr, WRITE_FRAMES: tl.constexpr,
+    SCRATCH: tl.constexpr,  # neighbours through scratch memory (True) or register gathers (False)
 ):
     C: tl.constexpr = H * W
     pid = tl.program_id(0)
@@ -202,6 +226,7 @@ def nca_rollout_kernel(
     tokens_per_frame = ((H // PATCH) * (W // PATCH) + 2)
     tok_row = tok_ptr + row64 * (frames * tokens_per_frame)
     frame_row = frame_ptr + row64 * (frames * C)
+    scratch_row = scratch_ptr + row64 * CELLS_PAD  # rows of the whole last program exist: no mask needed
 
     # Periodic neighbour offsets, hoisted out of the time loop: row offsets for dy = -1, 0, 1 and column
     # offsets for dx = -1, 0, 1; neighbour k's flat index is rows_off[k // 3] + cols_off[k % 3].
@@ -219,13 +244,14 @@ def nca_rollout_kernel(
     #   one flat loop over t with `if frame: emit`       255 registers, 1288-byte stack, compiled in 140 s
     for f in range(-1, frames):
         if f >= 0:
-            _emit(state, f, row_ok, tok_row, frame_row, tokens_per_frame, mask, cells,
-                  H, W, S, PATCH, BLOCK_T, PATCHES_PAD, WRITE_TOKENS, WRITE_FRAMES)
+            _emit(state, f, row_ok, tok_row, frame_row, tokens_per_frame, mask, cells, scratch_row,
+                  H, W, S, PATCH, BLOCK_T, PATCHES_PAD, WRITE_TOKENS, WRITE_FRAMES, SCRATCH)
         t0 = tl.where(f < 0, 0, burn_in + f * stride)
         n_steps = tl.where(f < 0, burn_in, tl.where(f + 1 < frames, stride, 0))
         for i in range(n_steps):
             state = _step(state, t0 + i, pin, mask, row_ok, rows_off, cols_off, cells, key, w1_row, w2_row,
-                          w3_row, noise_ptr, beta_q, H, W, S, C1, C2, SHIFT, BLOCK_T, CELLS_PAD, USE_NOISE, USE_BETA)
+                          w3_row, noise_ptr, beta_q, scratch_row, H, W, S, C1, C2, SHIFT, BLOCK_T, CELLS_PAD,
+                          USE_NOISE, USE_BETA, SCRATCH)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -243,7 +269,14 @@ def nca_rollout_kernel(
 # Untuned on hardware: benchmarks/gpu_check.py sweeps (block_t, num_warps) on the H200 and reports tokens/s.
 GPU_ELEMENTS_PER_PROGRAM = 512
 GPU_CELLS_PER_THREAD = 4
-GPU_NUM_WARPS = 4
+# Neighbour exchange (the SCRATCH constexpr; see the module docstring). Compiled for sm_90 with triton 3.9's
+# ptxas at the paper's sizes: "scratch" at (1 trajectory, 2 warps) is 1,989 instructions per step per thread
+# for 4 cells, 255 registers, no stack, no shared memory; "gather" at (2, 4) is 4,462 instructions, 255
+# registers, a 112-byte stack, ~430 shuffles and ~20 barriers. "gather" stays the default until a GPU run has
+# checked "scratch" bit for bit and timed it (benchmarks/gpu_check.py does both). NCA_TRITON_NEIGHBOURS sets the
+# default for a process (e.g. a build).
+NEIGHBOURS = ("gather", "scratch")
+ELEMENTS_PER_PROGRAM = {"gather": GPU_ELEMENTS_PER_PROGRAM, "scratch": 256}
 # The interpreter's cost is per operation, not per element: one program over many rows is fastest there.
 INTERPRET_MAX_BLOCK_T = 64
 
@@ -257,14 +290,21 @@ def _noise_table(spec: RolloutSpec, device: str) -> torch.Tensor:
     return torch.as_tensor(spec.noise_table, dtype=torch.int32, device=device)
 
 
-def _default_block_t(batch: int, cells_pad: int) -> int:
+def default_neighbours() -> str:
+    mode = os.environ.get("NCA_TRITON_NEIGHBOURS", "gather")
+    if mode not in NEIGHBOURS:
+        raise ValueError(f"NCA_TRITON_NEIGHBOURS={mode!r}: choose one of {', '.join(NEIGHBOURS)}")
+    return mode
+
+
+def _default_block_t(batch: int, cells_pad: int, neighbours: str = "gather") -> int:
     if interpreting():
         return min(INTERPRET_MAX_BLOCK_T, triton.next_power_of_2(max(batch, 1)))
-    return max(1, GPU_ELEMENTS_PER_PROGRAM // cells_pad)
+    return max(1, ELEMENTS_PER_PROGRAM[neighbours] // cells_pad)
 
 
 def _default_num_warps(elements: int) -> int:
-    return min(32, max(GPU_NUM_WARPS, elements // (32 * GPU_CELLS_PER_THREAD)))
+    return min(32, max(1, elements // (32 * GPU_CELLS_PER_THREAD)))
 
 
 def _check(name: str, t: torch.Tensor, dtype: torch.dtype, ndim: int, device: torch.device) -> None:
@@ -277,7 +317,8 @@ def _check(name: str, t: torch.Tensor, dtype: torch.dtype, ndim: int, device: to
 
 
 def _launch(w1_RKSC, w2_RCJ, w3_RJS, rule_B, states_BHW, keys_B, spec: RolloutSpec, *, write_tokens: bool,
-            write_frames: bool, block_t: int | None = None, num_warps: int | None = None):
+            write_frames: bool, block_t: int | None = None, num_warps: int | None = None,
+            neighbours: str | None = None, maxnreg: int | None = None):
     device = states_BHW.device
     if device.type != "cuda" and not interpreting():
         raise ValueError(f"the triton backend needs CUDA tensors (got {device}); set TRITON_INTERPRET=1 before "
@@ -306,22 +347,28 @@ def _launch(w1_RKSC, w2_RCJ, w3_RJS, rule_B, states_BHW, keys_B, spec: RolloutSp
     lo, hi = (int(v) for v in torch.aminmax(rule_B))  # one sync; an out-of-range rule would read garbage
     if lo < 0 or hi >= r:
         raise ValueError(f"rule_B holds indices {lo}..{hi} but there are {r} rule tables")
+    neighbours = neighbours or default_neighbours()
+    if neighbours not in NEIGHBOURS:
+        raise ValueError(f"neighbours={neighbours!r}: choose one of {', '.join(NEIGHBOURS)}")
     cells_pad = triton.next_power_of_2(h * w)
-    block_t = block_t or _default_block_t(b, cells_pad)
+    block_t = block_t or _default_block_t(b, cells_pad, neighbours)
     assert block_t & (block_t - 1) == 0, f"block_t={block_t} must be a power of 2"
     grid = (triton.cdiv(b, block_t),)
     # Unused outputs get a valid 1-element dummy so the pointer argument is never dangling.
     dummy = torch.empty(1, dtype=torch.int32, device=device)
+    scratch = (torch.empty(grid[0] * block_t, cells_pad, dtype=torch.uint8, device=device)
+               if neighbours == "scratch" else dummy.view(torch.uint8))
+    options = {"maxnreg": maxnreg} if maxnreg else {}  # a register cap for ptxas (a tuning knob)
     nca_rollout_kernel[grid](
         w1_RKSC, w2_RCJ, w3_RJS, rule_B, states_BHW, keys_B, _noise_table(spec, str(device)),
         tokens if write_tokens else dummy, frames if write_frames else dummy.view(torch.uint8),
-        b, spec.burn_in, spec.frames, spec.frame_stride, spec.beta_q, 0,
+        b, spec.burn_in, spec.frames, spec.frame_stride, spec.beta_q, 0, scratch,
         H=h, W=w, S=s, PATCH=p, C1=c1, C2=c2, SHIFT=spec.hidden_shift,
         BLOCK_T=block_t, CELLS_PAD=cells_pad,
         PATCHES_PAD=triton.next_power_of_2((h // p) * (w // p)),
         USE_NOISE=spec.noise_span != 0, USE_BETA=spec.beta_q != 0,
-        WRITE_TOKENS=write_tokens, WRITE_FRAMES=write_frames,
-        num_warps=num_warps or _default_num_warps(block_t * cells_pad),
+        WRITE_TOKENS=write_tokens, WRITE_FRAMES=write_frames, SCRATCH=neighbours == "scratch",
+        num_warps=num_warps or _default_num_warps(block_t * cells_pad), **options,
     )
     return tokens, frames
 
@@ -331,15 +378,15 @@ def _launch(w1_RKSC, w2_RCJ, w3_RJS, rule_B, states_BHW, keys_B, spec: RolloutSp
 # ----------------------------------------------------------------------------------------------------------
 
 
-def rollout_triton(w1_RKSC, w2_RCJ, w3_RJS, rule_B, states_BHW, keys_B, spec: RolloutSpec, *,
-                   block_t: int | None = None, num_warps: int | None = None) -> torch.Tensor:
-    """Frames (B, F, H, W) uint8, identical to `rollout_reference`."""
+def rollout_triton(w1_RKSC, w2_RCJ, w3_RJS, rule_B, states_BHW, keys_B, spec: RolloutSpec, **tuning) -> torch.Tensor:
+    """Frames (B, F, H, W) uint8, identical to `rollout_reference`. `tuning`: block_t, num_warps, neighbours,
+    maxnreg (see `_launch`); none of them changes the output."""
     return _launch(w1_RKSC, w2_RCJ, w3_RJS, rule_B, states_BHW, keys_B, spec, write_tokens=False,
-                   write_frames=True, block_t=block_t, num_warps=num_warps)[1]
+                   write_frames=True, **tuning)[1]
 
 
-def rollout_tokens_triton(w1_RKSC, w2_RCJ, w3_RJS, rule_B, states_BHW, keys_B, spec: RolloutSpec, *,
-                          block_t: int | None = None, num_warps: int | None = None) -> torch.Tensor:
+def rollout_tokens_triton(w1_RKSC, w2_RCJ, w3_RJS, rule_B, states_BHW, keys_B, spec: RolloutSpec,
+                          **tuning) -> torch.Tensor:
     """Token sequences (B, L) int32, identical to `rollout_tokens_reference`; frames never reach memory."""
     return _launch(w1_RKSC, w2_RCJ, w3_RJS, rule_B, states_BHW, keys_B, spec, write_tokens=True,
-                   write_frames=False, block_t=block_t, num_warps=num_warps)[0]
+                   write_frames=False, **tuning)[0]

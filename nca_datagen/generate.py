@@ -2,6 +2,10 @@
 
     candidate rules -> probe rollout -> gzip ratio -> keep? -> rollouts -> patch tokens -> sample stats
 
+The last stage needs only the tokens, so it can run elsewhere: `generate_shard(..., stats=False)` stops before
+it and `add_sample_stats` finishes the shard later (GPU builds do that in the CPU writer tasks, keeping the
+generator actors, one CPU each, for work that feeds the GPU). Either way the shard's bytes are the same.
+
 Shard `i` owns candidate rule ids `i * RULE_ID_STRIDE + j`, j = 0, 1, 2, ...; it probes them in order and keeps
 the first `rules_per_shard` whose ratio falls inside the band. Candidates are probed in batches for speed, but
 the kept set is always the first K in id order, so the output does not depend on batch size, backend, device
@@ -42,6 +46,7 @@ class ShardData:
     candidate_ratio_M: np.ndarray  # probe ratio of every candidate, in id order
     counts: dict[str, int]  # candidates, kept, too_simple, too_complex
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (not part of the data)
+    probe_frames: int = 10  # the window of the per-sample `complexity` column (the config's probe_frames)
 
     @property
     def num_samples(self) -> int:
@@ -60,7 +65,7 @@ def probe_rollouts(config: DatasetConfig, split: str, rule_ids, *, frames: int |
     tables = sample_rules(cfg, config.seed, sid, rule_ids)
     states, keys = trajectory_inputs(cfg, config.seed, sid, rule_ids, [PROBE_SIM] * len(rule_ids), probe=True)
     frames_BFHW = rollout_frames(cfg, tables, np.arange(len(rule_ids)), states, keys, backend=backend, device=device)
-    ratios = np.array([gzip_ratio(encode_patches(f[: config.probe_frames], cfg)) for f in frames_BFHW])
+    ratios = np.array([gzip_ratio(ids) for ids in encode_patches(frames_BFHW[:, : config.probe_frames], cfg)])
     return frames_BFHW[:, : frames or config.probe_frames], ratios
 
 
@@ -107,8 +112,11 @@ def _unreachable(config, ratios, split, shard_index) -> UnreachableBandError:
         f"(uniform random tokens score about 0.669). Choose a band inside that range, or fewer rules per shard.")
 
 
-def generate_shard(config: DatasetConfig, split: str, shard_index: int, *, backend=None, device=None) -> ShardData:
-    """Sample, filter, roll out and tokenize one shard. Same arguments, same bytes, on any backend."""
+def generate_shard(config: DatasetConfig, split: str, shard_index: int, *, backend=None, device=None,
+                   stats: bool = True) -> ShardData:
+    """Sample, filter, roll out and tokenize one shard. Same arguments, same bytes, on any backend.
+
+    `stats=False` leaves the per-sample statistics to a later `add_sample_stats` (same result)."""
     if shard_index < 0:
         raise ValueError(f"shard_index={shard_index}: must be >= 0")
     sid = split_id(split)
@@ -124,18 +132,33 @@ def generate_shard(config: DatasetConfig, split: str, shard_index: int, *, backe
     states, keys = trajectory_inputs(cfg, config.seed, sid, sample_rule_ids, sample_sims)
     tokens = rollout_tokens(cfg, tables, rule_of_sample, states, keys, backend=backend, device=device)
     t2 = time.perf_counter()
-    frames = sequence_to_frames(tokens, cfg)
     probe_of_rule = dict(zip(_candidate_ids(shard_index, len(candidate_ratios)), candidate_ratios, strict=True))
     columns = {
         "rule_id": sample_rule_ids,
         "sim": sample_sims,
-        "complexity": sequence_ratios(tokens, cfg.tokens_per_frame, config.probe_frames),
         "probe_complexity": np.array([probe_of_rule[r] for r in sample_rule_ids], dtype=np.float64),
+    }
+    data = ShardData(split, shard_index, tokens, columns, candidate_ratios, counts,
+                     timings={"probe_filter": t1 - t0, "rollout_tokenize": t2 - t1}, probe_frames=config.probe_frames)
+    return add_sample_stats(data, cfg) if stats else data
+
+
+def add_sample_stats(data: ShardData, cfg) -> ShardData:
+    """Add the per-sample statistics of the tokens (gzip complexity, grid dynamics); idempotent, in place."""
+    if "complexity" in data.columns:
+        return data
+    t0 = time.perf_counter()
+    frames = sequence_to_frames(data.tokens_NL, cfg)
+    given = data.columns
+    data.columns = {
+        "rule_id": given["rule_id"],
+        "sim": given["sim"],
+        "complexity": sequence_ratios(data.tokens_NL, cfg.tokens_per_frame, data.probe_frames),
+        "probe_complexity": given["probe_complexity"],
         **grid_stats(frames),
     }
-    t3 = time.perf_counter()
-    return ShardData(split, shard_index, tokens, columns, candidate_ratios, counts,
-                     timings={"probe_filter": t1 - t0, "rollout_tokenize": t2 - t1, "stats": t3 - t2})
+    data.timings["stats"] = time.perf_counter() - t0
+    return data
 
 
 def _candidate_ids(shard_index: int, count: int) -> np.ndarray:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nca_datagen import streams
 from nca_datagen.kernels.common import INT32_LIMIT, RolloutSpec, logit_frac_bits
 
 TRUNC_STD_CORRECTION = 0.87962566103423978  # std of a standard normal truncated to [-2, 2] (Flax's constant)
@@ -42,13 +43,14 @@ def weight_std(fan_in: int) -> float:
 
 
 def _truncated_normal(rng: np.random.Generator, shape) -> np.ndarray:
-    """Standard normal truncated to [-2, 2] by redrawing outliers (deterministic for a given rng)."""
+    """Standard normal truncated to [-2, 2] by redrawing outliers, in flat (C) order, until none is left."""
     x = rng.standard_normal(shape)
-    while True:
-        bad = np.abs(x) > TRUNC_LIMIT
-        if not bad.any():
-            return x
-        x[bad] = rng.standard_normal(int(bad.sum()))
+    flat = x.reshape(-1)  # a view: writes land in x
+    bad = np.flatnonzero(np.abs(flat) > TRUNC_LIMIT)
+    while bad.size:  # only the cells just redrawn can still be out of range
+        flat[bad] = rng.standard_normal(bad.size)
+        bad = bad[np.abs(flat[bad]) > TRUNC_LIMIT]
+    return x
 
 
 def lecun_normal(rng: np.random.Generator, shape, fan_in: int) -> np.ndarray:
@@ -56,12 +58,16 @@ def lecun_normal(rng: np.random.Generator, shape, fan_in: int) -> np.ndarray:
 
 
 def rule_rng(seed: int, split_id: int, rule_id: int) -> np.random.Generator:
+    """The definition of a rule's stream (`sample_rules` seeds the same streams in bulk)."""
     return np.random.default_rng(np.random.SeedSequence([seed, split_id, rule_id, STREAM_RULE]))
 
 
 def sample_rule_floats(cfg, seed: int, split_id: int, rule_id: int):
     """One rule's float64 kernels as the reference draws them: (3,3,n+2,C1), (C1,C2), (C2,n)."""
-    rng = rule_rng(seed, split_id, rule_id)
+    return _draw_kernels(cfg, rule_rng(seed, split_id, rule_id))
+
+
+def _draw_kernels(cfg, rng: np.random.Generator):
     f1, f2, f3 = fan_ins(cfg)
     c1, c2 = cfg.hidden
     k1 = lecun_normal(rng, (3, 3, cfg.states + 2, c1), f1)
@@ -71,15 +77,15 @@ def sample_rule_floats(cfg, seed: int, split_id: int, rule_id: int):
 
 
 def fold_first_layer(k1_YXIC: np.ndarray) -> np.ndarray:
-    """(3, 3, n+2, C) conv kernel over wrap-padded one-hot channels -> (9, n, C) lookup table.
+    """(..., 3, 3, n+2, C) conv kernels over wrap-padded one-hot channels -> (..., 9, n, C) lookup tables.
 
     Padded channel 0 is state n-1 and channel n+1 is state 0; channels 1..n are states 0..n-1.
     """
-    n = k1_YXIC.shape[2] - 2
-    table = k1_YXIC[:, :, 1 : n + 1, :].copy()
-    table[:, :, n - 1] += k1_YXIC[:, :, 0]
-    table[:, :, 0] += k1_YXIC[:, :, n + 1]
-    return table.reshape(9, n, -1)
+    n = k1_YXIC.shape[-2] - 2
+    table = k1_YXIC[..., 1 : n + 1, :].copy()
+    table[..., n - 1, :] += k1_YXIC[..., 0, :]
+    table[..., 0, :] += k1_YXIC[..., n + 1, :]
+    return table.reshape(*k1_YXIC.shape[:-4], 9, n, k1_YXIC.shape[-1])
 
 
 def quantise(w: np.ndarray, frac_bits: int) -> np.ndarray:
@@ -102,18 +108,20 @@ class RuleTables:
 
 
 def sample_rules(cfg, seed: int, split_id: int, rule_ids) -> RuleTables:
-    """Draw, fold and quantise the rules `rule_ids` (any order; each rule depends only on its own id)."""
-    w1, w2, w3 = [], [], []
-    for rule_id in rule_ids:
-        k1, k2, k3 = sample_rule_floats(cfg, seed, split_id, int(rule_id))
-        w1.append(quantise(fold_first_layer(k1), cfg.weight_frac_bits))
-        w2.append(quantise(k2, cfg.weight_frac_bits))
-        w3.append(quantise(k3, cfg.weight_frac_bits))
-    if not w1:
-        c1, c2 = cfg.hidden
-        return RuleTables(np.zeros((0, 9, cfg.states, c1), np.int32), np.zeros((0, c1, c2), np.int32),
-                          np.zeros((0, c2, cfg.states), np.int32))
-    return RuleTables(np.stack(w1), np.stack(w2), np.stack(w3))
+    """Draw, fold and quantise the rules `rule_ids` (any order; each rule depends only on its own id).
+
+    Same draws as `sample_rule_floats` rule by rule, seeded through `nca_datagen.streams` (vectorised)."""
+    rule_ids = np.asarray(rule_ids, dtype=np.int64).reshape(-1)
+    r = len(rule_ids)
+    c1, c2 = cfg.hidden
+    k1 = np.empty((r, 3, 3, cfg.states + 2, c1))
+    k2 = np.empty((r, c1, c2))
+    k3 = np.empty((r, c2, cfg.states))
+    columns = [np.full(r, seed), np.full(r, split_id), rule_ids, np.full(r, STREAM_RULE)]
+    for i, rng in enumerate(streams.generators(columns)):
+        k1[i], k2[i], k3[i] = _draw_kernels(cfg, rng)
+    f = cfg.weight_frac_bits
+    return RuleTables(quantise(fold_first_layer(k1), f), quantise(k2, f), quantise(k3, f))
 
 
 def fixed_point_bounds(cfg) -> dict[str, int]:

@@ -4,12 +4,17 @@ Nothing here touches global RNG state. Each trajectory has its own numpy SeedSeq
 same whichever batch, shard order, worker or device produces it. The initial state follows the reference:
 z ~ N(0, I_n) once per trajectory, then every cell i.i.d. ~ softmax(z). The noise key seeds the rollout's
 counter-based hash (see `nca_datagen.kernels.common`).
+
+`initial_state` and `noise_key` are the definitions, one trajectory at a time; `trajectory_inputs` computes
+the same values for a whole batch through `nca_datagen.streams` (vectorised seeding, one draw call per
+trajectory, the softmax and inverse CDF on the whole batch): ~10x faster, and tested equal.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from nca_datagen import streams
 from nca_datagen.rules import STREAM_INIT, STREAM_NOISE, STREAM_PROBE
 
 
@@ -34,12 +39,29 @@ def noise_key(seed: int, split_id: int, rule_id: int, sim: int, probe: bool = Fa
     return int(np.random.SeedSequence(entropy).generate_state(1, np.uint32)[0])
 
 
+def _cells(z_BS: np.ndarray, u_BHW: np.ndarray, states: int) -> np.ndarray:
+    """`initial_state`'s inverse-CDF draw for a batch: (B, S) normals and (B, H, W) uniforms -> cells."""
+    p = np.exp(z_BS - z_BS.max(axis=1, keepdims=True))
+    cdf = np.cumsum(p / p.sum(axis=1, keepdims=True), axis=1)
+    # searchsorted(cdf, u, side="right") row by row: how many cdf entries are <= u
+    b, h, w = u_BHW.shape
+    idx = (cdf[:, None, :] <= u_BHW.reshape(b, h * w, 1)).sum(axis=2)
+    return np.minimum(idx, states - 1).astype(np.uint8).reshape(b, h, w)
+
+
 def trajectory_inputs(cfg, seed: int, split_id: int, rule_ids, sims, probe: bool = False):
     """Initial states (B, H, W) uint8 and noise keys (B,) uint32 for the (rule id, sim) pairs given."""
-    pairs = list(zip(rule_ids, sims, strict=True))
-    states = np.empty((len(pairs), *cfg.grid), dtype=np.uint8)
-    keys = np.empty(len(pairs), dtype=np.uint32)
-    for i, (rule_id, sim) in enumerate(pairs):
-        states[i] = initial_state(cfg, seed, split_id, int(rule_id), int(sim), probe)
-        keys[i] = noise_key(seed, split_id, int(rule_id), int(sim), probe)
-    return states, keys
+    rule_ids = np.asarray(rule_ids, dtype=np.int64).reshape(-1)
+    sims = np.asarray(sims, dtype=np.int64).reshape(-1)
+    if rule_ids.shape != sims.shape:
+        raise ValueError(f"{len(rule_ids)} rule ids but {len(sims)} sims: give one sim per trajectory")
+    b = len(rule_ids)
+    columns = [np.full(b, seed), np.full(b, split_id), rule_ids, np.full(b, STREAM_PROBE if probe else STREAM_INIT),
+               sims]
+    keys = streams.seed_states([*columns, np.full(b, STREAM_NOISE)], 1)[:, 0]
+    z = np.empty((b, cfg.states))
+    u = np.empty((b, *cfg.grid))
+    for i, rng in enumerate(streams.generators(columns)):
+        z[i] = rng.standard_normal(cfg.states)
+        u[i] = rng.random(cfg.grid)
+    return _cells(z, u, cfg.states), keys

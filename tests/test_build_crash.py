@@ -1,4 +1,4 @@
-"""Crash safety of `nca-datagen build`: SIGKILL and Ctrl-C part-way leave only complete shards and no manifest,
+"""Crash safety of `nca-datagen build`: SIGKILL, Ctrl-C and SIGTERM part-way leave only complete shards and no manifest,
 rerunning the same command finishes the job with the bytes of an uninterrupted run, and failing shards are
 retried (once-failures succeed) or named (always-failures) — all through the real console script and a real
 local Ray, steered by the documented fault-injection hook `NCA_DATAGEN_FAIL_SHARDS`."""
@@ -112,21 +112,23 @@ def test_sigkill_then_rerun_matches_uninterrupted(tmp_path, reference, executor,
         assert pq.read_table(out / table).equals(pq.read_table(reference / table))
 
 
-@pytest.mark.parametrize("executor, complete", [
-    (("--executor", "inline"), 2),  # stops inside the hanging shard; 0 and 1 are done
-    pytest.param(("--workers", "2"), 4, marks=pytest.mark.slow),  # local Ray: every shard but the hanging one
-], ids=["inline", "ray"])
-def test_ctrl_c_stops_cleanly(tmp_path, executor, complete):
+@pytest.mark.parametrize("signum, executor, complete", [
+    (signal.SIGINT, ("--executor", "inline"), 2),  # stops inside the hanging shard; 0 and 1 are done
+    (signal.SIGTERM, ("--executor", "inline"), 2),  # `kill`, a scheduler: handled like Ctrl-C
+    pytest.param(signal.SIGINT, ("--workers", "2"), 4, marks=pytest.mark.slow),  # local Ray: all but the hang
+], ids=["inline", "inline-sigterm", "ray"])
+def test_ctrl_c_and_sigterm_stop_cleanly(tmp_path, signum, executor, complete):
     out = tmp_path / "ds"
-    code, output = start_and_wait(out, signal.SIGINT, executor, complete)
-    assert code == 130, output
+    code, output = start_and_wait(out, signum, executor, complete)
+    assert code == 128 + signum, output
     assert f"interrupted: {complete} of 5 shards are complete" in output and "rerun the same command" in output
     assert not (out / "manifest.json").exists()
     leftovers = [p for p in out.rglob("*") if p.is_file() and ".tmp" in p.name]
     assert not leftovers  # only complete shards (and their records) are visible
     assert len(shard_bytes(out)) == complete
     log = next((out / "_logs").glob("*.jsonl")).read_text().splitlines()
-    assert json.loads(log[-1])["event"] == "interrupted"
+    last = json.loads(log[-1])
+    assert last["event"] == "interrupted" and last["signal"] == signal.Signals(signum).name
 
 
 @pytest.mark.slow

@@ -5,8 +5,9 @@ import pytest
 
 import nca_datagen.generate as gen
 from nca_datagen.config import DatasetConfig, NCAConfig
-from nca_datagen.generate import UnreachableBandError, generate_shard, probe_ratios, select_rules
+from nca_datagen.generate import UnreachableBandError, add_sample_stats, generate_shard, probe_ratios, select_rules
 from nca_datagen.rules import sample_rules
+from nca_datagen.shards import shard_bytes
 
 SMALL = DatasetConfig(nca=NCAConfig(frames=4), rules_per_shard=3, sims_per_rule=2, band="0.4:1.0")
 
@@ -36,6 +37,15 @@ def test_generate_is_pure_and_splits_differ():
     t_train = sample_rules(SMALL.nca, SMALL.seed, 0, a.columns["rule_id"][:1])
     t_val = sample_rules(SMALL.nca, SMALL.seed, 1, val.columns["rule_id"][:1])
     assert not np.array_equal(t_train.w1_RKSC, t_val.w1_RKSC)
+
+
+def test_statistics_added_later_give_the_same_shard():
+    full = generate_shard(SMALL, "train", 0, backend="torch")
+    bare = generate_shard(SMALL, "train", 0, backend="torch", stats=False)  # what a GPU generator actor returns
+    assert "complexity" not in bare.columns and "stats" not in bare.timings
+    add_sample_stats(bare, SMALL.nca)
+    assert add_sample_stats(bare, SMALL.nca) is bare and "stats" in bare.timings  # idempotent
+    assert shard_bytes(bare) == shard_bytes(full)
 
 
 def test_kept_rules_do_not_depend_on_probe_batch_size(monkeypatch):

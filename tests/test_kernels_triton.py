@@ -59,23 +59,28 @@ CASES = {
 }
 
 
+NEIGHBOURS = ["gather", "scratch"]  # the kernel's two ways to read neighbours (rollout_triton.NEIGHBOURS)
+
+
+@pytest.mark.parametrize("neighbours", NEIGHBOURS)
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
-def test_tokens_match_reference(case):
+def test_tokens_match_reference(case, neighbours):
     cfg, rules, sims, block_t = CASES[case]
     spec = RolloutSpec.from_config(cfg)
     args = make_inputs(cfg, rules, sims)
     want = reference.rollout_tokens_reference(*args, spec)
-    got = triton_mod().rollout_tokens_triton(*args, spec, block_t=block_t)
-    assert_same(got, want, f"tokens {case}")
+    got = triton_mod().rollout_tokens_triton(*args, spec, block_t=block_t, neighbours=neighbours)
+    assert_same(got, want, f"tokens {case} ({neighbours})")
 
 
+@pytest.mark.parametrize("neighbours", NEIGHBOURS)
 @pytest.mark.parametrize("case", ["odd-7x9-p1", "batch5-block2"])
-def test_frames_match_reference(case):
+def test_frames_match_reference(case, neighbours):
     cfg, rules, sims, block_t = CASES[case]
     spec = RolloutSpec.from_config(cfg)
     args = make_inputs(cfg, rules, sims)
-    assert_same(triton_mod().rollout_triton(*args, spec, block_t=block_t), reference.rollout_reference(*args, spec),
-                f"frames {case}")
+    got = triton_mod().rollout_triton(*args, spec, block_t=block_t, neighbours=neighbours)
+    assert_same(got, reference.rollout_reference(*args, spec), f"frames {case} ({neighbours})")
 
 
 def test_noise_is_exercised():
@@ -103,12 +108,18 @@ def test_dispatcher_and_empty_batch():
     assert triton_mod().rollout_tokens_triton(*empty, spec).shape == (0, cfg.seq_len)
 
 
-def test_launcher_rejects_wrong_dtypes():
+def test_launcher_rejects_wrong_dtypes_and_modes(monkeypatch):
     cfg = NCAConfig(grid=(6, 6), burn_in=1, frames=2)
+    spec = RolloutSpec.from_config(cfg)
     args = make_inputs(cfg, 1, 1)
+    with pytest.raises(ValueError, match="neighbours='shared'"):
+        triton_mod().rollout_tokens_triton(*args, spec, neighbours="shared")
+    monkeypatch.setenv("NCA_TRITON_NEIGHBOURS", "smem")
+    with pytest.raises(ValueError, match="NCA_TRITON_NEIGHBOURS='smem'"):
+        triton_mod().rollout_tokens_triton(*args, spec)
     args[4] = args[4].to(torch.int32)
     with pytest.raises(ValueError, match="states_BHW"):
-        triton_mod().rollout_tokens_triton(*args, RolloutSpec.from_config(cfg))
+        triton_mod().rollout_tokens_triton(*args, spec, neighbours="gather")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -132,13 +143,15 @@ def test_gpu_100k_paper_sequences_match_reference_on_gpu_and_numba_on_cpu():
     spec = RolloutSpec.from_config(cfg)
     args = [torch.from_numpy(np.ascontiguousarray(a)).cuda() for a in
             (tables.w1_RKSC, tables.w2_RCJ, tables.w3_RJS, rule_B.astype(np.int64), states, keys.astype(np.int64))]
-    got = triton_mod().rollout_tokens_triton(*args, spec)
+    got = triton_mod().rollout_tokens_triton(*args, spec, neighbours="gather")
+    other = triton_mod().rollout_tokens_triton(*args, spec, neighbours="scratch")
     torch.cuda.synchronize()
     chunk = 20_000  # the reference materialises (B, C, C2, S) int64 products: ~3.7 GB per 20k sequences
     for lo in range(0, len(rule_B), chunk):
         part = [a[lo : lo + chunk] for a in args[3:]]
-        assert_same(got[lo : lo + chunk], reference.rollout_tokens_reference(*args[:3], *part, spec),
-                    f"tokens vs GPU reference, sequences {lo}..{lo + chunk}")
+        want = reference.rollout_tokens_reference(*args[:3], *part, spec)
+        assert_same(got[lo : lo + chunk], want, f"tokens vs GPU reference, sequences {lo}..{lo + chunk}")
+        assert_same(other[lo : lo + chunk], want, f"scratch tokens vs GPU reference, sequences {lo}..{lo + chunk}")
     pytest.importorskip("numba")
     cpu = rollout_tokens(cfg, tables, rule_B, states, keys, backend="numba", device="cpu")
     assert_same(torch.from_numpy(cpu.astype(np.int32)), got.cpu(), "tokens vs numba on CPU")
@@ -168,6 +181,8 @@ def test_gpu_odd_config_frames_and_tokens_match_reference():
     spec = RolloutSpec.from_config(cfg)
     args = make_inputs(cfg, rules=100, sims=7, device="cuda")  # 700 sequences: no multiple of any block
     # One launch writes both outputs: one specialisation to compile (each costs a minute or more of ptxas).
-    tokens, frames = triton_mod()._launch(*args, spec, write_tokens=True, write_frames=True)
-    assert_same(tokens, reference.rollout_tokens_reference(*args, spec), "tokens 12x18/p3/n3")
-    assert_same(frames, reference.rollout_reference(*args, spec), "frames 12x18/p3/n3")
+    want_tokens, want_frames = reference.rollout_tokens_reference(*args, spec), reference.rollout_reference(*args, spec)
+    for neighbours in NEIGHBOURS:
+        tokens, frames = triton_mod()._launch(*args, spec, write_tokens=True, write_frames=True, neighbours=neighbours)
+        assert_same(tokens, want_tokens, f"tokens 12x18/p3/n3 ({neighbours})")
+        assert_same(frames, want_frames, f"frames 12x18/p3/n3 ({neighbours})")

@@ -63,11 +63,13 @@ def test_noise_matters_at_high_temperature_and_keys_select_it():
                                                  keys + 1, backend="torch"))
 
 
-def test_tokens_are_the_tokenized_frames():
-    cfg = NCAConfig(frames=3)
+@pytest.mark.parametrize("cfg", [NCAConfig(frames=3), NCAConfig(grid=(6, 6), states=15, frames=3)],
+                         ids=["paper", "ids-above-int16"])  # 15 states, 2x2 patches: ids up to 50,626
+def test_tokens_are_the_tokenized_frames(cfg):
     args = inputs(cfg)
-    assert np.array_equal(rollout_tokens(cfg, *args, backend="torch"),
-                          frames_to_sequence(rollout_frames(cfg, *args, backend="torch"), cfg))
+    tokens = rollout_tokens(cfg, *args, backend="torch")
+    assert tokens.dtype == np.uint16
+    assert np.array_equal(tokens, frames_to_sequence(rollout_frames(cfg, *args, backend="torch"), cfg))
 
 
 def test_backend_and_device_resolution(monkeypatch):
