@@ -295,23 +295,33 @@ def _tar_bytes(data, columns: dict[str, list]) -> bytes:
     return b"".join([*parts, ZERO_BLOCK * 2, b"\0" * (-size % RECORD)])  # ... padded to tarfile's record size
 
 
+def _header_template() -> tuple[bytes, int]:
+    """A member header with every fixed field set (name, size and checksum blank) and its byte sum."""
+    header = bytearray(BLOCK)
+    header[100:108] = b"0000644\0"  # mode
+    header[108:116] = header[116:124] = b"0000000\0"  # uid, gid
+    header[136:148] = b"00000000000\0"  # mtime 0
+    header[148:156] = b" " * 8  # the checksum is summed with its own field as spaces
+    header[156:157] = b"0"  # regular file
+    header[257:265] = b"ustar\x0000"
+    return bytes(header), sum(header)
+
+
+HEADER_TEMPLATE, HEADER_TEMPLATE_SUM = _header_template()
+
+
 def _member(name: str, payload: bytes) -> list[bytes]:
     raw = name.encode()
     assert len(raw) <= 100, name  # ustar name field; keys are short
-    header = bytearray(BLOCK)
-    header[0 : len(raw)] = raw
-    header[100:108] = b"0000644\0"  # mode
-    header[108:116] = header[116:124] = b"0000000\0"  # uid, gid
-    header[124:136] = b"%011o\0" % len(payload)
-    header[136:148] = b"00000000000\0"  # mtime 0
-    header[148:156] = b" " * 8  # checksum placeholder
-    header[156:157] = b"0"  # regular file
-    header[257:265] = b"ustar\x0000"
-    header[148:156] = b"%06o\0 " % _checksum(header)
-    return [bytes(header), payload, b"\0" * (-len(payload) % BLOCK)]
+    size = b"%011o\0" % len(payload)
+    checksum = HEADER_TEMPLATE_SUM + sum(raw) + sum(size)  # the blank name and size fields are zeros
+    header = b"".join([raw, HEADER_TEMPLATE[len(raw) : 124], size, HEADER_TEMPLATE[136:148],
+                       b"%06o\0 " % checksum, HEADER_TEMPLATE[156:]])
+    return [header, payload, b"\0" * (-len(payload) % BLOCK)]
 
 
 def _checksum(header: bytes) -> int:
+    """The ustar checksum: the header's byte sum with the checksum field counted as 8 spaces."""
     return sum(header[:148]) + 8 * 32 + sum(header[156:])
 
 

@@ -7,7 +7,7 @@ bytes, so a mismatch would silently change the data.
 import numpy as np
 import pytest
 
-from nca_datagen import streams
+from nca_datagen import rules, streams
 from nca_datagen.config import NCAConfig
 from nca_datagen.rules import fold_first_layer, quantise, sample_rule_floats, sample_rules
 from nca_datagen.seeds import initial_state, noise_key, trajectory_inputs
@@ -64,7 +64,10 @@ def test_trajectory_inputs_equal_the_per_trajectory_definition(cfg, probe):
 
 
 @pytest.mark.parametrize("states", [2, 10, 64])
-def test_sample_rules_equal_the_per_rule_definition(states):
+@pytest.mark.parametrize("budget", ["normal", "overrun"])
+def test_sample_rules_equal_the_per_rule_definition(states, budget, monkeypatch):
+    if budget == "overrun":  # streams read too short: most rules take the fallback path, same values
+        monkeypatch.setattr(rules, "_stream_budget", lambda draws: draws + 8)
     cfg = NCAConfig(states=states, patch=1)
     rule_ids = np.random.default_rng(1).integers(0, 2**42, 80)
     tables = sample_rules(cfg, 9, 1, rule_ids)
