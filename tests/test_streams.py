@@ -77,3 +77,12 @@ def test_sample_rules_equal_the_per_rule_definition(states, budget, monkeypatch)
         assert np.array_equal(tables.w1_RKSC[i], quantise(fold_first_layer(k1), f))
         assert np.array_equal(tables.w2_RCJ[i], quantise(k2, f))
         assert np.array_equal(tables.w3_RJS[i], quantise(k3, f))
+
+
+def test_empty_batches_keep_their_shapes_and_dtypes():
+    tables = sample_rules(NCAConfig(), 0, 0, [])
+    assert tables.w1_RKSC.shape == (0, 9, 10, 4) and tables.w1_RKSC.dtype == np.int32
+    states, keys = trajectory_inputs(NCAConfig(), 0, 0, [], [])
+    assert states.shape == (0, 12, 12) and states.dtype == np.uint8 and keys.dtype == np.uint32
+    with pytest.raises(ValueError, match="one sim per trajectory"):
+        trajectory_inputs(NCAConfig(), 0, 0, [1, 2], [0])
