@@ -36,12 +36,12 @@ NVIDIA_BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 # Argument types of nca_rollout_kernel's runtime arguments, in order (pointers then integers).
 RUNTIME_TYPES = {"w1_ptr": "*i32", "w2_ptr": "*i32", "w3_ptr": "*i32", "rule_ptr": "*i64", "state_ptr": "*u8",
                  "key_ptr": "*i64", "noise_ptr": "*i32", "tok_ptr": "*i32", "frame_ptr": "*u8", "B": "i32",
-                 "burn_in": "i32", "frames": "i32", "stride": "i32", "beta_q": "i32", "pin": "i32",
+                 "burn_in": "i32", "frames": "i32", "stride": "i32", "beta_q": "i32", "noise_span": "i32", "pin": "i32",
                  "scratch_ptr": "*u8"}
 SASS_LINE = re.compile(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?);")
 
 
-def paper_constexprs(neighbours: str, block_t: int) -> dict:
+def paper_constexprs(neighbours: str, block_t: int, sparse_noise: bool) -> dict:
     """The constexpr arguments the launcher passes for the paper's token kernel."""
     cfg = NCAConfig()
     spec = RolloutSpec.from_config(cfg)
@@ -49,12 +49,13 @@ def paper_constexprs(neighbours: str, block_t: int) -> dict:
     return dict(H=h, W=w, S=cfg.states, PATCH=p, C1=cfg.hidden[0], C2=cfg.hidden[1], SHIFT=spec.hidden_shift,
                 BLOCK_T=block_t, CELLS_PAD=triton.next_power_of_2(h * w),
                 PATCHES_PAD=triton.next_power_of_2((h // p) * (w // p)), USE_NOISE=spec.noise_span != 0,
-                USE_BETA=spec.beta_q != 0, WRITE_TOKENS=True, WRITE_FRAMES=False, SCRATCH=neighbours == "scratch")
+                USE_BETA=spec.beta_q != 0, WRITE_TOKENS=True, WRITE_FRAMES=False, SCRATCH=neighbours == "scratch",
+                SPARSE_NOISE=sparse_noise)
 
 
-def compile_for_sm90(neighbours: str, block_t: int, num_warps: int, maxnreg: int | None):
+def compile_for_sm90(neighbours: str, block_t: int, num_warps: int, maxnreg: int | None, sparse_noise: bool):
     fn = rt.nca_rollout_kernel
-    const = paper_constexprs(neighbours, block_t)
+    const = paper_constexprs(neighbours, block_t, sparse_noise)
     missing = set(fn.arg_names) - set(RUNTIME_TYPES) - set(const)
     assert not missing, f"kernel_sass.RUNTIME_TYPES is out of date: {missing}"
     signature = {name: RUNTIME_TYPES.get(name, "constexpr") for name in fn.arg_names}
@@ -91,8 +92,9 @@ def facts(variant: dict, work: Path) -> dict:
     row["block_t"] = variant.get("block_t") or rt._default_block_t(1 << 17, 256, row["neighbours"])
     row["num_warps"] = variant.get("num_warps") or rt._default_num_warps(row["block_t"] * 256)
     row["maxnreg"] = variant.get("maxnreg")
+    row["sparse_noise"] = bool(variant.get("sparse_noise"))
     t0 = time.perf_counter()
-    kernel = compile_for_sm90(row["neighbours"], row["block_t"], row["num_warps"], row["maxnreg"])
+    kernel = compile_for_sm90(row["neighbours"], row["block_t"], row["num_warps"], row["maxnreg"], row["sparse_noise"])
     row["compile_s"] = round(time.perf_counter() - t0, 1)
     usage = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+)", cuobjdump(kernel.asm["cubin"], "--dump-resource-usage",
                                                                        work))

@@ -40,9 +40,12 @@ Budget at the paper's config (12x12, 10 states, 4/16 hidden, 27 frames + 10 burn
 the 144 -> 256 padding: ~2.4x headroom over the target. Everything in the step loop is int32/uint32; the
 only int64 arithmetic is the per-row base pointers, computed once per program.
 
-Noise (temperature > 0) is the one part that could be skipped cell by cell (a top-1/top-2 gap above
-`spec.noise_span` cannot be changed by noise), but SIMD lanes do not skip work, so USE_NOISE is a constexpr
-for the whole launch: temperature 0 (all-zero table) compiles without the hash at all.
+Noise (temperature > 0) only matters where the noiseless top-1/top-2 logit gap is at most `spec.noise_span`
+(max - min of the table): ~1% of cell updates at tau = 1e-4. SIMD lanes do not skip work, so by default every
+cell hashes and reads the 16 KiB table for all S states (random addresses: many L1 wavefronts per load).
+SPARSE_NOISE (`sparse_noise=True`) keeps the S logits, finds that gap, and reads the table only where it
+can change the winner; the hash still runs everywhere. Temperature 0 (all-zero table) compiles without any
+noise code (USE_NOISE is a constexpr for the whole launch).
 
 Legend: B trajectories, R rules, K = 9 neighbour offsets, S states, C1/C2 hidden widths, F frames,
 L tokens per sequence, C = H*W cells.
@@ -92,10 +95,17 @@ def _cells_at(state, idx, scratch_row, BLOCK_T: tl.constexpr, WIDTH: tl.constexp
 
 
 @triton.jit
+def _noise(cell_bits, s, noise_ptr, mask):
+    """Quantised Gumbel noise of state s for every cell (0 where `mask` is off: no memory access there)."""
+    bits = _hash32(cell_bits ^ s)
+    return tl.load(noise_ptr + (bits >> _TABLE_SHIFT).to(tl.int32), mask=mask, other=0)
+
+
+@triton.jit
 def _step(state, t, pin, mask, row_ok, rows_off, cols_off, cells, key, w1_row, w2_row, w3_row, noise_ptr, beta_q,
-          scratch_row, H: tl.constexpr, W: tl.constexpr, S: tl.constexpr, C1: tl.constexpr, C2: tl.constexpr,
-          SHIFT: tl.constexpr, BLOCK_T: tl.constexpr, CELLS_PAD: tl.constexpr,
-          USE_NOISE: tl.constexpr, USE_BETA: tl.constexpr, SCRATCH: tl.constexpr):
+          noise_span, scratch_row, H: tl.constexpr, W: tl.constexpr, S: tl.constexpr, C1: tl.constexpr,
+          C2: tl.constexpr, SHIFT: tl.constexpr, BLOCK_T: tl.constexpr, CELLS_PAD: tl.constexpr,
+          USE_NOISE: tl.constexpr, USE_BETA: tl.constexpr, SCRATCH: tl.constexpr, SPARSE_NOISE: tl.constexpr):
     """One synchronous update of the tile `state` (int32 [BLOCK_T, CELLS_PAD]) from time t to t + 1."""
     # `pin` is always 0 at run time, but the compiler cannot know it: the weight addresses then vary with t,
     # so LLVM cannot hoist the 224 per-row w2/w3 loads out of the time loop. Hoisted, they need 224 live
@@ -129,24 +139,46 @@ def _step(state, t, pin, mask, row_ok, rows_off, cols_off, cells, key, w1_row, w
         # cell_bits = hash32(key ^ hash32(t*C + cell)); counters wrap mod 2^32 like the reference's mask.
         counter = (t * (H * W) + cells).to(tl.uint32)
         cell_bits = _hash32(key ^ _hash32(counter))
-    # Logits state by state with a running argmax: strict `>` keeps the lowest state on ties.
+    # Logits state by state with a running argmax: strict `>` keeps the lowest state on ties. SPARSE_NOISE adds
+    # noise in a second pass only where the noiseless top-2 gap is <= noise_span (max - min of the table): a
+    # wider gap cannot be closed by any noise, so elsewhere the noiseless winner is the noisy one. Its table
+    # loads are masked off there (at tau = 1e-4 ~1% of cells need them), so the random 16 KiB-table reads stop
+    # costing L1 wavefronts; the hash still runs on every lane. It keeps the S logits live (S more registers
+    # per cell) and must be timed on a GPU before it can be the default.
     best = tl.zeros((BLOCK_T, CELLS_PAD), dtype=tl.int32)
+    second = tl.zeros((BLOCK_T, CELLS_PAD), dtype=tl.int32)
     arg = tl.zeros((BLOCK_T, CELLS_PAD), dtype=tl.int32)
+    zs = ()
     for s in tl.static_range(S):
         z = a[0] * tl.load(w3_row + s, mask=row_ok, other=0)
         for j in tl.static_range(1, C2):
             z += a[j] * tl.load(w3_row + j * S + s, mask=row_ok, other=0)
         if USE_BETA:
             z += tl.where(state == s, beta_q, 0)
-        if USE_NOISE:
-            bits = _hash32(cell_bits ^ s)
-            z += tl.load(noise_ptr + (bits >> _TABLE_SHIFT).to(tl.int32), mask=mask, other=0)
+        if USE_NOISE and not SPARSE_NOISE:
+            z += _noise(cell_bits, s, noise_ptr, mask)
+        if USE_NOISE and SPARSE_NOISE:
+            zs = zs + (z,)  # noqa: RUF005
         if s == 0:
             best = z
         else:
             take = z > best
+            if USE_NOISE and SPARSE_NOISE:
+                second = tl.where(take, best, tl.maximum(second, z)) if s > 1 else tl.where(take, best, z)
             best = tl.where(take, z, best)
             arg = tl.where(take, s, arg)
+    if USE_NOISE and SPARSE_NOISE:
+        # best - second >= 0 unless it wraps (|logits| < 2^31 only each): a wrap reads as "needs noise", the
+        # exact path, never the other way round
+        need = mask & (best - second <= noise_span)
+        noisy_best = zs[0] + _noise(cell_bits, 0, noise_ptr, need)
+        noisy_arg = tl.zeros((BLOCK_T, CELLS_PAD), dtype=tl.int32)
+        for s in tl.static_range(1, S):
+            z = zs[s] + _noise(cell_bits, s, noise_ptr, need)
+            take = z > noisy_best
+            noisy_best = tl.where(take, z, noisy_best)
+            noisy_arg = tl.where(take, s, noisy_arg)
+        arg = tl.where(need, noisy_arg, arg)
     return arg
 
 
@@ -182,7 +214,7 @@ def _emit(state, f, row_ok, tok_row, frame_row, tokens_per_frame, mask, cells, s
 # Runtime integers are never specialised: by default Triton compiles a separate kernel for ints divisible by 16
 # or equal to 1, so batch sizes 1000 and 1024 (or stride 1 and 2) would each pay a full compile (a minute of
 # ptxas here) for no gain, as no address in the kernel is vectorised over them.
-@triton.jit(do_not_specialize=["B", "burn_in", "frames", "stride", "beta_q", "pin"])
+@triton.jit(do_not_specialize=["B", "burn_in", "frames", "stride", "beta_q", "noise_span", "pin"])
 def nca_rollout_kernel(
     w1_ptr,  # int32 (R, 9, S, C1): first layer as a lookup, offset k = 3*(dy+1) + (dx+1)
     w2_ptr,  # int32 (R, C1, C2): hidden 1x1 conv
@@ -198,6 +230,7 @@ def nca_rollout_kernel(
     frames,  # F
     stride,  # steps between frames
     beta_q,  # identity bias at logit scale (used iff USE_BETA)
+    noise_span,  # max - min of the noise table (used iff SPARSE_NOISE)
     pin,  # always 0; opaque to the compiler (see _step), never specialised
     scratch_ptr,  # uint8 (programs * BLOCK_T, CELLS_PAD): each program's neighbour exchange (used iff SCRATCH)
     H: tl.constexpr, W: tl.constexpr, S: tl.constexpr, PATCH: tl.constexpr,
@@ -208,6 +241,7 @@ def nca_rollout_kernel(
     USE_NOISE: tl.constexpr, USE_BETA: tl.constexpr,
     WRITE_TOKENS: tl.constexpr, WRITE_FRAMES: tl.constexpr,
     SCRATCH: tl.constexpr,  # neighbours through scratch memory (True) or register gathers (False)
+    SPARSE_NOISE: tl.constexpr,  # noise table reads only where noise can change the winner (see _step)
 ):
     C: tl.constexpr = H * W
     pid = tl.program_id(0)
@@ -250,8 +284,8 @@ def nca_rollout_kernel(
         n_steps = tl.where(f < 0, burn_in, tl.where(f + 1 < frames, stride, 0))
         for i in range(n_steps):
             state = _step(state, t0 + i, pin, mask, row_ok, rows_off, cols_off, cells, key, w1_row, w2_row,
-                          w3_row, noise_ptr, beta_q, scratch_row, H, W, S, C1, C2, SHIFT, BLOCK_T, CELLS_PAD,
-                          USE_NOISE, USE_BETA, SCRATCH)
+                          w3_row, noise_ptr, beta_q, noise_span, scratch_row, H, W, S, C1, C2, SHIFT, BLOCK_T,
+                          CELLS_PAD, USE_NOISE, USE_BETA, SCRATCH, SPARSE_NOISE)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -318,7 +352,7 @@ def _check(name: str, t: torch.Tensor, dtype: torch.dtype, ndim: int, device: to
 
 def _launch(w1_RKSC, w2_RCJ, w3_RJS, rule_B, states_BHW, keys_B, spec: RolloutSpec, *, write_tokens: bool,
             write_frames: bool, block_t: int | None = None, num_warps: int | None = None,
-            neighbours: str | None = None, maxnreg: int | None = None):
+            neighbours: str | None = None, maxnreg: int | None = None, sparse_noise: bool = False):
     device = states_BHW.device
     if device.type != "cuda" and not interpreting():
         raise ValueError(f"the triton backend needs CUDA tensors (got {device}); set TRITON_INTERPRET=1 before "
@@ -362,12 +396,13 @@ def _launch(w1_RKSC, w2_RCJ, w3_RJS, rule_B, states_BHW, keys_B, spec: RolloutSp
     nca_rollout_kernel[grid](
         w1_RKSC, w2_RCJ, w3_RJS, rule_B, states_BHW, keys_B, _noise_table(spec, str(device)),
         tokens if write_tokens else dummy, frames if write_frames else dummy.view(torch.uint8),
-        b, spec.burn_in, spec.frames, spec.frame_stride, spec.beta_q, 0, scratch,
+        b, spec.burn_in, spec.frames, spec.frame_stride, spec.beta_q, spec.noise_span, 0, scratch,
         H=h, W=w, S=s, PATCH=p, C1=c1, C2=c2, SHIFT=spec.hidden_shift,
         BLOCK_T=block_t, CELLS_PAD=cells_pad,
         PATCHES_PAD=triton.next_power_of_2((h // p) * (w // p)),
         USE_NOISE=spec.noise_span != 0, USE_BETA=spec.beta_q != 0,
         WRITE_TOKENS=write_tokens, WRITE_FRAMES=write_frames, SCRATCH=neighbours == "scratch",
+        SPARSE_NOISE=bool(sparse_noise),
         num_warps=num_warps or _default_num_warps(block_t * cells_pad), **options,
     )
     return tokens, frames
@@ -380,7 +415,7 @@ def _launch(w1_RKSC, w2_RCJ, w3_RJS, rule_B, states_BHW, keys_B, spec: RolloutSp
 
 def rollout_triton(w1_RKSC, w2_RCJ, w3_RJS, rule_B, states_BHW, keys_B, spec: RolloutSpec, **tuning) -> torch.Tensor:
     """Frames (B, F, H, W) uint8, identical to `rollout_reference`. `tuning`: block_t, num_warps, neighbours,
-    maxnreg (see `_launch`); none of them changes the output."""
+    maxnreg, sparse_noise (see `_launch`); none of them changes the output."""
     return _launch(w1_RKSC, w2_RCJ, w3_RJS, rule_B, states_BHW, keys_B, spec, write_tokens=False,
                    write_frames=True, **tuning)[1]
 

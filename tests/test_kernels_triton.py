@@ -7,6 +7,8 @@ GPU tests (`-m gpu`) check 100,000 paper-config sequences against the reference 
 backend on the CPU, a non-paper config, and that backend="auto" on CUDA dispatches here.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -60,17 +62,37 @@ CASES = {
 
 
 NEIGHBOURS = ["gather", "scratch"]  # the kernel's two ways to read neighbours (rollout_triton.NEIGHBOURS)
+# (neighbours, sparse_noise): the default, and the variants benchmarks/gpu_check.py times on a GPU
+VARIANTS = [("gather", False), ("scratch", False), ("scratch", True)]
 
 
-@pytest.mark.parametrize("neighbours", NEIGHBOURS)
+@pytest.mark.parametrize("neighbours, sparse_noise", VARIANTS, ids=["gather", "scratch", "scratch-sparse-noise"])
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
-def test_tokens_match_reference(case, neighbours):
+def test_tokens_match_reference(case, neighbours, sparse_noise):
     cfg, rules, sims, block_t = CASES[case]
     spec = RolloutSpec.from_config(cfg)
     args = make_inputs(cfg, rules, sims)
     want = reference.rollout_tokens_reference(*args, spec)
-    got = triton_mod().rollout_tokens_triton(*args, spec, block_t=block_t, neighbours=neighbours)
-    assert_same(got, want, f"tokens {case} ({neighbours})")
+    got = triton_mod().rollout_tokens_triton(*args, spec, block_t=block_t, neighbours=neighbours,
+                                             sparse_noise=sparse_noise)
+    assert_same(got, want, f"tokens {case} ({neighbours}, sparse_noise={sparse_noise})")
+
+
+def test_sparse_noise_follows_the_noise_where_it_matters():
+    """At the paper's tau = 1e-4 noise decides ~1% of updates (near-ties); sparse noise must get those right,
+    and here they change tokens, so this is no vacuous pass. A span of -1 (noise never applied) must differ."""
+    cfg = NCAConfig(**SHORT)
+    spec = RolloutSpec.from_config(cfg)
+    args = make_inputs(cfg, 4, 2)
+    want = reference.rollout_tokens_reference(*args, spec)
+    argmax = reference.rollout_tokens_reference(*args, RolloutSpec.from_config(NCAConfig(**SHORT, temperature=0.0)))
+    assert int((want != argmax).sum()) > 0
+    assert_same(triton_mod().rollout_tokens_triton(*args, spec, neighbours="scratch", sparse_noise=True), want,
+                "sparse noise at tau 1e-4")
+    never = dataclasses.replace(spec, noise_q=spec.noise_q)  # same table ...
+    object.__setattr__(never, "noise_span", -1)  # ... but no gap counts as close: noise is never read
+    assert not torch.equal(triton_mod().rollout_tokens_triton(*args, never, neighbours="scratch",
+                                                              sparse_noise=True), want)
 
 
 @pytest.mark.parametrize("neighbours", NEIGHBOURS)
@@ -143,15 +165,16 @@ def test_gpu_100k_paper_sequences_match_reference_on_gpu_and_numba_on_cpu():
     spec = RolloutSpec.from_config(cfg)
     args = [torch.from_numpy(np.ascontiguousarray(a)).cuda() for a in
             (tables.w1_RKSC, tables.w2_RCJ, tables.w3_RJS, rule_B.astype(np.int64), states, keys.astype(np.int64))]
-    got = triton_mod().rollout_tokens_triton(*args, spec, neighbours="gather")
-    other = triton_mod().rollout_tokens_triton(*args, spec, neighbours="scratch")
+    outputs = {v: triton_mod().rollout_tokens_triton(*args, spec, neighbours=v[0], sparse_noise=v[1])
+               for v in VARIANTS}
+    got = outputs[VARIANTS[0]]  # the default
     torch.cuda.synchronize()
     chunk = 20_000  # the reference materialises (B, C, C2, S) int64 products: ~3.7 GB per 20k sequences
     for lo in range(0, len(rule_B), chunk):
         part = [a[lo : lo + chunk] for a in args[3:]]
         want = reference.rollout_tokens_reference(*args[:3], *part, spec)
-        assert_same(got[lo : lo + chunk], want, f"tokens vs GPU reference, sequences {lo}..{lo + chunk}")
-        assert_same(other[lo : lo + chunk], want, f"scratch tokens vs GPU reference, sequences {lo}..{lo + chunk}")
+        for variant, tokens in outputs.items():
+            assert_same(tokens[lo : lo + chunk], want, f"{variant} tokens vs GPU reference, {lo}..{lo + chunk}")
     pytest.importorskip("numba")
     cpu = rollout_tokens(cfg, tables, rule_B, states, keys, backend="numba", device="cpu")
     assert_same(torch.from_numpy(cpu.astype(np.int32)), got.cpu(), "tokens vs numba on CPU")
@@ -182,7 +205,8 @@ def test_gpu_odd_config_frames_and_tokens_match_reference():
     args = make_inputs(cfg, rules=100, sims=7, device="cuda")  # 700 sequences: no multiple of any block
     # One launch writes both outputs: one specialisation to compile (each costs a minute or more of ptxas).
     want_tokens, want_frames = reference.rollout_tokens_reference(*args, spec), reference.rollout_reference(*args, spec)
-    for neighbours in NEIGHBOURS:
-        tokens, frames = triton_mod()._launch(*args, spec, write_tokens=True, write_frames=True, neighbours=neighbours)
-        assert_same(tokens, want_tokens, f"tokens 12x18/p3/n3 ({neighbours})")
-        assert_same(frames, want_frames, f"frames 12x18/p3/n3 ({neighbours})")
+    for neighbours, sparse_noise in VARIANTS:
+        tokens, frames = triton_mod()._launch(*args, spec, write_tokens=True, write_frames=True, neighbours=neighbours,
+                                              sparse_noise=sparse_noise)
+        assert_same(tokens, want_tokens, f"tokens 12x18/p3/n3 ({neighbours}, {sparse_noise})")
+        assert_same(frames, want_frames, f"frames 12x18/p3/n3 ({neighbours}, {sparse_noise})")
