@@ -146,7 +146,7 @@ def _step(state, t, pin, mask, row_ok, rows_off, cols_off, cells, key, w1_row, w
     # costing L1 wavefronts; the hash still runs on every lane. It keeps the S logits live (S more registers
     # per cell) and must be timed on a GPU before it can be the default.
     best = tl.zeros((BLOCK_T, CELLS_PAD), dtype=tl.int32)
-    second = tl.zeros((BLOCK_T, CELLS_PAD), dtype=tl.int32)
+    second = tl.full((BLOCK_T, CELLS_PAD), -(2**31), dtype=tl.int32)  # below every logit: S >= 2 replaces it
     arg = tl.zeros((BLOCK_T, CELLS_PAD), dtype=tl.int32)
     zs = ()
     for s in tl.static_range(S):
@@ -164,7 +164,7 @@ def _step(state, t, pin, mask, row_ok, rows_off, cols_off, cells, key, w1_row, w
         else:
             take = z > best
             if USE_NOISE and SPARSE_NOISE:
-                second = tl.where(take, best, tl.maximum(second, z)) if s > 1 else tl.where(take, best, z)
+                second = tl.where(take, best, tl.maximum(second, z))
             best = tl.where(take, z, best)
             arg = tl.where(take, s, arg)
     if USE_NOISE and SPARSE_NOISE:
@@ -300,7 +300,7 @@ def nca_rollout_kernel(
 # i.e. ptxas spends the registers on in-flight weight loads (ILP), and 1024-element tiles fall off a cliff
 # (whatever the warps), so 512 it is. Grids larger than 512 cells get one trajectory per program and more warps
 # (up to 32), ~4 cells per thread: correct, but untuned and probably past that cliff (not measured).
-# Untuned on hardware: benchmarks/gpu_check.py sweeps (block_t, num_warps) on the H200 and reports tokens/s.
+# On the H200 (benchmarks/results/h200/gpu_check_triton.md) the (2, 4) default was the fastest shape measured.
 GPU_ELEMENTS_PER_PROGRAM = 512
 GPU_CELLS_PER_THREAD = 4
 # Neighbour exchange (the SCRATCH constexpr; see the module docstring). Compiled for sm_90 with triton 3.9's

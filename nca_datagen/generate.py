@@ -46,7 +46,6 @@ class ShardData:
     candidate_ratio_M: np.ndarray  # probe ratio of every candidate, in id order
     counts: dict[str, int]  # candidates, kept, too_simple, too_complex
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (not part of the data)
-    probe_frames: int = 10  # the window of the per-sample `complexity` column (the config's probe_frames)
 
     @property
     def num_samples(self) -> int:
@@ -139,24 +138,18 @@ def generate_shard(config: DatasetConfig, split: str, shard_index: int, *, backe
         "probe_complexity": np.array([probe_of_rule[r] for r in sample_rule_ids], dtype=np.float64),
     }
     data = ShardData(split, shard_index, tokens, columns, candidate_ratios, counts,
-                     timings={"probe_filter": t1 - t0, "rollout_tokenize": t2 - t1}, probe_frames=config.probe_frames)
-    return add_sample_stats(data, cfg) if stats else data
+                     timings={"probe_filter": t1 - t0, "rollout_tokenize": t2 - t1})
+    return add_sample_stats(data, config) if stats else data
 
 
-def add_sample_stats(data: ShardData, cfg) -> ShardData:
+def add_sample_stats(data: ShardData, config: DatasetConfig) -> ShardData:
     """Add the per-sample statistics of the tokens (gzip complexity, grid dynamics); idempotent, in place."""
     if "complexity" in data.columns:
         return data
     t0 = time.perf_counter()
-    frames = sequence_to_frames(data.tokens_NL, cfg)
-    given = data.columns
-    data.columns = {
-        "rule_id": given["rule_id"],
-        "sim": given["sim"],
-        "complexity": sequence_ratios(data.tokens_NL, cfg.tokens_per_frame, data.probe_frames),
-        "probe_complexity": given["probe_complexity"],
-        **grid_stats(frames),
-    }
+    cfg = config.nca
+    data.columns["complexity"] = sequence_ratios(data.tokens_NL, cfg.tokens_per_frame, config.probe_frames)
+    data.columns.update(grid_stats(sequence_to_frames(data.tokens_NL, cfg)))
     data.timings["stats"] = time.perf_counter() - t0
     return data
 

@@ -102,7 +102,7 @@ def write_generated(job: ShardJob, data) -> ShardResult:
     from nca_datagen import shards
     from nca_datagen.generate import add_sample_stats
 
-    add_sample_stats(data, job.config.nca)
+    add_sample_stats(data, job.config)
     t0 = time.perf_counter()
     record = shards.write_shard(data, job.out_url, compression=job.compression,
                                 storage_options=job.storage_options)
