@@ -25,6 +25,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from benchmarks import gpu_check
 from benchmarks.gpu_check import VARIANTS
 from benchmarks.report import write_report
 from nca_datagen.config import NCAConfig
@@ -41,26 +42,17 @@ RUNTIME_TYPES = {"w1_ptr": "*i32", "w2_ptr": "*i32", "w3_ptr": "*i32", "rule_ptr
 SASS_LINE = re.compile(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?);")
 
 
-def paper_constexprs(neighbours: str, block_t: int, sparse_noise: bool) -> dict:
-    """The constexpr arguments the launcher passes for the paper's token kernel."""
-    cfg = NCAConfig()
-    spec = RolloutSpec.from_config(cfg)
-    (h, w), p = cfg.grid, cfg.patch
-    return dict(H=h, W=w, S=cfg.states, PATCH=p, C1=cfg.hidden[0], C2=cfg.hidden[1], SHIFT=spec.hidden_shift,
-                BLOCK_T=block_t, CELLS_PAD=triton.next_power_of_2(h * w),
-                PATCHES_PAD=triton.next_power_of_2((h // p) * (w // p)), USE_NOISE=spec.noise_span != 0,
-                USE_BETA=spec.beta_q != 0, WRITE_TOKENS=True, WRITE_FRAMES=False, SCRATCH=neighbours == "scratch",
-                SPARSE_NOISE=sparse_noise)
-
-
-def compile_for_sm90(neighbours: str, block_t: int, num_warps: int, maxnreg: int | None, sparse_noise: bool):
+def compile_for_sm90(layout: rt.TileLayout, maxnreg: int | None, sparse_noise: bool):
+    """The paper-config token kernel with the launcher's constexprs for `layout`, compiled for sm_90."""
     fn = rt.nca_rollout_kernel
-    const = paper_constexprs(neighbours, block_t, sparse_noise)
+    cfg = NCAConfig()
+    const = rt.kernel_constexprs(RolloutSpec.from_config(cfg), cfg.hidden, layout, write_tokens=True,
+                                 write_frames=False, sparse_noise=sparse_noise)
     missing = set(fn.arg_names) - set(RUNTIME_TYPES) - set(const)
     assert not missing, f"kernel_sass.RUNTIME_TYPES is out of date: {missing}"
     signature = {name: RUNTIME_TYPES.get(name, "constexpr") for name in fn.arg_names}
     src = ASTSource(fn, signature, constexprs={(fn.arg_names.index(k),): v for k, v in const.items()})
-    options = {"num_warps": num_warps, **({"maxnreg": maxnreg} if maxnreg else {})}
+    options = {"num_warps": layout.num_warps, **({"maxnreg": maxnreg} if maxnreg else {})}
     return triton.compile(src, target=TARGET, options=options)
 
 
@@ -88,20 +80,17 @@ def step_loop_mix(sass: str) -> tuple[int, collections.Counter]:
 
 
 def facts(variant: dict, work: Path) -> dict:
-    row = {"neighbours": variant.get("neighbours", "gather")}
-    row["block_t"] = variant.get("block_t") or rt._default_block_t(1 << 17, 256, row["neighbours"])
-    row["num_warps"] = variant.get("num_warps") or rt._default_num_warps(row["block_t"] * 256)
-    row["maxnreg"] = variant.get("maxnreg")
-    row["sparse_noise"] = bool(variant.get("sparse_noise"))
+    cfg = NCAConfig()
+    row, layout = gpu_check.shown(variant, 1 << 17)
     t0 = time.perf_counter()
-    kernel = compile_for_sm90(row["neighbours"], row["block_t"], row["num_warps"], row["maxnreg"], row["sparse_noise"])
+    kernel = compile_for_sm90(layout, row["maxnreg"], row["sparse_noise"])
     row["compile_s"] = round(time.perf_counter() - t0, 1)
     usage = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+)", cuobjdump(kernel.asm["cubin"], "--dump-resource-usage",
                                                                        work))
     row.update(regs=int(usage[1]), stack_bytes=int(usage[2]), shared_bytes=int(usage[3]))
     length, mix = step_loop_mix(cuobjdump(kernel.asm["cubin"], "-sass", work))
-    cells_per_thread = row["block_t"] * 256 // (32 * row["num_warps"])
-    row.update(step_instructions=length, per_cell=round(length / cells_per_thread),
+    real_cells = layout.trajectories * cfg.grid[0] * cfg.grid[1]  # per program, padding excluded
+    row.update(step_instructions=length, per_real_cell=round(length * 32 * layout.num_warps / real_cells),
                **{op: mix[op] for op in ("IMAD", "LDG", "SHFL", "BAR", "STS", "LDS", "LDL", "STL")})
     return row
 

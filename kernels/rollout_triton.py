@@ -4,9 +4,11 @@ Bit-identical to `kernels.reference` (the definition, imported below): the same 
 lowbias32 noise hash, the same quantised Gumbel table, the same tie rule (lowest state wins). Only tokens
 (and, behind a constexpr flag, frames) are written to memory; a grid never leaves the chip between steps.
 
-Layout. One program owns BLOCK_T trajectories x all H*W cells as a 2-D int32 register tile
-`state[BLOCK_T, CELLS_PAD]` (CELLS_PAD = next power of 2 >= H*W; padded cells are masked on every load
-and store and compute harmless values in between). One step of one cell:
+Layout. One program owns a 2-D int32 register tile of ROWS x CH cells (both powers of 2; padded cells are
+masked on every load and store and compute harmless values in between). "gather" gives each trajectory one
+row of all its H*W cells padded to a power of 2 (CH = 256 at 12x12: 56% real cells); "scratch" packs TPP
+trajectories into rows of CH = 4 cells (CPT = 36 rows each at 12x12: 7 trajectories fill 252 of 256 rows,
+98% real cells), see `tile_layout`. One step of one cell:
 
     neighbours   9 x state[idx_k] (gather or scratch load)  idx_k: periodic (y+dy, x+dx), hoisted
     first layer  h_c = sum_k w1[rule, k, nb_k, c]           9*C1 = 36 L1-resident table loads
@@ -18,27 +20,27 @@ Neighbours, two ways (the SCRATCH constexpr; `neighbours=` at launch). A periodi
 primitive. "gather" (the default, measured on the H200) keeps the grid in registers: `tl.gather` on a
 warp-local layout (a warp owns a row, 8 cells per thread) lowers to shuffles, ~430 per step per thread, and
 Triton converts layouts around each gather through shared memory, ~20 CTA barriers a step. "scratch" writes
-the tile to a per-program scratch row between two barriers and reads the 9 neighbours back as plain loads
-(L1 hits): no shuffles, no layout conversions, 2 barriers a step, under half the instructions (see
-ELEMENTS_PER_PROGRAM below); it waits for a GPU run before it can become the default. The weights w2/w3
-depend only on the row (trajectory), so they are [BLOCK_T, 1] loads: one load per thread serves all of that
-thread's cells in the row, and the 224 of them per step stay in L1 (0.9 KiB per rule at the paper's sizes;
-the w1 table is 1.4 KiB). Keeping them in registers across steps needs 224 registers per row before any
-working set, i.e. spills, so they are re-read each step (see `pin` in `_step`).
+the tile to the program's scratch memory between two barriers and reads the 9 neighbours back as plain loads
+(L1 hits): no shuffles, no layout conversions, 2 barriers a step, and rows can then hold parts of
+trajectories, so padding all but vanishes. It waits for a GPU run before it can become the default. The
+weights w2/w3 depend only on the trajectory, so they are per-row loads: one load per thread serves all of
+that thread's cells in the row, and the 224 of them per step stay in L1 (0.9 KiB per rule at the paper's
+sizes; the w1 table is 1.4 KiB). Keeping them in registers across steps needs 224 registers per row before
+any working set, i.e. spills, so they are re-read each step (see `pin` in `_step`).
 
-Block sizes: BLOCK_T = 512 // CELLS_PAD trajectories per program (2 at 12x12) over 4 warps, ~4 cells per
-thread, for "gather" (compiled for sm_90: 255 registers, a 112-byte stack; measured with triton 3.9's ptxas,
-no GPU; on the H200 1.12e9 tokens/s of kernel time); 256 // CELLS_PAD over 2 warps for "scratch" (255
-registers, no stack, 1,989 instructions per step against 4,462). benchmarks/gpu_check.py sweeps variants
-(neighbours, block_t, num_warps, maxnreg) on the H200.
+Instruction counts per step, compiled for sm_90 with triton 3.9's ptxas (no GPU; benchmarks/kernel_sass.py,
+results/kernel_sass.md), per real cell: "gather" at (2 trajectories, 4 warps) 1,983 (4,462 per thread, 255
+registers, a 112-byte stack; 1.12e9 tokens/s of kernel time on the H200); "scratch" at (7 trajectories,
+8 warps) 639 (2,516 per thread, 255 registers, no stack). benchmarks/gpu_check.py sweeps variants
+(neighbours, trajectories per program, cells per row, num_warps, maxnreg, sparse noise) on the H200.
 Needs Triton >= 3.3 (tl.gather came in 3.2, tuples in jit code in 3.3); the H200 image has 3.6, CI 3.9.
 
 Budget at the paper's config (12x12, 10 states, 4/16 hidden, 27 frames + 10 burn-in = 36 steps,
 1026 tokens): 2e9 tokens/s = 1.0e10 cell-updates/s = 0.039 cell-updates per clock per SM on an H200
 (132 SMs, 1.98 GHz). One cell-update is ~224 IMAD + ~100 hash ops (12 lowbias32) + ~60 other integer ops
 ~= 390 lane-ops; at 64 INT32 lanes/clock/SM that is 0.16 cell-updates/clock/SM at full issue, 0.09 after
-the 144 -> 256 padding: ~2.4x headroom over the target. Everything in the step loop is int32/uint32; the
-only int64 arithmetic is the per-row base pointers, computed once per program.
+gather's 144 -> 256 padding (~2.4x headroom over the target), 0.16 with scratch's packing. Everything in the
+step loop is int32/uint32; the only int64 arithmetic is the per-row base pointers, computed once per program.
 
 Noise (temperature > 0) only matters where the noiseless top-1/top-2 logit gap is at most `spec.noise_span`
 (max - min of the table): ~1% of cell updates at tau = 1e-4. SIMD lanes do not skip work, so by default every
@@ -48,11 +50,13 @@ can change the winner; the hash still runs everywhere. Temperature 0 (all-zero t
 noise code (USE_NOISE is a constexpr for the whole launch).
 
 Legend: B trajectories, R rules, K = 9 neighbour offsets, S states, C1/C2 hidden widths, F frames,
-L tokens per sequence, C = H*W cells.
+L tokens per sequence, C = H*W cells; tile: ROWS rows of CH cells, CPT rows per trajectory, TPP trajectories
+per program.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 
@@ -79,19 +83,19 @@ def _hash32(x):
 
 
 @triton.jit
-def _publish(state, scratch_row, cells):
-    """SCRATCH mode: write the tile to this program's scratch rows so any thread can read any cell."""
+def _publish(state, scratch_own):
+    """SCRATCH mode: write the tile to this program's scratch so any thread can read any cell."""
     tl.debug_barrier()  # every thread has finished reading the previous contents
-    tl.store(scratch_row + cells, state.to(tl.uint8))
+    tl.store(scratch_own, state.to(tl.uint8))
     tl.debug_barrier()  # bar.sync orders the stores before every thread's loads (CTA-wide memory ordering)
 
 
 @triton.jit
-def _cells_at(state, idx, scratch_row, BLOCK_T: tl.constexpr, WIDTH: tl.constexpr, SCRATCH: tl.constexpr):
-    """state[row, idx[row, j]] as int32 [BLOCK_T, WIDTH]: from scratch (after `_publish`) or by a register gather."""
-    if SCRATCH:
-        return tl.load(scratch_row + idx).to(tl.int32)
-    return tl.gather(state, tl.broadcast_to(idx, (BLOCK_T, WIDTH)), 1)
+def _cells_at(state, idx, scratch, ROWS: tl.constexpr, WIDTH: tl.constexpr, SCRATCH: tl.constexpr):
+    """Cells `idx` as int32 [ROWS, WIDTH]: scratch loads (after `_publish`; idx includes the trajectory's slot) or
+    a register gather within each row (idx is a cell of the row's own trajectory)."""
+    # (a constexpr ternary, not an early return: after `return` Triton would still type-check the gather)
+    return tl.load(scratch + idx).to(tl.int32) if SCRATCH else tl.gather(state, tl.broadcast_to(idx, (ROWS, WIDTH)), 1)
 
 
 @triton.jit
@@ -102,14 +106,14 @@ def _noise(cell_bits, s, noise_ptr, mask):
 
 
 @triton.jit
-def _step(state, t, pin, mask, row_ok, rows_off, cols_off, cells, key, w1_row, w2_row, w3_row, noise_ptr, beta_q,
-          noise_span, scratch_row, H: tl.constexpr, W: tl.constexpr, S: tl.constexpr, C1: tl.constexpr,
-          C2: tl.constexpr, SHIFT: tl.constexpr, BLOCK_T: tl.constexpr, CELLS_PAD: tl.constexpr,
+def _step(state, t, pin, mask, row_ok, rows_off, cols_off, cell, own, key, w1_row, w2_row, w3_row, noise_ptr, beta_q,
+          noise_span, scratch, H: tl.constexpr, W: tl.constexpr, S: tl.constexpr, C1: tl.constexpr,
+          C2: tl.constexpr, SHIFT: tl.constexpr, ROWS: tl.constexpr, CH: tl.constexpr,
           USE_NOISE: tl.constexpr, USE_BETA: tl.constexpr, SCRATCH: tl.constexpr, SPARSE_NOISE: tl.constexpr):
-    """One synchronous update of the tile `state` (int32 [BLOCK_T, CELLS_PAD]) from time t to t + 1."""
+    """One synchronous update of the tile `state` (int32 [ROWS, CH]) from time t to t + 1."""
     # `pin` is always 0 at run time, but the compiler cannot know it: the weight addresses then vary with t,
     # so LLVM cannot hoist the 224 per-row w2/w3 loads out of the time loop. Hoisted, they need 224 live
-    # registers per row held; compiled for sm_90 (triton 3.9, BLOCK_T=2, 4 warps) that was 168 registers plus
+    # registers per row held; compiled for sm_90 (triton 3.9, 2 rows, 4 warps) that was 168 registers plus
     # a 2888-byte stack of spills per thread (370 KB per program: more than L1). With the pin: 255 registers and
     # an 88-byte stack, and the re-read weights are L1 hits.
     w2_row = w2_row + t * pin
@@ -118,11 +122,11 @@ def _step(state, t, pin, mask, row_ok, rows_off, cols_off, cells, key, w1_row, w
     # (Tuples are grown by concatenation: the form Triton's frontend compiles, hence the RUF005 waivers.)
     h = ()
     for _c in tl.static_range(C1):
-        h = h + (tl.zeros((BLOCK_T, CELLS_PAD), dtype=tl.int32),)  # noqa: RUF005
+        h = h + (tl.zeros_like(state),)  # noqa: RUF005
     if SCRATCH:
-        _publish(state, scratch_row, cells)
+        _publish(state, scratch + own)
     for k in tl.static_range(9):  # k = 3*(dy+1) + (dx+1), the reference's offset order
-        nb = _cells_at(state, rows_off[k // 3] + cols_off[k % 3], scratch_row, BLOCK_T, CELLS_PAD, SCRATCH)
+        nb = _cells_at(state, rows_off[k // 3] + cols_off[k % 3], scratch, ROWS, CH, SCRATCH)
         base = (k * S + nb) * C1
         hn = ()
         for c in tl.static_range(C1):
@@ -137,7 +141,7 @@ def _step(state, t, pin, mask, row_ok, rows_off, cols_off, cells, key, w1_row, w
         a = a + (tl.maximum(pre, 0) >> SHIFT,)  # noqa: RUF005
     if USE_NOISE:
         # cell_bits = hash32(key ^ hash32(t*C + cell)); counters wrap mod 2^32 like the reference's mask.
-        counter = (t * (H * W) + cells).to(tl.uint32)
+        counter = (t * (H * W) + cell).to(tl.uint32)
         cell_bits = _hash32(key ^ _hash32(counter))
     # Logits state by state with a running argmax: strict `>` keeps the lowest state on ties. SPARSE_NOISE adds
     # noise in a second pass only where the noiseless top-2 gap is <= noise_span (max - min of the table): a
@@ -145,9 +149,9 @@ def _step(state, t, pin, mask, row_ok, rows_off, cols_off, cells, key, w1_row, w
     # loads are masked off there (at tau = 1e-4 ~1% of cells need them), so the random 16 KiB-table reads stop
     # costing L1 wavefronts; the hash still runs on every lane. It keeps the S logits live (S more registers
     # per cell) and must be timed on a GPU before it can be the default.
-    best = tl.zeros((BLOCK_T, CELLS_PAD), dtype=tl.int32)
-    second = tl.full((BLOCK_T, CELLS_PAD), -(2**31), dtype=tl.int32)  # below every logit: S >= 2 replaces it
-    arg = tl.zeros((BLOCK_T, CELLS_PAD), dtype=tl.int32)
+    best = tl.zeros_like(state)
+    second = tl.zeros_like(state) + (-(2**31))  # below every logit: S >= 2 replaces it
+    arg = tl.zeros_like(state)
     zs = ()
     for s in tl.static_range(S):
         z = a[0] * tl.load(w3_row + s, mask=row_ok, other=0)
@@ -172,7 +176,7 @@ def _step(state, t, pin, mask, row_ok, rows_off, cols_off, cells, key, w1_row, w
         # exact path, never the other way round
         need = mask & (best - second <= noise_span)
         noisy_best = zs[0] + _noise(cell_bits, 0, noise_ptr, need)
-        noisy_arg = tl.zeros((BLOCK_T, CELLS_PAD), dtype=tl.int32)
+        noisy_arg = tl.zeros_like(state)
         for s in tl.static_range(1, S):
             z = zs[s] + _noise(cell_bits, s, noise_ptr, need)
             take = z > noisy_best
@@ -183,13 +187,13 @@ def _step(state, t, pin, mask, row_ok, rows_off, cols_off, cells, key, w1_row, w
 
 
 @triton.jit
-def _emit(state, f, row_ok, tok_row, frame_row, tokens_per_frame, mask, cells, scratch_row,
+def _emit(state, f, frames, tokens_per_frame, tok_rows, tok_ok, slot_off, frame_rows, mask, cell, own, scratch,
           H: tl.constexpr, W: tl.constexpr, S: tl.constexpr, PATCH: tl.constexpr,
-          BLOCK_T: tl.constexpr, PATCHES_PAD: tl.constexpr,
+          TOK_ROWS: tl.constexpr, PATCHES_PAD: tl.constexpr,
           WRITE_TOKENS: tl.constexpr, WRITE_FRAMES: tl.constexpr, SCRATCH: tl.constexpr):
-    """Write frame f of every row: `<grid>`, the patch ids row-major, `</grid>` (and/or the raw cells)."""
+    """Write frame f of every trajectory: `<grid>`, the patch ids row-major, `</grid>` (and/or the raw cells)."""
     if WRITE_FRAMES:
-        tl.store(frame_row + f * (H * W) + cells, state.to(tl.uint8), mask=mask)
+        tl.store(frame_rows + f * (H * W) + cell, state.to(tl.uint8), mask=mask)
     if WRITE_TOKENS:
         PATCHES: tl.constexpr = (H // PATCH) * (W // PATCH)
         GRID_TOK: tl.constexpr = S ** (PATCH * PATCH)
@@ -197,18 +201,18 @@ def _emit(state, f, row_ok, tok_row, frame_row, tokens_per_frame, mask, cells, s
         q_ok = q < PATCHES
         qc = tl.where(q_ok, q, 0)
         corner = (qc // (W // PATCH)) * (PATCH * W) + (qc % (W // PATCH)) * PATCH  # top-left cell of patch q
-        tok = tl.zeros((BLOCK_T, PATCHES_PAD), dtype=tl.int32)
+        tok = tl.zeros((TOK_ROWS, PATCHES_PAD), dtype=tl.int32)
         if SCRATCH:
-            _publish(state, scratch_row, cells)
+            _publish(state, scratch + own)
         for i in tl.static_range(PATCH):
             for j in tl.static_range(PATCH):  # digit i*p + j: top-left is the least significant
-                cell = _cells_at(state, corner + (i * W + j), scratch_row, BLOCK_T, PATCHES_PAD, SCRATCH)
-                tok += cell * (S ** (i * PATCH + j))
+                nb = _cells_at(state, slot_off + corner + (i * W + j), scratch, TOK_ROWS, PATCHES_PAD, SCRATCH)
+                tok += nb * (S ** (i * PATCH + j))
         start = f * tokens_per_frame
-        tl.store(tok_row + start + 1 + q, tok, mask=row_ok & q_ok)
-        delim = tl.full((BLOCK_T, 1), GRID_TOK, dtype=tl.int32)
-        tl.store(tok_row + start, delim, mask=row_ok)
-        tl.store(tok_row + start + (PATCHES + 1), delim + 1, mask=row_ok)
+        tl.store(tok_rows + start + 1 + q, tok, mask=tok_ok & q_ok)
+        delim = tl.full((TOK_ROWS, 1), GRID_TOK, dtype=tl.int32)
+        tl.store(tok_rows + start, delim, mask=tok_ok)
+        tl.store(tok_rows + start + (PATCHES + 1), delim + 1, mask=tok_ok)
 
 
 # Runtime integers are never specialised: by default Triton compiles a separate kernel for ints divisible by 16
@@ -232,11 +236,14 @@ def nca_rollout_kernel(
     beta_q,  # identity bias at logit scale (used iff USE_BETA)
     noise_span,  # max - min of the noise table (used iff SPARSE_NOISE)
     pin,  # always 0; opaque to the compiler (see _step), never specialised
-    scratch_ptr,  # uint8 (programs * BLOCK_T, CELLS_PAD): each program's neighbour exchange (used iff SCRATCH)
+    scratch_ptr,  # uint8 (programs, ROWS * CH): each program's neighbour exchange (used iff SCRATCH)
     H: tl.constexpr, W: tl.constexpr, S: tl.constexpr, PATCH: tl.constexpr,
     C1: tl.constexpr, C2: tl.constexpr, SHIFT: tl.constexpr,
-    BLOCK_T: tl.constexpr,  # trajectories per program
-    CELLS_PAD: tl.constexpr,  # next power of 2 >= H*W
+    ROWS: tl.constexpr,  # tile rows per program (a power of 2)
+    CH: tl.constexpr,  # cells per tile row (a power of 2)
+    CPT: tl.constexpr,  # tile rows per trajectory: cdiv(H*W, CH), 1 in gather mode
+    TPP: tl.constexpr,  # trajectories per program, <= ROWS // CPT
+    TOK_ROWS: tl.constexpr,  # rows of the token tile: next power of 2 >= TPP (= ROWS in gather mode)
     PATCHES_PAD: tl.constexpr,  # next power of 2 >= (H/P)*(W/P)
     USE_NOISE: tl.constexpr, USE_BETA: tl.constexpr,
     WRITE_TOKENS: tl.constexpr, WRITE_FRAMES: tl.constexpr,
@@ -244,75 +251,109 @@ def nca_rollout_kernel(
     SPARSE_NOISE: tl.constexpr,  # noise table reads only where noise can change the winner (see _step)
 ):
     C: tl.constexpr = H * W
+    SLOT: tl.constexpr = CPT * CH  # a trajectory's cells in scratch, padded up to whole rows
     pid = tl.program_id(0)
-    row = pid * BLOCK_T + tl.arange(0, BLOCK_T)[:, None]  # [BLOCK_T, 1]
-    row_ok = row < B
-    cells = tl.arange(0, CELLS_PAD)[None, :]  # [1, CELLS_PAD]
-    mask = row_ok & (cells < C)
-    row64 = row.to(tl.int64)  # the only int64 values: per-row base offsets, computed once
+    # The tile is [ROWS, CH] for gather (rows are trajectories, gathered along axis 1) and [CH, ROWS] for
+    # scratch: Triton's default layout spreads a tile's fastest axis over the threads, so transposed, each
+    # thread holds one row's CH cells and a per-row weight load serves all of them (as [ROWS, CH] it splits
+    # rows over 4 threads, and converting layouts each step cost 45 barriers, sm_90).
+    if SCRATCH:
+        r = tl.arange(0, ROWS)[None, :]
+        j = tl.arange(0, CH)[:, None]
+    else:
+        r = tl.arange(0, ROWS)[:, None]
+        j = tl.arange(0, CH)[None, :]
+    if CPT == 1:  # a row is a whole trajectory: cells are the same for every row (fewer registers)
+        local = r
+        cell = j
+    else:
+        local = r // CPT  # trajectory within the program
+        cell = (r % CPT) * CH + j
+    traj = pid * TPP + local
+    row_ok = (traj < B) & (local < TPP)
+    mask = row_ok & (cell < C)
+    traj64 = traj.to(tl.int64)  # the only int64 values: per-row base offsets, computed once
 
-    state = tl.load(state_ptr + row64 * C + cells, mask=mask, other=0).to(tl.int32)
-    rule = tl.load(rule_ptr + row, mask=row_ok, other=0)
+    state = tl.load(state_ptr + traj64 * C + cell, mask=mask, other=0).to(tl.int32)
+    rule = tl.load(rule_ptr + traj, mask=row_ok, other=0)
     w1_row = w1_ptr + rule * (9 * S * C1)
     w2_row = w2_ptr + rule * (C1 * C2)
     w3_row = w3_ptr + rule * (C2 * S)
-    key = tl.load(key_ptr + row, mask=row_ok, other=0).to(tl.uint32)
+    key = tl.load(key_ptr + traj, mask=row_ok, other=0).to(tl.uint32)
+    frame_rows = frame_ptr + traj64 * (frames * C)
+    # Scratch: the program's ROWS * CH bytes; element (r, j) owns byte r*CH + j, which is byte `cell` of its
+    # trajectory's slot (local * SLOT). Neighbour reads address slot + cell; padding rows (local >= TPP) read
+    # the last real slot instead, so no read leaves the program's scratch.
+    scratch = scratch_ptr + pid.to(tl.int64) * (ROWS * CH)
+    # (`* (1 + pin)`, i.e. * 1, hides from Triton that `own` is contiguous along the CH axis: it would give the
+    # store a layout of its own and convert the tile through shared memory every step: +1 barrier, sm_90)
+    own = r * CH + j * (1 + pin)
+    slot_off = 0
+    if SCRATCH:
+        slot_off = tl.minimum(local, TPP - 1) * SLOT
+    # Tokens: one tile row per trajectory of the program (TOK_ROWS >= TPP rows).
+    tr = tl.arange(0, TOK_ROWS)[:, None]
+    tok_traj = pid * TPP + tr
+    tok_ok = (tok_traj < B) & (tr < TPP)
     tokens_per_frame = ((H // PATCH) * (W // PATCH) + 2)
-    tok_row = tok_ptr + row64 * (frames * tokens_per_frame)
-    frame_row = frame_ptr + row64 * (frames * C)
-    scratch_row = scratch_ptr + row64 * CELLS_PAD  # rows of the whole last program exist: no mask needed
+    tok_rows = tok_ptr + tok_traj.to(tl.int64) * (frames * tokens_per_frame)
+    tok_slot = 0
+    if SCRATCH:
+        tok_slot = tl.minimum(tr, TPP - 1) * SLOT
 
-    # Periodic neighbour offsets, hoisted out of the time loop: row offsets for dy = -1, 0, 1 and column
-    # offsets for dx = -1, 0, 1; neighbour k's flat index is rows_off[k // 3] + cols_off[k % 3].
-    cc = tl.where(cells < C, cells, 0)  # padded cells read real (harmless) neighbours
+    # Periodic neighbour offsets, hoisted out of the time loop: row offsets for dy = -1, 0, 1 (plus the
+    # trajectory's scratch slot) and column offsets for dx = -1, 0, 1; neighbour k's index is
+    # rows_off[k // 3] + cols_off[k % 3].
+    cc = tl.where(cell < C, cell, 0)  # padded cells read real (harmless) neighbours
     y = cc // W
     x = cc % W
-    rows_off = (tl.where(y == 0, H - 1, y - 1) * W, y * W, tl.where(y == H - 1, 0, y + 1) * W)
+    rows_off = (slot_off + tl.where(y == 0, H - 1, y - 1) * W, slot_off + y * W,
+                slot_off + tl.where(y == H - 1, 0, y + 1) * W)
     cols_off = (tl.where(x == 0, W - 1, x - 1), x, tl.where(x == W - 1, 0, x + 1))
 
     # Segment f = -1 is the burn-in; segment f >= 0 emits frame f (the state at t = burn_in + f * stride), then
-    # runs the `stride` steps to the next frame (none after the last). Measured for sm_90 (triton 3.9, BLOCK_T=2,
+    # runs the `stride` steps to the next frame (none after the last). Measured for sm_90 (triton 3.9, 2 rows,
     # 4 warps, compile times on a busy shared 2-core box, so rough):
     #   this nest: the step instantiated once            255 registers, 112-byte stack, compiled in  75 s
     #   burn-in loop + frame loop (two step copies)      255 registers,  88-byte stack, compiled in 227 s
     #   one flat loop over t with `if frame: emit`       255 registers, 1288-byte stack, compiled in 140 s
     for f in range(-1, frames):
         if f >= 0:
-            _emit(state, f, row_ok, tok_row, frame_row, tokens_per_frame, mask, cells, scratch_row,
-                  H, W, S, PATCH, BLOCK_T, PATCHES_PAD, WRITE_TOKENS, WRITE_FRAMES, SCRATCH)
+            _emit(state, f, frames, tokens_per_frame, tok_rows, tok_ok, tok_slot, frame_rows, mask, cell, own,
+                  scratch, H, W, S, PATCH, TOK_ROWS, PATCHES_PAD, WRITE_TOKENS, WRITE_FRAMES, SCRATCH)
         t0 = tl.where(f < 0, 0, burn_in + f * stride)
         n_steps = tl.where(f < 0, burn_in, tl.where(f + 1 < frames, stride, 0))
         for i in range(n_steps):
-            state = _step(state, t0 + i, pin, mask, row_ok, rows_off, cols_off, cells, key, w1_row, w2_row,
-                          w3_row, noise_ptr, beta_q, noise_span, scratch_row, H, W, S, C1, C2, SHIFT, BLOCK_T,
-                          CELLS_PAD, USE_NOISE, USE_BETA, SCRATCH, SPARSE_NOISE)
+            state = _step(state, t0 + i, pin, mask, row_ok, rows_off, cols_off, cell, own, key, w1_row, w2_row,
+                          w3_row, noise_ptr, beta_q, noise_span, scratch, H, W, S, C1, C2, SHIFT, ROWS, CH,
+                          USE_NOISE, USE_BETA, SCRATCH, SPARSE_NOISE)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Launcher
 # ----------------------------------------------------------------------------------------------------------
 
-# Elements (trajectories x padded cells) per program on a GPU: 512 over 4 warps = 4 cells per thread, so the
-# tuple of C2 = 16 hidden tiles is 64 registers. Compiled for sm_90 with triton 3.9's ptxas (no GPU here),
-# paper sizes (256 padded cells), registers / stack bytes per thread by (BLOCK_T, num_warps):
+# Elements (tile rows x cells per row) per program on a GPU, ~4 cells per thread, so the tuple of C2 = 16
+# hidden tiles is 64 registers. "gather" (a row is a whole trajectory, padded to a power of 2): compiled for
+# sm_90 with triton 3.9's ptxas (no GPU here), paper sizes (256 padded cells), registers / stack bytes per
+# thread by (trajectories, num_warps):
 #     (2, 4) default: 255 / 112      (1, 4): 255 / 352      (1, 2): 255 / 272 (older loop structure)
 #     (4, 8): 32 / 7440              (4, 4) at 12x18: 32 / 4768     (8, 4) at 7x9 (64 padded cells): 255 / 208
-# i.e. ptxas spends the registers on in-flight weight loads (ILP), and 1024-element tiles fall off a cliff
-# (whatever the warps), so 512 it is. Grids larger than 512 cells get one trajectory per program and more warps
-# (up to 32), ~4 cells per thread: correct, but untuned and probably past that cliff (not measured).
-# On the H200 (benchmarks/results/h200/gpu_check_triton.md) the (2, 4) default was the fastest shape measured.
-GPU_ELEMENTS_PER_PROGRAM = 512
+# i.e. ptxas spends the registers on in-flight weight loads (ILP), and 1024-element gather tiles fall off a
+# cliff (whatever the warps), so 512 it is; on the H200 (benchmarks/results/h200/gpu_check_triton.md) (2, 4)
+# was the fastest gather shape measured. "scratch" packs trajectories into rows of SCRATCH_CELLS_PER_ROW cells:
+# at the paper's 144 cells, 7 trajectories fill 252 of 256 rows (98% real cells against 144/256 = 56% for a
+# padded row); see kernel_sass.md for its registers and instructions. Grids larger than 512 cells get one
+# trajectory per program and more warps (up to 32): correct, but untuned.
+GPU_ELEMENTS_PER_PROGRAM = {"gather": 512, "scratch": 1024}
 GPU_CELLS_PER_THREAD = 4
-# Neighbour exchange (the SCRATCH constexpr; see the module docstring). Compiled for sm_90 with triton 3.9's
-# ptxas at the paper's sizes: "scratch" at (1 trajectory, 2 warps) is 1,989 instructions per step per thread
-# for 4 cells, 255 registers, no stack, no shared memory; "gather" at (2, 4) is 4,462 instructions, 255
-# registers, a 112-byte stack, ~430 shuffles and ~20 barriers. "gather" stays the default until a GPU run has
-# checked "scratch" bit for bit and timed it (benchmarks/gpu_check.py does both). NCA_TRITON_NEIGHBOURS sets the
-# default for a process (e.g. a build).
+SCRATCH_CELLS_PER_ROW = 4
+# Neighbour exchange (the SCRATCH constexpr; see the module docstring). "gather" stays the default until a GPU
+# run has checked "scratch" bit for bit and timed it (benchmarks/gpu_check.py does both). NCA_TRITON_NEIGHBOURS
+# sets the default for a process (e.g. a build).
 NEIGHBOURS = ("gather", "scratch")
-ELEMENTS_PER_PROGRAM = {"gather": GPU_ELEMENTS_PER_PROGRAM, "scratch": 256}
-# The interpreter's cost is per operation, not per element: one program over many rows is fastest there.
-INTERPRET_MAX_BLOCK_T = 64
+# The interpreter's cost is per operation, not per element: one program over many trajectories is fastest there.
+INTERPRET_MAX_TRAJECTORIES = 64
 
 
 def interpreting() -> bool:
@@ -331,14 +372,72 @@ def default_neighbours() -> str:
     return mode
 
 
-def _default_block_t(batch: int, cells_pad: int, neighbours: str = "gather") -> int:
-    if interpreting():
-        return min(INTERPRET_MAX_BLOCK_T, triton.next_power_of_2(max(batch, 1)))
-    return max(1, ELEMENTS_PER_PROGRAM[neighbours] // cells_pad)
+def _power_of_2(name: str, value: int) -> None:
+    if value < 1 or value & (value - 1):
+        raise ValueError(f"{name}={value} must be a power of 2")
 
 
-def _default_num_warps(elements: int) -> int:
-    return min(32, max(1, elements // (32 * GPU_CELLS_PER_THREAD)))
+@dataclasses.dataclass(frozen=True)
+class TileLayout:
+    """How one program's [rows, cells_per_row] tile covers its trajectories (the kernel's layout constexprs)."""
+
+    neighbours: str  # "gather" or "scratch"
+    rows: int  # ROWS: tile rows, a power of 2
+    cells_per_row: int  # CH: a power of 2; gather: the padded grid, one trajectory per row
+    rows_per_trajectory: int  # CPT: cdiv(cells, CH); 1 for gather
+    trajectories: int  # TPP: trajectories per program
+    num_warps: int
+
+    @property
+    def token_rows(self) -> int:  # TOK_ROWS: gather emits straight from the state tile's rows
+        return self.rows if self.neighbours == "gather" else triton.next_power_of_2(self.trajectories)
+
+    @property
+    def cells_per_thread(self) -> float:
+        return self.rows * self.cells_per_row / (32 * self.num_warps)
+
+    def programs(self, batch: int) -> int:
+        return triton.cdiv(batch, self.trajectories)
+
+
+def tile_layout(height: int, width: int, batch: int, *, neighbours: str | None = None, block_t: int | None = None,
+                cells_per_row: int | None = None, num_warps: int | None = None) -> TileLayout:
+    """The launch layout: the defaults above, or the tuning knobs (block_t = trajectories per program)."""
+    neighbours = neighbours or default_neighbours()
+    if neighbours not in NEIGHBOURS:
+        raise ValueError(f"neighbours={neighbours!r}: choose one of {', '.join(NEIGHBOURS)}")
+    cells = height * width
+    if neighbours == "gather":
+        if cells_per_row:
+            raise ValueError("cells_per_row is a scratch knob: a gather row holds one whole trajectory")
+        ch, cpt = triton.next_power_of_2(cells), 1
+    else:
+        ch = cells_per_row or SCRATCH_CELLS_PER_ROW
+        _power_of_2("cells_per_row", ch)
+        cpt = triton.cdiv(cells, ch)
+    if block_t is None and interpreting():
+        block_t = min(INTERPRET_MAX_TRAJECTORIES, max(batch, 1))
+        block_t = triton.next_power_of_2(block_t) if neighbours == "gather" else block_t
+    elif block_t is None:
+        block_t = max(1, GPU_ELEMENTS_PER_PROGRAM[neighbours] // (ch * cpt))
+    if neighbours == "gather":
+        _power_of_2("block_t", block_t)  # gather: the tile's rows are the trajectories
+    rows = triton.next_power_of_2(block_t * cpt)
+    num_warps = num_warps or min(32, max(1, rows * ch // (32 * GPU_CELLS_PER_THREAD)))
+    return TileLayout(neighbours, rows, ch, cpt, block_t, num_warps)
+
+
+def kernel_constexprs(spec: RolloutSpec, hidden: tuple[int, int], layout: TileLayout, *, write_tokens: bool,
+                      write_frames: bool, sparse_noise: bool = False) -> dict:
+    """Every constexpr argument of `nca_rollout_kernel` (the launcher's, and benchmarks/kernel_sass.py's)."""
+    h, w, p = spec.height, spec.width, spec.patch
+    c1, c2 = hidden
+    return dict(H=h, W=w, S=spec.states, PATCH=p, C1=c1, C2=c2, SHIFT=spec.hidden_shift,
+                ROWS=layout.rows, CH=layout.cells_per_row, CPT=layout.rows_per_trajectory, TPP=layout.trajectories,
+                TOK_ROWS=layout.token_rows, PATCHES_PAD=triton.next_power_of_2((h // p) * (w // p)),
+                USE_NOISE=spec.noise_span != 0, USE_BETA=spec.beta_q != 0,
+                WRITE_TOKENS=write_tokens, WRITE_FRAMES=write_frames, SCRATCH=layout.neighbours == "scratch",
+                SPARSE_NOISE=bool(sparse_noise))
 
 
 def _check(name: str, t: torch.Tensor, dtype: torch.dtype, ndim: int, device: torch.device) -> None:
@@ -351,8 +450,7 @@ def _check(name: str, t: torch.Tensor, dtype: torch.dtype, ndim: int, device: to
 
 
 def _launch(w1_RKSC, w2_RCJ, w3_RJS, rule_B, states_BHW, keys_B, spec: RolloutSpec, *, write_tokens: bool,
-            write_frames: bool, block_t: int | None = None, num_warps: int | None = None,
-            neighbours: str | None = None, maxnreg: int | None = None, sparse_noise: bool = False):
+            write_frames: bool, maxnreg: int | None = None, sparse_noise: bool = False, **layout_knobs):
     device = states_BHW.device
     if device.type != "cuda" and not interpreting():
         raise ValueError(f"the triton backend needs CUDA tensors (got {device}); set TRITON_INTERPRET=1 before "
@@ -372,6 +470,7 @@ def _launch(w1_RKSC, w2_RCJ, w3_RJS, rule_B, states_BHW, keys_B, spec: RolloutSp
     assert states_BHW.shape[1:] == (h, w) and rule_B.shape == (b,) and keys_B.shape == (b,), (
         states_BHW.shape, rule_B.shape, keys_B.shape, spec)
     assert h % p == 0 and w % p == 0, spec
+    layout = tile_layout(h, w, b, **layout_knobs)  # checks the knobs before any early return
 
     tokens_per_frame = (h // p) * (w // p) + 2
     tokens = torch.empty(b if write_tokens else 0, spec.frames * tokens_per_frame, dtype=torch.int32, device=device)
@@ -381,29 +480,19 @@ def _launch(w1_RKSC, w2_RCJ, w3_RJS, rule_B, states_BHW, keys_B, spec: RolloutSp
     lo, hi = (int(v) for v in torch.aminmax(rule_B))  # one sync; an out-of-range rule would read garbage
     if lo < 0 or hi >= r:
         raise ValueError(f"rule_B holds indices {lo}..{hi} but there are {r} rule tables")
-    neighbours = neighbours or default_neighbours()
-    if neighbours not in NEIGHBOURS:
-        raise ValueError(f"neighbours={neighbours!r}: choose one of {', '.join(NEIGHBOURS)}")
-    cells_pad = triton.next_power_of_2(h * w)
-    block_t = block_t or _default_block_t(b, cells_pad, neighbours)
-    assert block_t & (block_t - 1) == 0, f"block_t={block_t} must be a power of 2"
-    grid = (triton.cdiv(b, block_t),)
+    grid = (layout.programs(b),)
     # Unused outputs get a valid 1-element dummy so the pointer argument is never dangling.
     dummy = torch.empty(1, dtype=torch.int32, device=device)
-    scratch = (torch.empty(grid[0] * block_t, cells_pad, dtype=torch.uint8, device=device)
-               if neighbours == "scratch" else dummy.view(torch.uint8))
+    scratch = (torch.empty(grid[0], layout.rows * layout.cells_per_row, dtype=torch.uint8, device=device)
+               if layout.neighbours == "scratch" else dummy.view(torch.uint8))
     options = {"maxnreg": maxnreg} if maxnreg else {}  # a register cap for ptxas (a tuning knob)
     nca_rollout_kernel[grid](
         w1_RKSC, w2_RCJ, w3_RJS, rule_B, states_BHW, keys_B, _noise_table(spec, str(device)),
         tokens if write_tokens else dummy, frames if write_frames else dummy.view(torch.uint8),
         b, spec.burn_in, spec.frames, spec.frame_stride, spec.beta_q, spec.noise_span, 0, scratch,
-        H=h, W=w, S=s, PATCH=p, C1=c1, C2=c2, SHIFT=spec.hidden_shift,
-        BLOCK_T=block_t, CELLS_PAD=cells_pad,
-        PATCHES_PAD=triton.next_power_of_2((h // p) * (w // p)),
-        USE_NOISE=spec.noise_span != 0, USE_BETA=spec.beta_q != 0,
-        WRITE_TOKENS=write_tokens, WRITE_FRAMES=write_frames, SCRATCH=neighbours == "scratch",
-        SPARSE_NOISE=bool(sparse_noise),
-        num_warps=num_warps or _default_num_warps(block_t * cells_pad), **options,
+        **kernel_constexprs(spec, (c1, c2), layout, write_tokens=write_tokens, write_frames=write_frames,
+                            sparse_noise=sparse_noise),
+        num_warps=layout.num_warps, **options,
     )
     return tokens, frames
 
@@ -414,8 +503,9 @@ def _launch(w1_RKSC, w2_RCJ, w3_RJS, rule_B, states_BHW, keys_B, spec: RolloutSp
 
 
 def rollout_triton(w1_RKSC, w2_RCJ, w3_RJS, rule_B, states_BHW, keys_B, spec: RolloutSpec, **tuning) -> torch.Tensor:
-    """Frames (B, F, H, W) uint8, identical to `rollout_reference`. `tuning`: block_t, num_warps, neighbours,
-    maxnreg, sparse_noise (see `_launch`); none of them changes the output."""
+    """Frames (B, F, H, W) uint8, identical to `rollout_reference`. `tuning`: neighbours, block_t (trajectories
+    per program), cells_per_row (scratch), num_warps (see `tile_layout`), maxnreg, sparse_noise; none of them
+    changes the output."""
     return _launch(w1_RKSC, w2_RCJ, w3_RJS, rule_B, states_BHW, keys_B, spec, write_tokens=False,
                    write_frames=True, **tuning)[1]
 

@@ -23,3 +23,25 @@ def test_benchmark_parses_help(name):
 def test_device_scripts_are_valid_bash(script):
     done = subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / script)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_gpu_check_builds_with_the_fastest_exact_default_mode():
+    """gpu_check.sh builds the paper's dataset with the neighbour mode `best_neighbours` picks from the sweep: only
+    a mode's default launch counts, only if it matched the reference; gather (the shipped default) otherwise."""
+    from benchmarks import gpu_check
+
+    defaults = [i for i, v in enumerate(gpu_check.VARIANTS) if set(v) == {"neighbours"}]
+    assert [gpu_check.VARIANTS[i]["neighbours"] for i in defaults] == ["gather", "scratch"]
+
+    def rows(**by_index):
+        return [by_index.get(f"v{i}", {"skipped": "time budget"}) for i in range(len(gpu_check.VARIANTS))]
+
+    fast, slow = {"equal_to_reference": True, "tokens_per_s": 3e9}, {"equal_to_reference": True, "tokens_per_s": 1e9}
+    g, s = defaults
+    assert gpu_check.best_neighbours(rows(**{f"v{g}": slow, f"v{s}": fast})) == "scratch"
+    assert gpu_check.best_neighbours(rows(**{f"v{g}": fast, f"v{s}": slow})) == "gather"
+    wrong = {**fast, "equal_to_reference": False}
+    assert gpu_check.best_neighbours(rows(**{f"v{g}": slow, f"v{s}": wrong})) == "gather"
+    tuned = next(i for i, v in enumerate(gpu_check.VARIANTS) if v.get("neighbours") == "scratch" and len(v) > 1)
+    assert gpu_check.best_neighbours(rows(**{f"v{g}": slow, f"v{tuned}": fast})) == "gather"  # not a default launch
+    assert gpu_check.best_neighbours(rows()) == "gather"

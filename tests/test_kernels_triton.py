@@ -105,6 +105,48 @@ def test_frames_match_reference(case, neighbours):
     assert_same(got, reference.rollout_reference(*args, spec), f"frames {case} ({neighbours})")
 
 
+# "scratch" packs trajectories into tile rows of `cells_per_row` cells (rollout_triton.tile_layout). These cases
+# leave a part row (cells not a multiple of it), padding rows (block_t * rows per trajectory not a power of 2)
+# and a part program (batch not a multiple of block_t), each checked on tokens and frames from one launch.
+PACKED = {
+    # id: (config, rules, sims, block_t, cells_per_row, sparse_noise)
+    "7x9-p1-row4-block3": (NCAConfig(grid=(7, 9), patch=1, temperature=1.0, burn_in=1, frames=2), 5, 1, 3, 4, False),
+    "12x18-p3-row16-block2": (NCAConfig(grid=(12, 18), patch=3, states=3, **SHORT), 3, 1, 2, 16, False),
+    "paper-row2-block3": (NCAConfig(**SHORT), 2, 2, 3, 2, True),
+    "6x6-beta2-row8-block5": (NCAConfig(grid=(6, 6), identity_bias=2.0, burn_in=1, frames=2), 7, 1, 5, 8, True),
+}
+
+
+@pytest.mark.parametrize("case", list(PACKED), ids=list(PACKED))
+def test_scratch_packing_matches_reference(case):
+    cfg, rules, sims, block_t, cells_per_row, sparse_noise = PACKED[case]
+    spec = RolloutSpec.from_config(cfg)
+    args = make_inputs(cfg, rules, sims)
+    tokens, frames = triton_mod()._launch(*args, spec, write_tokens=True, write_frames=True, neighbours="scratch",
+                                          block_t=block_t, cells_per_row=cells_per_row, sparse_noise=sparse_noise)
+    assert_same(tokens, reference.rollout_tokens_reference(*args, spec), f"tokens {case}")
+    assert_same(frames, reference.rollout_reference(*args, spec), f"frames {case}")
+
+
+def test_tile_layout_defaults_and_knobs(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the GPU defaults
+    rt = triton_mod()
+    gather = rt.tile_layout(12, 12, 10_000, neighbours="gather")
+    assert (gather.rows, gather.cells_per_row, gather.trajectories, gather.num_warps) == (2, 256, 2, 4)
+    packed = rt.tile_layout(12, 12, 10_000, neighbours="scratch")
+    assert (packed.rows, packed.cells_per_row, packed.rows_per_trajectory, packed.trajectories) == (256, 4, 36, 7)
+    assert packed.num_warps == 8 and packed.cells_per_thread == 4 and packed.token_rows == 8
+    assert packed.programs(10_000) == 1429  # ceil(10000 / 7)
+    odd = rt.tile_layout(7, 9, 100, neighbours="scratch")  # 63 cells: 16 rows of 4, the last one part-empty
+    assert (odd.rows_per_trajectory, odd.trajectories, odd.rows) == (16, 16, 256)
+    with pytest.raises(ValueError, match="cells_per_row=3 must be a power of 2"):
+        rt.tile_layout(12, 12, 10, neighbours="scratch", cells_per_row=3)
+    with pytest.raises(ValueError, match="block_t=3 must be a power of 2"):
+        rt.tile_layout(12, 12, 10, neighbours="gather", block_t=3)
+    with pytest.raises(ValueError, match="cells_per_row is a scratch knob"):
+        rt.tile_layout(12, 12, 10, neighbours="gather", cells_per_row=4)
+
+
 def test_noise_is_exercised():
     """Guard against a vacuous pass: at tau = 1 the noise keys change the tokens, and triton follows them."""
     cfg = NCAConfig(grid=(6, 6), temperature=1.0, burn_in=1, frames=2)
