@@ -2,6 +2,8 @@
 
     python -m benchmarks.kernel_sass                 # every variant of benchmarks/gpu_check.py, paper config
     python -m benchmarks.kernel_sass --variant 1     # one of them
+    PYTHONPATH=/tmp/t36 python -m benchmarks.kernel_sass --name kernel_sass_triton36
+        # another Triton's compiler, e.g. the H200 image's: pip install --no-deps --target /tmp/t36 triton==3.6.0
 
 Triton compiles ahead of time for a target it is told about (here sm_90, the H100/H200) with the ptxas it
 bundles, so the compiled kernel can be inspected on a CPU-only machine: `cuobjdump --dump-resource-usage`
@@ -9,7 +11,7 @@ gives registers and stack (spills), `cuobjdump -sass` the machine code. The time
 kernel's two backward branches; its instruction count and mix (IMAD, LDG, SHFL, BAR, ...) per thread per step
 are a proxy for cost, not a timing: it says nothing of latency hiding, so only a GPU run
 (benchmarks/gpu_check.py) decides between variants. Output: benchmarks/results/kernel_sass.{json,md}.
-Compiling takes ~20 s a variant (ptxas); the instruction counts depend on the Triton/ptxas version.
+Compiling takes ~20 s a variant, mostly Triton's own passes; the counts depend on the Triton/ptxas version.
 """
 
 from __future__ import annotations
@@ -98,6 +100,8 @@ def facts(variant: dict, work: Path) -> dict:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variant", type=int, action="append", help="index into gpu_check.VARIANTS (repeatable)")
+    ap.add_argument("--name", default="kernel_sass", help="results name (e.g. kernel_sass_triton36 for another "
+                    "Triton on PYTHONPATH)")
     args = ap.parse_args(argv)
     import tempfile
 
@@ -107,7 +111,7 @@ def main(argv=None) -> None:
             row = facts(VARIANTS[i], Path(tmp))
             print(row, flush=True)
             rows.append(row)
-    write_report("kernel_sass", rows, meta={"target": "sm_90", "config": "paper 12x12 n10 p2, tau 1e-4, tokens",
+    write_report(args.name, rows, meta={"target": "sm_90", "config": "paper 12x12 n10 p2, tau 1e-4, tokens",
                                             "note": "per thread, per time step; a proxy, not a timing"})
 
 

@@ -31,8 +31,13 @@ any working set, i.e. spills, so they are re-read each step (see `pin` in `_step
 Instruction counts per step, compiled for sm_90 with triton 3.9's ptxas (no GPU; benchmarks/kernel_sass.py,
 results/kernel_sass.md), per real cell: "gather" at (2 trajectories, 4 warps) 1,983 (4,462 per thread, 255
 registers, a 112-byte stack; 1.12e9 tokens/s of kernel time on the H200); "scratch" at (7 trajectories,
-8 warps) 639 (2,516 per thread, 255 registers, no stack). benchmarks/gpu_check.py sweeps variants
-(neighbours, trajectories per program, cells per row, num_warps, maxnreg, sparse noise) on the H200.
+8 warps) 639 (2,516 per thread, 255 registers, no stack). Triton 3.6 (the H200 image's) lays the scratch
+tile out differently around the w1 and noise-table loads and converts it through shared memory, 45 barriers a
+step, 753 instructions per real cell (results/kernel_sass_triton36.md). Holding the cells as CH separate
+[ROWS, 1] tiles removes those conversions under both versions (641 / 667 per real cell), but makes Triton's
+coalescing pass 4x slower (88 s a compile against 22), so it waits for a GPU timing of this form.
+benchmarks/gpu_check.py sweeps variants (neighbours, trajectories per program, cells per row, num_warps,
+maxnreg, sparse noise) on the H200.
 Needs Triton >= 3.3 (tl.gather came in 3.2, tuples in jit code in 3.3); the H200 image has 3.6, CI 3.9.
 
 Budget at the paper's config (12x12, 10 states, 4/16 hidden, 27 frames + 10 burn-in = 36 steps,
