@@ -31,13 +31,10 @@ any working set, i.e. spills, so they are re-read each step (see `pin` in `_step
 Instruction counts per step, compiled for sm_90 with triton 3.9's ptxas (no GPU; benchmarks/kernel_sass.py,
 results/kernel_sass.md), per real cell: "gather" at (2 trajectories, 4 warps) 1,983 (4,462 per thread, 255
 registers, a 112-byte stack; 1.12e9 tokens/s of kernel time on the H200); "scratch" at (7 trajectories,
-8 warps) 639 (2,516 per thread, 255 registers, no stack). Triton 3.6 (the H200 image's) lays the scratch
-tile out differently around the w1 and noise-table loads and converts it through shared memory, 45 barriers a
-step, 753 instructions per real cell (results/kernel_sass_triton36.md). Holding the cells as CH separate
-[ROWS, 1] tiles removes those conversions under both versions (641 / 667 per real cell), but makes Triton's
-coalescing pass 4x slower (88 s a compile against 22), so it waits for a GPU timing of this form.
-benchmarks/gpu_check.py sweeps variants (neighbours, trajectories per program, cells per row, num_warps,
-maxnreg, sparse noise) on the H200.
+8 warps) 639 (2,516 per thread, 255 registers, no stack); under triton 3.6 (the H200 image's) 668 with a
+512-byte stack (results/kernel_sass_triton36.md; the tile's orientation follows the Triton version, see
+`scratch_rows_first`). benchmarks/gpu_check.py sweeps variants (neighbours, trajectories per program, cells
+per row, num_warps, maxnreg, sparse noise) on the H200.
 Needs Triton >= 3.3 (tl.gather came in 3.2, tuples in jit code in 3.3); the H200 image has 3.6, CI 3.9.
 
 Budget at the paper's config (12x12, 10 states, 4/16 hidden, 27 frames + 10 burn-in = 36 steps,
@@ -64,6 +61,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 
 import torch
 import triton
@@ -254,15 +252,15 @@ def nca_rollout_kernel(
     WRITE_TOKENS: tl.constexpr, WRITE_FRAMES: tl.constexpr,
     SCRATCH: tl.constexpr,  # neighbours through scratch memory (True) or register gathers (False)
     SPARSE_NOISE: tl.constexpr,  # noise table reads only where noise can change the winner (see _step)
+    ROWS_FIRST: tl.constexpr,  # scratch tile as [ROWS, CH] (True) or [CH, ROWS]; gather is always [ROWS, CH]
 ):
     C: tl.constexpr = H * W
     SLOT: tl.constexpr = CPT * CH  # a trajectory's cells in scratch, padded up to whole rows
     pid = tl.program_id(0)
-    # The tile is [ROWS, CH] for gather (rows are trajectories, gathered along axis 1) and [CH, ROWS] for
-    # scratch: Triton's default layout spreads a tile's fastest axis over the threads, so transposed, each
-    # thread holds one row's CH cells and a per-row weight load serves all of them (as [ROWS, CH] it splits
-    # rows over 4 threads, and converting layouts each step cost 45 barriers, sm_90).
-    if SCRATCH:
+    # The tile is [ROWS, CH] for gather (rows are trajectories, gathered along axis 1); for scratch its
+    # orientation follows the compiler (ROWS_FIRST, see `scratch_rows_first`) so that each thread holds one
+    # row's CH cells and a per-row weight load serves all of them.
+    if SCRATCH and not ROWS_FIRST:
         r = tl.arange(0, ROWS)[None, :]
         j = tl.arange(0, CH)[:, None]
     else:
@@ -432,6 +430,18 @@ def tile_layout(height: int, width: int, batch: int, *, neighbours: str | None =
     return TileLayout(neighbours, rows, ch, cpt, block_t, num_warps)
 
 
+def scratch_rows_first() -> bool:
+    """Whether the scratch tile leads with its rows ([ROWS, CH]) under the installed Triton, else [CH, ROWS].
+
+    Either way each thread must hold one row's CH cells. Triton lays a load out by its pointer's contiguity,
+    and on a tie (the kernel's table lookups have none on any axis) Triton < 3.7 spreads threads over axis 0
+    first, 3.7 and later over the last axis; the tile must put the rows there, or Triton converts the tile's
+    layout through shared memory every step. Compiled for sm_90 (benchmarks/kernel_sass.py, paper config):
+    the matching orientation has 2 barriers a step under triton 3.4, 3.6, 3.7, 3.8 and 3.9; the other 45."""
+    major, minor = (int(part) for part in re.findall(r"\d+", triton.__version__)[:2])
+    return (major, minor) < (3, 7)
+
+
 def kernel_constexprs(spec: RolloutSpec, hidden: tuple[int, int], layout: TileLayout, *, write_tokens: bool,
                       write_frames: bool, sparse_noise: bool = False) -> dict:
     """Every constexpr argument of `nca_rollout_kernel` (the launcher's, and benchmarks/kernel_sass.py's)."""
@@ -442,7 +452,7 @@ def kernel_constexprs(spec: RolloutSpec, hidden: tuple[int, int], layout: TileLa
                 TOK_ROWS=layout.token_rows, PATCHES_PAD=triton.next_power_of_2((h // p) * (w // p)),
                 USE_NOISE=spec.noise_span != 0, USE_BETA=spec.beta_q != 0,
                 WRITE_TOKENS=write_tokens, WRITE_FRAMES=write_frames, SCRATCH=layout.neighbours == "scratch",
-                SPARSE_NOISE=bool(sparse_noise))
+                SPARSE_NOISE=bool(sparse_noise), ROWS_FIRST=layout.neighbours == "gather" or scratch_rows_first())
 
 
 def _check(name: str, t: torch.Tensor, dtype: torch.dtype, ndim: int, device: torch.device) -> None:

@@ -128,6 +128,25 @@ def test_scratch_packing_matches_reference(case):
     assert_same(frames, reference.rollout_reference(*args, spec), f"frames {case}")
 
 
+@pytest.mark.parametrize("rows_first", [False, True])
+def test_scratch_tile_orientation_does_not_change_results(monkeypatch, rows_first):
+    """The scratch tile's orientation follows the Triton version (scratch_rows_first); both must be exact."""
+    monkeypatch.setattr(triton_mod(), "scratch_rows_first", lambda: rows_first)
+    cfg, rules, sims, block_t, cells_per_row, sparse_noise = PACKED["7x9-p1-row4-block3"]
+    spec = RolloutSpec.from_config(cfg)
+    args = make_inputs(cfg, rules, sims)
+    got = triton_mod().rollout_tokens_triton(*args, spec, neighbours="scratch", block_t=block_t,
+                                             cells_per_row=cells_per_row, sparse_noise=sparse_noise)
+    assert_same(got, reference.rollout_tokens_reference(*args, spec), f"tokens, rows_first={rows_first}")
+
+
+def test_scratch_orientation_follows_the_triton_version(monkeypatch):
+    rt = triton_mod()
+    for version, rows_first in [("3.4.0", True), ("3.6.0+git1234", True), ("3.7.0", False), ("3.10.1", False)]:
+        monkeypatch.setattr(rt.triton, "__version__", version)
+        assert rt.scratch_rows_first() is rows_first, version
+
+
 def test_tile_layout_defaults_and_knobs(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # the GPU defaults
     rt = triton_mod()
