@@ -44,12 +44,14 @@ RUNTIME_TYPES = {"w1_ptr": "*i32", "w2_ptr": "*i32", "w3_ptr": "*i32", "rule_ptr
 SASS_LINE = re.compile(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?);")
 
 
-def compile_for_sm90(layout: rt.TileLayout, maxnreg: int | None, sparse_noise: bool):
-    """The paper-config token kernel with the launcher's constexprs for `layout`, compiled for sm_90."""
+def compile_for_sm90(layout: rt.TileLayout, maxnreg: int | None, sparse_noise: bool, cfg: NCAConfig | None = None,
+                     write_frames: bool = False):
+    """The token kernel (plus frames if asked) of `cfg` (default: the paper's) with the launcher's constexprs
+    for `layout`, compiled for sm_90. Needs no GPU; fails where Triton's compiler rejects the kernel."""
     fn = rt.nca_rollout_kernel
-    cfg = NCAConfig()
+    cfg = cfg or NCAConfig()
     const = rt.kernel_constexprs(RolloutSpec.from_config(cfg), cfg.hidden, layout, write_tokens=True,
-                                 write_frames=False, sparse_noise=sparse_noise)
+                                 write_frames=write_frames, sparse_noise=sparse_noise)
     missing = set(fn.arg_names) - set(RUNTIME_TYPES) - set(const)
     assert not missing, f"kernel_sass.RUNTIME_TYPES is out of date: {missing}"
     signature = {name: RUNTIME_TYPES.get(name, "constexpr") for name in fn.arg_names}

@@ -3,11 +3,17 @@
 Without a GPU the kernel runs in the Triton interpreter (conftest sets TRITON_INTERPRET=1 before anything
 imports the kernel module). The interpreter's cost is per operation and per time step, not per cell, so these
 cases keep rollouts short (a few steps) and each one a single program, except where the test is about blocks.
+The interpreter runs the kernel as Python, so one test also compiles it for sm_90 (no GPU needed) to catch what
+Triton's compiler rejects.
 GPU tests (`-m gpu`) check 100,000 paper-config sequences against the reference on the GPU and the numba
 backend on the CPU, a non-paper config, and that backend="auto" on CUDA dispatches here.
 """
 
 import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +26,7 @@ from nca_datagen.rollout import rollout_tokens
 from nca_datagen.rules import sample_rules
 from nca_datagen.seeds import trajectory_inputs
 
+ROOT = Path(__file__).resolve().parent.parent
 SHORT = dict(burn_in=2, frames=3)  # 4 steps: a paper rollout is 36, far too slow for the interpreter
 
 
@@ -145,6 +152,32 @@ def test_scratch_orientation_follows_the_triton_version(monkeypatch):
     for version, rows_first in [("3.4.0", True), ("3.6.0+git1234", True), ("3.7.0", False), ("3.10.1", False)]:
         monkeypatch.setattr(rt.triton, "__version__", version)
         assert rt.scratch_rows_first() is rows_first, version
+
+
+COMPILE_FOR_SM90 = """
+from benchmarks.kernel_sass import compile_for_sm90
+from nca_datagen.config import NCAConfig
+from nca_datagen.kernels import rollout_triton as rt
+
+cfg = NCAConfig(grid=(12, 18), patch=3, states=3, temperature=1.0, identity_bias=2.0)
+for neighbours, rows_first in [("gather", True), ("scratch", False), ("scratch", True)]:
+    rt.scratch_rows_first = lambda: rows_first  # compile both scratch orientations, whatever Triton this is
+    layout = rt.tile_layout(*cfg.grid, 1000, neighbours=neighbours)
+    kernel = compile_for_sm90(layout, None, neighbours == "scratch", cfg=cfg, write_frames=True)
+    print(neighbours, rows_first, len(kernel.asm["cubin"]), "cubin bytes")
+"""
+
+
+@pytest.mark.slow
+def test_kernel_compiles_for_sm90_without_a_gpu():
+    """The interpreter runs the kernel as Python, so only Triton's compiler catches what it rejects (types,
+    shapes, layouts). Compile ahead of time for sm_90 (ptxas ships with Triton): both neighbour modes, both
+    scratch orientations, frames and tokens, noise, identity bias and sparse noise, on an odd config."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("cubin bytes") == 3, done.stdout
 
 
 def test_tile_layout_defaults_and_knobs(monkeypatch):
