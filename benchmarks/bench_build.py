@@ -8,7 +8,8 @@ Rows: the inline executor, Ray with 1 and 2 workers (and, with --gpus, Ray with 
   the machine is not shared, the number to trust on a busy box;
 - the per-stage split of worker time (probe+filter, rollout+tokenize — one fused kernel call —, stats,
   compress+write, from `ShardData.timings` and the writer), plus compress vs write measured apart on one shard;
-- peak RSS of the driver (`wait4` of the command) and of the largest worker (from the event log).
+- peak RSS of the driver (`wait4` of the command) and of the largest worker (from the event log);
+- a timeline of the wall time: start-up (imports, Ray, actors), first shard, all shards, finish (see `timeline`).
 A second inline run with 10x the tokens checks that memory stays flat as the dataset grows.
 
     python -m benchmarks.bench_build                       # CPU: --tokens 4M, and 40M for the flat-RSS check
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 from benchmarks.report import write_report
@@ -44,6 +46,7 @@ def run_build(out: Path, args: list[str]) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "NCA_DATAGEN_FAIL_SHARDS")}
     log = out.with_name(out.name + ".console.txt")
     with open(log, "wb") as console:
+        launched = time.time()  # wall clock, to place the event log's first timestamp
         t0 = time.perf_counter()
         # cwd: not the checkout, which `-m` would put first on sys.path (the console script does not)
         proc = subprocess.Popen([*CONSOLE, "build", "--out", str(out), "--quiet", *args], env=env, stdout=console,
@@ -55,7 +58,7 @@ def run_build(out: Path, args: list[str]) -> dict:
         raise RuntimeError(f"build failed ({proc.returncode}): {log.read_text()[-3000:]}")
     events = [json.loads(line) for log in sorted((out / "_logs").glob("*.jsonl"))
               for line in log.read_text().splitlines()]
-    return {"wall": wall, "driver_rss_mb": rusage.ru_maxrss / 1024, "events": events,
+    return {"wall": wall, "launched": launched, "driver_rss_mb": rusage.ru_maxrss / 1024, "events": events,
             "manifest": json.loads((out / "manifest.json").read_text())}
 
 
@@ -84,10 +87,22 @@ def summarise(name: str, result: dict) -> dict:
         "tok_per_cpu_s": tokens / (sum(e.get("cpu_s", 0.0) for e in done) or float("nan")),
         "driver_rss_mb": round(result["driver_rss_mb"]),
         "worker_rss_mb": round(max(e["peak_rss_mb"] for e in done)),
+        **timeline(result, done),
     }
     for stage in ("probe_filter", "rollout_tokenize", "stats", "compress_write"):
         row[f"{stage}_%"] = round(100 * stages.get(stage, 0.0) / busy, 1)
     return row
+
+
+def timeline(result: dict, done: list[dict]) -> dict:
+    """Where the wall time went, in seconds: `startup_s` (process start, imports, Ray start and generator actors:
+    everything before the event log's `build_start`), `first_shard_s` (until the first shard is written: worker
+    start, kernel load or compile), `shards_s` (first to last shard), `finish_s` (manifest, Ray shutdown, exit)."""
+    start = next(e for e in result["events"] if e["event"] == "build_start")
+    startup = datetime.fromisoformat(start["time"].replace("Z", "+00:00")).timestamp() - result["launched"]
+    first, last = min(e["t"] for e in done), max(e["t"] for e in done)
+    return {"startup_s": round(startup, 2), "first_shard_s": round(first - start["t"], 2),
+            "shards_s": round(last - first, 2), "finish_s": round(result["wall"] - startup - (last - start["t"]), 2)}
 
 
 def compress_vs_write(config_args: list[str]) -> dict:

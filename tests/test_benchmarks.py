@@ -45,3 +45,16 @@ def test_gpu_check_builds_with_the_fastest_exact_default_mode():
     tuned = next(i for i, v in enumerate(gpu_check.VARIANTS) if v.get("neighbours") == "scratch" and len(v) > 1)
     assert gpu_check.best_neighbours(rows(**{f"v{g}": slow, f"v{tuned}": fast})) == "gather"  # not a default launch
     assert gpu_check.best_neighbours(rows()) == "gather"
+
+
+def test_bench_build_times_a_real_build(tmp_path):
+    """bench_build's row for one small real build: tokens from the event log, and a timeline that adds up to the
+    wall time (start-up before the log, first shard, the other shards, finish)."""
+    from benchmarks import bench_build
+
+    result = bench_build.run_build(tmp_path / "out", ["--tokens", "40K", "--executor", "inline", "--device", "cpu"])
+    row = bench_build.summarise("inline", result)
+    assert row["tokens"] == sum(split["tokens"] for split in result["manifest"]["splits"].values())
+    parts = [row[k] for k in ("startup_s", "first_shard_s", "shards_s", "finish_s")]
+    assert all(p >= 0 for p in parts) and row["startup_s"] > 0.1, row  # a fresh interpreter imports for > 0.1 s
+    assert abs(sum(parts) - row["wall_s"]) < 0.1, row
