@@ -113,7 +113,7 @@ def _step(state, t, pin, mask, row_ok, rows_off, cols_off, cell, own, key, w1_ro
           noise_span, scratch, H: tl.constexpr, W: tl.constexpr, S: tl.constexpr, C1: tl.constexpr,
           C2: tl.constexpr, SHIFT: tl.constexpr, ROWS: tl.constexpr, CH: tl.constexpr,
           USE_NOISE: tl.constexpr, USE_BETA: tl.constexpr, SCRATCH: tl.constexpr, SPARSE_NOISE: tl.constexpr):
-    """One synchronous update of the tile `state` (int32 [ROWS, CH]) from time t to t + 1."""
+    """One synchronous update of the int32 cell tile `state` (ROWS x CH, either orientation) from t to t + 1."""
     # `pin` is always 0 at run time, but the compiler cannot know it: the weight addresses then vary with t,
     # so LLVM cannot hoist the 224 per-row w2/w3 loads out of the time loop. Hoisted, they need 224 live
     # registers per row held; compiled for sm_90 (triton 3.9, 2 rows, 4 warps) that was 168 registers plus
