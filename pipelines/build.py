@@ -193,24 +193,34 @@ def run_build(plan: BuildPlan, executor, opts: BuildOptions) -> dict:
         click.echo(f"interrupted: {progress.done_count} of {plan.total_shards} shards are complete and kept; "
                    f"rerun the same command to finish the rest", err=True)
         raise SystemExit(128 + signum) from None  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
-    finally:
-        executor.close()  # idempotent; also on unexpected errors, so no Ray is left behind
-    progress.close()
-    if failed:
-        names = [f"{s}:{i}" for s, i in sorted(failed)]
-        _stop(executor, progress, log, "build_failed", failed=names)
+    except BaseException:
+        executor.close()  # unexpected errors too: no Ray is left behind
+        raise
+    # Every shard is done or failed for good. Ray shuts down in the background while the manifest and the card
+    # are written (each takes 1-2 s on 2 cores; shutdown mostly waits on processes, so they overlap).
+    closing = threading.Thread(target=executor.close, name="executor-close")
+    closing.start()
+    try:
+        progress.close()
+        if failed:
+            names = [f"{s}:{i}" for s, i in sorted(failed)]
+            log.emit("build_failed", failed=names)
+            log.close()
+            _upload_log(fs, root, log_path, local)
+            raise BuildFailed(f"{len(failed)} shard(s) failed after {opts.max_attempts} attempts: "
+                              f"{', '.join(names)}. No manifest was written; the other shards are kept. Fix the "
+                              f"cause (see {log_path}) and rerun the same command to build only what is missing.")
+        log.emit("shards_done", seconds=progress.elapsed)
+        provenance = _provenance(opts, executor, backend, progress)
+        ordered = {split: [records[split][i] for i in range(n)] for split, n in plan.shards.items()}
+        result = manifest.write_manifest(opts.out_url, config, ordered, provenance,
+                                         storage_options=opts.storage_options)
+        log.emit("build_end", seconds=progress.elapsed, tokens_built=progress.tokens,
+                 tokens_per_s=progress.tokens_per_s, stage_seconds=progress.stage_seconds)
+        log.close()
         _upload_log(fs, root, log_path, local)
-        raise BuildFailed(f"{len(failed)} shard(s) failed after {opts.max_attempts} attempts: {', '.join(names)}. "
-                          f"No manifest was written; the other shards are kept. Fix the cause (see {log_path}) "
-                          f"and rerun the same command to build only what is missing.")
-    log.emit("shards_done", seconds=progress.elapsed)
-    provenance = _provenance(opts, executor, backend, progress)
-    ordered = {split: [records[split][i] for i in range(n)] for split, n in plan.shards.items()}
-    result = manifest.write_manifest(opts.out_url, config, ordered, provenance, storage_options=opts.storage_options)
-    log.emit("build_end", seconds=progress.elapsed, tokens_built=progress.tokens, tokens_per_s=progress.tokens_per_s,
-             stage_seconds=progress.stage_seconds)
-    log.close()
-    _upload_log(fs, root, log_path, local)
+    finally:
+        closing.join()
     _summary(plan, opts, progress, result, log_path)
     return result
 
