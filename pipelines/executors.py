@@ -85,10 +85,14 @@ def run_shard(job: ShardJob, split: str, index: int) -> ShardResult:
 
 
 def limit_threads(n: int) -> None:
-    """One Ray task holds one CPU: keep numba's and torch's thread pools to it (no oversubscription)."""
-    import torch
-
-    torch.set_num_threads(n)
+    """One Ray task holds one CPU: keep numba's and torch's thread pools to it (no oversubscription). Torch is
+    not imported for this (seconds per worker process): if it is not loaded yet, it reads OMP_NUM_THREADS when
+    a torch-backend shard imports it."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(n)
+    else:
+        os.environ["OMP_NUM_THREADS"] = str(n)
     try:
         import numba
     except ImportError:

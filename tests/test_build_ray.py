@@ -135,3 +135,22 @@ def test_generator_actor_pipeline_on_cpu(tmp_path):
     run_build(plan, InlineExecutor(), BuildOptions(out_url=str(tmp_path / "inline"), device="cpu", quiet=True))
     assert shard_bytes(tmp_path / "actors") == shard_bytes(tmp_path / "inline")
     assert len(shard_bytes(tmp_path / "actors")) == 5
+
+
+def test_a_cpu_worker_never_imports_torch(tmp_path):
+    """A CPU shard (numba backend) in a fresh worker process, as a Ray task runs it: importing torch there cost
+    ~2 s per worker process before its first shard. Its thread limit then waits in OMP_NUM_THREADS."""
+    code = (
+        "import os, sys\n"
+        "from nca_datagen.config import DatasetConfig\n"
+        "from nca_datagen.pipelines.executors import ShardJob, run_shard\n"
+        f"job = ShardJob(config=DatasetConfig(rules_per_shard=5, sims_per_rule=2), out_url={str(tmp_path)!r},\n"
+        "               device='cpu', threads=1)\n"
+        "result = run_shard(job, 'train', 0)\n"
+        "print(result.record['samples'], 'torch' in sys.modules, os.environ.get('OMP_NUM_THREADS'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "NCA_BACKEND", "NCA_DEVICE")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["10", "False", "1"], done.stdout
