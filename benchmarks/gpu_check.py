@@ -94,7 +94,7 @@ def shown(variant: dict, batch: int) -> tuple[dict, rt.TileLayout]:
     return {"neighbours": layout.neighbours, "block_t": layout.trajectories, "cells_per_row": layout.cells_per_row,
             "rows": layout.rows, "num_warps": layout.num_warps, "maxnreg": variant.get("maxnreg"),
             "sparse_noise": bool(variant.get("sparse_noise")),
-            "rows_first": layout.neighbours == "gather" or rt.scratch_rows_first()}, layout
+            "rows_first": layout.rows_first}, layout
 
 
 def best_neighbours(rows: list[dict]) -> str:

@@ -396,6 +396,10 @@ class TileLayout:
         return self.rows if self.neighbours == "gather" else triton.next_power_of_2(self.trajectories)
 
     @property
+    def rows_first(self) -> bool:  # ROWS_FIRST: gather tiles always are [ROWS, CH]; scratch follows Triton
+        return self.neighbours == "gather" or scratch_rows_first()
+
+    @property
     def cells_per_thread(self) -> float:
         return self.rows * self.cells_per_row / (32 * self.num_warps)
 
@@ -452,7 +456,7 @@ def kernel_constexprs(spec: RolloutSpec, hidden: tuple[int, int], layout: TileLa
                 TOK_ROWS=layout.token_rows, PATCHES_PAD=triton.next_power_of_2((h // p) * (w // p)),
                 USE_NOISE=spec.noise_span != 0, USE_BETA=spec.beta_q != 0,
                 WRITE_TOKENS=write_tokens, WRITE_FRAMES=write_frames, SCRATCH=layout.neighbours == "scratch",
-                SPARSE_NOISE=bool(sparse_noise), ROWS_FIRST=layout.neighbours == "gather" or scratch_rows_first())
+                SPARSE_NOISE=bool(sparse_noise), ROWS_FIRST=layout.rows_first)
 
 
 def _check(name: str, t: torch.Tensor, dtype: torch.dtype, ndim: int, device: torch.device) -> None:
