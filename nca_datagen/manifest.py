@@ -29,6 +29,7 @@ from importlib import metadata
 import numpy as np
 
 from nca_datagen import __version__, storage
+from nca_datagen.card import write_card
 from nca_datagen.config import SPLITS, DatasetConfig
 from nca_datagen.shards import COMPRESSIONS
 
@@ -106,7 +107,7 @@ def write_manifest(out_url: str, config: DatasetConfig, records: dict[str, list[
                    storage_options=None, *, figures: bool = True) -> dict:
     """Write the Parquet tables, the dataset card and then `manifest.json`; return the manifest.
 
-    `figures=False` writes the card's text without its PNG figures (drawing them regenerates a few rules and
+    `figures=False` writes the card's text without its PNG figures (drawing them reads a few samples and
     imports matplotlib: about a second or more, which tests skip).
     """
     fs, root = storage.filesystem(out_url, storage_options)
@@ -129,7 +130,7 @@ def write_manifest(out_url: str, config: DatasetConfig, records: dict[str, list[
         "totals": {k: sum(s[k] for s in splits.values()) for k in ("num_shards", "samples", "tokens", "bytes")},
         "provenance": {**environment(), **provenance},
     }
-    _write_card(fs, root, manifest, figures)
+    write_card(fs, root, manifest, figures=figures)
     storage.write_atomic(fs, storage.join(root, MANIFEST), _json_bytes(manifest))
     if storage.exists(fs, storage.join(root, BUILD)):
         storage_remove(fs, storage.join(root, BUILD))
@@ -259,14 +260,6 @@ def _add_hist(total: dict | None, h: dict) -> dict:
         return {"lo": h["lo"], "hi": h["hi"], "counts": list(h["counts"])}
     assert (total["lo"], total["hi"], len(total["counts"])) == (h["lo"], h["hi"], len(h["counts"])), (total, h)
     return {**total, "counts": (np.asarray(total["counts"]) + np.asarray(h["counts"])).tolist()}
-
-
-def _write_card(fs, root: str, manifest: dict, figures: bool) -> None:
-    try:
-        from nca_datagen.card import write_card
-    except ImportError:  # the dataset card module is optional until it lands; the dataset is complete without it
-        return
-    write_card(fs, root, manifest, figures=figures)
 
 
 def read_json(fs, path: str):

@@ -637,12 +637,12 @@ def _make_executor(kw):
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--device") from None
     if kw["ray_address"] is None and not os.environ.get("RAY_ADDRESS") and kw["device"] == "cuda":
-        from nca_datagen.rollout import resolve_device
+        from nca_datagen.rollout import NO_CUDA_GPU, gpu_driver_present
 
-        try:  # local Ray: the driver's machine is the cluster, so check before starting Ray
-            resolve_device("cuda")
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--device") from None
+        # Local Ray: the driver's machine is the cluster, so fail before starting Ray when it has no GPU driver.
+        # With one, Ray's own GPU count decides (below) and the driver never imports torch (~1-2 s).
+        if not gpu_driver_present():
+            raise click.BadParameter(NO_CUDA_GPU, param_hint="--device")
     try:
         executor = RayExecutor(kw["ray_address"], kw["workers"], kw["gpus"], kw["device"], kw["actors_per_gpu"])
     except ConnectionError as exc:

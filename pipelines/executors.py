@@ -317,7 +317,9 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 
 def _local_actor_cpus(device: str, gpus: int | None, actors_per_gpu: int) -> int:
     """CPUs the generator actors of a local GPU build will hold (0 on a CPU build)."""
-    if device == "cpu" or gpus == 0:
+    from nca_datagen.rollout import gpu_driver_present
+
+    if device == "cpu" or gpus == 0 or not gpu_driver_present():
         return 0
     import torch
 

@@ -1,11 +1,15 @@
 """Determinism of the rollout: frames, seeds, batches, orderings and devices (reference backend)."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
 from nca_datagen.config import NCAConfig
-from nca_datagen.rollout import resolve_backend, resolve_device, rollout_frames, rollout_tokens
+from nca_datagen.rollout import gpu_driver_present, resolve_backend, resolve_device, rollout_frames, rollout_tokens
 from nca_datagen.rules import sample_rules
 from nca_datagen.seeds import trajectory_inputs
 from nca_datagen.tokenizer import frames_to_sequence
@@ -85,6 +89,37 @@ def test_backend_and_device_resolution(monkeypatch):
         with pytest.raises(ValueError, match="no CUDA GPU"):
             resolve_device("cuda")
         assert resolve_device("auto") == "cpu"
+
+
+def _resolve_in_fresh_process(nodes: tuple[str, ...], device: str) -> list[str]:
+    code = ("import sys\nfrom nca_datagen import rollout\n"
+            f"rollout.GPU_DEVICE_NODES = {nodes!r}\n"
+            "try:\n    got = rollout.resolve_device(sys.argv[1])\nexcept ValueError as exc:\n    got = 'error'\n"
+            "print(got, 'torch' in sys.modules)\n")
+    env = {k: v for k, v in os.environ.items() if k != "NCA_DEVICE"}
+    done = subprocess.run([sys.executable, "-c", code, device], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.split()
+
+
+def test_device_resolution_imports_torch_only_when_a_gpu_driver_is_present(tmp_path):
+    """No GPU driver: `auto` is the CPU and `cuda` an error, without importing torch (~2 s on 2 cores). With a
+    driver's device node present, torch decides."""
+    absent = (str(tmp_path / "no-such-device"),)
+    assert _resolve_in_fresh_process(absent, "auto") == ["cpu", "False"]
+    assert _resolve_in_fresh_process(absent, "cuda") == ["error", "False"]
+    node = tmp_path / "nvidiactl"
+    node.touch()
+    expected = "cuda" if HAS_CUDA else "cpu"
+    assert _resolve_in_fresh_process((str(node),), "auto") == [expected, "True"]
+    assert _resolve_in_fresh_process((str(node),), "cuda") == [expected if HAS_CUDA else "error", "True"]
+
+
+@pytest.mark.gpu
+def test_a_gpu_machine_has_a_gpu_driver_node():
+    """`auto` skips torch when none of GPU_DEVICE_NODES exists: on a real GPU machine one must."""
+    assert gpu_driver_present()
+    assert resolve_device("auto") == "cuda"
 
 
 @pytest.mark.gpu
