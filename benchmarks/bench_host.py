@@ -45,13 +45,14 @@ def cpu_time(fn, repeat: int) -> float:
 def shard_stages(config: DatasetConfig, index: int, repeat: int, out: str) -> dict[str, float]:
     """CPU seconds of each host stage of one shard (and of its rollouts, for scale)."""
     cfg, sid = config.nca, split_id("train")
-    kept, considered, _ = select_rules(config, "train", index)
+    chosen = select_rules(config, "train", index)
+    kept, considered = chosen.rule_ids, chosen.considered_ratios
     candidates = index * RULE_ID_STRIDE + np.arange(len(considered))  # every candidate the filter looked at
     probe_cfg = cfg.probe(config.probe_frames)
     probe_frames, _ = probe_rollouts(config, "train", candidates)
     rule_of_sample = np.repeat(np.arange(len(kept)), config.sims_per_rule)
     sims = np.tile(np.arange(config.sims_per_rule), len(kept))
-    tables = sample_rules(cfg, config.seed, sid, kept)
+    tables = chosen.tables
     states, keys = trajectory_inputs(cfg, config.seed, sid, kept[rule_of_sample], sims)
     tokens = rollout_tokens(cfg, tables, rule_of_sample, states, keys)
     data = generate_shard(config, "train", index)
@@ -62,9 +63,9 @@ def shard_stages(config: DatasetConfig, index: int, repeat: int, out: str) -> di
             trajectory_inputs(probe_cfg, config.seed, sid, candidates, [PROBE_SIM] * len(candidates), probe=True),
             sample_rules(cfg, config.seed, sid, candidates)), repeat),
         "generator: probe gzip filter": cpu_time(lambda: [gzip_ratio(ids) for ids in probe_ids], repeat),
-        "generator: seeding + rules": cpu_time(lambda: (sample_rules(cfg, config.seed, sid, kept),
-                                                        trajectory_inputs(cfg, config.seed, sid,
-                                                                          kept[rule_of_sample], sims)), repeat),
+        # the kept rules' tables come from the probe's (select_rules): the main rollout only seeds trajectories
+        "generator: seeding": cpu_time(lambda: trajectory_inputs(cfg, config.seed, sid, kept[rule_of_sample], sims),
+                                       repeat),
         "writer: decode frames": cpu_time(lambda: sequence_to_frames(tokens, cfg), repeat),
         "writer: gzip complexity": cpu_time(lambda: sequence_ratios(tokens, cfg.tokens_per_frame,
                                                                     config.probe_frames), repeat),

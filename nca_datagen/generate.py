@@ -23,7 +23,7 @@ import numpy as np
 from nca_datagen.complexity import grid_stats, gzip_ratio, sequence_ratios
 from nca_datagen.config import DatasetConfig, split_id
 from nca_datagen.rollout import rollout_frames, rollout_tokens
-from nca_datagen.rules import PROBE_SIM, sample_rules
+from nca_datagen.rules import PROBE_SIM, RuleTables, sample_rules
 from nca_datagen.seeds import trajectory_inputs
 from nca_datagen.tokenizer import encode_patches, sequence_to_frames
 
@@ -53,42 +53,64 @@ class ShardData:
 
 
 def probe_rollouts(config: DatasetConfig, split: str, rule_ids, *, frames: int | None = None, backend=None,
-                   device=None):
+                   device=None, tables: RuleTables | None = None):
     """Probe trajectories (B, F, H, W) of the candidates and their filter ratios (B,).
 
     The ratio always uses the first `probe_frames` frames; `frames` (for pictures) may roll out longer, which
-    leaves those frames unchanged (frame k is the state after burn-in + k steps).
+    leaves those frames unchanged (frame k is the state after burn-in + k steps). `tables`: the candidates'
+    rules, if the caller has them already (else sampled here).
     """
     cfg = config.nca.probe(max(frames or 0, config.probe_frames))
     sid = split_id(split)
-    tables = sample_rules(cfg, config.seed, sid, rule_ids)
+    if tables is None:
+        tables = sample_rules(cfg, config.seed, sid, rule_ids)
     states, keys = trajectory_inputs(cfg, config.seed, sid, rule_ids, [PROBE_SIM] * len(rule_ids), probe=True)
     frames_BFHW = rollout_frames(cfg, tables, np.arange(len(rule_ids)), states, keys, backend=backend, device=device)
     ratios = np.array([gzip_ratio(ids) for ids in encode_patches(frames_BFHW[:, : config.probe_frames], cfg)])
     return frames_BFHW[:, : frames or config.probe_frames], ratios
 
 
-def probe_ratios(config: DatasetConfig, split: str, rule_ids, *, backend=None, device=None) -> np.ndarray:
+def probe_ratios(config: DatasetConfig, split: str, rule_ids, *, backend=None, device=None,
+                 tables: RuleTables | None = None) -> np.ndarray:
     """The paper's filter statistic for each candidate: gzip ratio of its probe trajectory's patch tokens."""
-    return probe_rollouts(config, split, rule_ids, backend=backend, device=device)[1]
+    return probe_rollouts(config, split, rule_ids, backend=backend, device=device, tables=tables)[1]
 
 
-def select_rules(config: DatasetConfig, split: str, shard_index: int, *, backend=None, device=None):
-    """Probe candidates in id order until `rules_per_shard` are kept; returns (kept ids, all ratios, counts)."""
+@dataclass
+class Selection:
+    """The outcome of a shard's filter: kept rule ids (with their rule tables), every considered candidate's
+    probe ratio, and the filter's counts."""
+
+    rule_ids: np.ndarray
+    tables: RuleTables
+    considered_ratios: np.ndarray
+    counts: dict[str, int]
+
+
+def select_rules(config: DatasetConfig, split: str, shard_index: int, *, backend=None, device=None) -> Selection:
+    """Probe candidates in id order until `rules_per_shard` are kept.
+
+    The kept rules' tables come back too: the shard's rollouts reuse them rather than sampling the same rules
+    again (a rule depends only on its id, and the probe differs from the main rollout only in frames; that
+    saved ~7 ns of host time per stored token)."""
     need, limit = config.rules_per_shard, config.candidate_limit
     assert limit <= RULE_ID_STRIDE, (limit, RULE_ID_STRIDE)
     first = shard_index * RULE_ID_STRIDE
     ratios: list[np.ndarray] = []
     kept: list[int] = []
+    kept_tables: list[RuleTables] = []
     probed = 0
     while len(kept) < need:
         if probed >= limit:
             raise _unreachable(config, np.concatenate(ratios), split, shard_index)
         batch = min(limit - probed, max(PROBE_BATCH_MIN, 2 * (need - len(kept))))
         ids = np.arange(first + probed, first + probed + batch)
-        r = probe_ratios(config, split, ids, backend=backend, device=device)
+        tables = sample_rules(config.nca, config.seed, split_id(split), ids)
+        r = probe_ratios(config, split, ids, backend=backend, device=device, tables=tables)
         ratios.append(r)
-        kept.extend(int(i) for i in ids[config.band.contains(r)])
+        inside = np.flatnonzero(config.band.contains(r))
+        kept.extend(int(i) for i in ids[inside])
+        kept_tables.append(tables.select(inside))
         probed += batch
     all_ratios = np.concatenate(ratios)
     last = kept[need - 1] - first + 1  # candidates up to and including the K-th kept one
@@ -99,7 +121,8 @@ def select_rules(config: DatasetConfig, split: str, shard_index: int, *, backend
         "too_simple": int((considered <= config.band.lo).sum()),
         "too_complex": int((considered >= config.band.hi).sum()),
     }
-    return np.array(kept[:need], dtype=np.int64), considered, counts
+    tables = RuleTables.concat(kept_tables).select(slice(0, need))
+    return Selection(np.array(kept[:need], dtype=np.int64), tables, considered, counts)
 
 
 def _unreachable(config, ratios, split, shard_index) -> UnreachableBandError:
@@ -121,13 +144,14 @@ def generate_shard(config: DatasetConfig, split: str, shard_index: int, *, backe
     sid = split_id(split)
     cfg = config.nca
     t0 = time.perf_counter()
-    rule_ids, candidate_ratios, counts = select_rules(config, split, shard_index, backend=backend, device=device)
+    chosen = select_rules(config, split, shard_index, backend=backend, device=device)
+    rule_ids, candidate_ratios, counts = chosen.rule_ids, chosen.considered_ratios, chosen.counts
     t1 = time.perf_counter()
     sims = config.sims_per_rule
     rule_of_sample = np.repeat(np.arange(len(rule_ids)), sims)
     sample_rule_ids = rule_ids[rule_of_sample]
     sample_sims = np.tile(np.arange(sims), len(rule_ids))
-    tables = sample_rules(cfg, config.seed, sid, rule_ids)
+    tables = chosen.tables
     states, keys = trajectory_inputs(cfg, config.seed, sid, sample_rule_ids, sample_sims)
     tokens = rollout_tokens(cfg, tables, rule_of_sample, states, keys, backend=backend, device=device)
     t2 = time.perf_counter()

@@ -111,6 +111,11 @@ class RuleTables:
     def select(self, idx) -> RuleTables:
         return RuleTables(self.w1_RKSC[idx], self.w2_RCJ[idx], self.w3_RJS[idx])
 
+    @staticmethod
+    def concat(parts: list[RuleTables]) -> RuleTables:
+        return RuleTables(*(np.concatenate([getattr(p, name) for p in parts]) for name in ("w1_RKSC", "w2_RCJ",
+                                                                                            "w3_RJS")))
+
 
 def sample_rules(cfg, seed: int, split_id: int, rule_ids) -> RuleTables:
     """Draw, fold and quantise the rules `rule_ids` (any order; each rule depends only on its own id).
@@ -123,8 +128,8 @@ def sample_rules(cfg, seed: int, split_id: int, rule_ids) -> RuleTables:
     budget = _stream_budget(sum(sizes))
     columns = [np.full(r, seed), np.full(r, split_id), rule_ids, np.full(r, STREAM_RULE)]
     normals = np.empty((r, budget))
-    for i, rng in enumerate(streams.generators(columns)):
-        normals[i] = rng.standard_normal(budget)
+    for normals_row, rng in zip(normals, streams.generators(columns), strict=True):
+        rng.standard_normal(out=normals_row)  # in place: the same draws, no temporary
     pos = np.zeros(r, dtype=np.int64)  # next unread draw of each rule's stream
     kernels = []
     for shape, size, fan_in in zip(shapes, sizes, fan_ins(cfg), strict=True):

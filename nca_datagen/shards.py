@@ -24,10 +24,20 @@ the compressed shard into memory and checks it, so a corrupt shard yields nothin
 The tar is written and parsed directly rather than with `tarfile` (whose output ours matches byte for byte,
 tested): `tarfile` costs ~0.25 ms of Python per member, which held writing and reading near 1M tokens/s per core.
 
-zstd level 6 is the default (`DEFAULT_LEVEL`): on a 40-sequence shard of paper-sized 50%+ tokens
-(2 cores, zstandard 0.25) levels 1/3/6/15/19 give 0.87/0.83/0.78/0.73/0.73 of the raw bytes at
-450/150/54/9.5/3.6 MB/s. 54 MB/s is ~27M tokens/s per core, far above generation speed; level 15 saves 6% more
-at a sixth of the speed. Decompression runs at ~490 MB/s at every level up to 10.
+zstd level 3 (zstd's own default) is ours (`DEFAULT_LEVEL`). Measured on three default-size shards (160
+sequences, 2 cores, zstandard 0.25), compressed size as a share of the tar, and speed:
+
+| level | 50%+ band | 30-40% band | MB/s |
+|---|---|---|---|
+| 1 | 0.430 | 0.290 | ~300 |
+| 3 | 0.427 | 0.248 | ~140-160 |
+| 6 | 0.425 | 0.246 | ~60 |
+| 9 | 0.424 | 0.239 | ~38 |
+
+Level 6 saves 0.5-0.8% of the bytes at 2.4x the CPU: on a GPU build, where compression is a large share of the
+host's work per token, that CPU is worth more than the bytes. Decompression runs at ~490 MB/s at every level up
+to 10. A resumed build keeps the level its first shards were written with (the build reads it from their
+records), so a dataset never mixes levels.
 """
 
 from __future__ import annotations
@@ -47,7 +57,7 @@ from nca_datagen.complexity import histogram
 
 COMPRESSIONS = {"zstd": ".tar.zst", "none": ".tar"}
 DEFAULT_COMPRESSION = "zstd"
-DEFAULT_LEVEL = 6  # see the module docstring for the measurement behind this choice
+DEFAULT_LEVEL = 3  # see the module docstring for the measurement behind this choice
 HIST_BINS = 50  # fixed edges on [0, 1]: histograms of different shards add up bin by bin
 TOKEN_DTYPE = np.dtype("<u2")
 BLOCK, RECORD = 512, 10240  # tar block and record sizes (tarfile pads archives to whole records)

@@ -19,6 +19,7 @@ Rerunning the same command skips every shard whose record exists and whose file 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import math
 import os
@@ -37,7 +38,7 @@ from nca_datagen.units import COUNT, format_bytes, format_count, format_duration
 # Estimates for --dry-run. Speed: benchmarks/bench_build.py on a shared, busy 2-core Xeon (numba backend, paper
 # config, 50%+ band) measured 0.3-0.5M stored tokens/s per worker once warm; the GPU figure is the design target
 # (paper dataset in < 10 s on an H200), not a measurement. Size: one 200-sequence 50%+ shard at the default zstd
-# level is 1.69 bytes/token (50%+ rules are near-incompressible by design; a 30-40% band gives 0.93); plain tar
+# level (3) is 1.69 bytes/token (50%+ rules are near-incompressible by design; a 30-40% band gives ~0.94); plain tar
 # is 4.04 (two 512-byte tar headers and the JSON member per sequence). Startup (Ray, kernel load) and the
 # manifest and dataset card add ~20-40 s on that machine.
 EST_TOKENS_PER_S_PER_CPU = 0.4e6
@@ -170,6 +171,7 @@ def run_build(plan: BuildPlan, executor, opts: BuildOptions) -> dict:
                    threads=executor.worker_threads,
                    faults=os.environ.get(FAULTS_ENV, ""), fault_dir=os.environ.get(FAULT_DIR_ENV, ""))
     records, todo = _resume_state(plan, job, fs, root)
+    job = dataclasses.replace(job, level=_existing_level(records))  # a resumed dataset keeps one zstd level
     backend = resolve_backend(opts.backend, opts.device)
     log.emit("build_start", out=job.out_url, executor=executor.description, backend=backend, device=opts.device,
              shards=plan.shards, skipped=sum(len(r) for r in records.values()), todo=len(todo),
@@ -322,6 +324,11 @@ def _resume_state(plan, job, fs, root):
             else:
                 todo.append((split, index))
     return records, todo
+
+
+def _existing_level(records: dict[str, dict[int, dict]]) -> int | None:
+    """The zstd level of the shards already written (None for a fresh build: the default applies)."""
+    return next((r.get("level") for recs in records.values() for r in recs.values()), None)
 
 
 def _verify(fs, root: str, record: dict) -> bool:

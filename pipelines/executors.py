@@ -50,6 +50,7 @@ class ShardJob:
     config: object  # DatasetConfig
     out_url: str  # absolute local path or object-store URL
     compression: str = "zstd"
+    level: int | None = None  # zstd level; None = shards.DEFAULT_LEVEL (a resumed build passes its dataset's)
     storage_options: dict | None = None
     backend: str | None = None
     device: str = "cpu"
@@ -108,7 +109,8 @@ def write_generated(job: ShardJob, data) -> ShardResult:
 
     add_sample_stats(data, job.config)
     t0 = time.perf_counter()
-    record = shards.write_shard(data, job.out_url, compression=job.compression,
+    level = shards.DEFAULT_LEVEL if job.level is None else job.level
+    record = shards.write_shard(data, job.out_url, compression=job.compression, level=level,
                                 storage_options=job.storage_options)
     timings = dict(data.timings)
     timings.update(record.get("timings", {}) if isinstance(record.get("timings"), dict) else {})

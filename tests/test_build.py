@@ -208,6 +208,26 @@ def test_unfinished_build_guard_and_resume_verifies_shards(tmp_path, monkeypatch
     assert shard.read_bytes() == good
 
 
+def test_a_resumed_build_keeps_its_datasets_zstd_level(tmp_path, monkeypatch):
+    """Shards written before an upgrade changed the default level: the rest are written at their level, so the
+    dataset stays uniform and `verify --regenerate` (which uses the manifest's level) still matches."""
+    from nca_datagen import shards
+    from nca_datagen.verify import regenerate_and_compare
+
+    out = tmp_path / "ds"
+    monkeypatch.setattr(shards, "DEFAULT_LEVEL", 9)  # the "old" default
+    monkeypatch.setenv("NCA_DATAGEN_FAIL_SHARDS", "train:1,val:0")
+    assert build("--executor", "inline", "--retries", "0", out=out).exit_code == 1  # shard 0 only, at level 9
+    monkeypatch.undo()
+    assert shards.DEFAULT_LEVEL != 9
+    resumed = build("--executor", "inline", out=out)
+    assert resumed.exit_code == 0, resumed.output
+    records = [json.loads(p.read_text()) for p in sorted(out.glob("*/shard-*.json"))]
+    assert [r["level"] for r in records] == [9, 9, 9]
+    assert json.loads((out / "manifest.json").read_text())["splits"]["train"]["level"] == 9
+    assert regenerate_and_compare(str(out), 3, echo=lambda *_: None) == []
+
+
 # -- local Ray, end to end -----------------------------------------------------------------------------------
 
 
