@@ -19,6 +19,7 @@ and atomically: a reader that sees a manifest sees every shard it names.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -52,31 +53,49 @@ def prepare_output(out_url: str, config: DatasetConfig, *, overwrite: bool = Fal
     - otherwise record the build (`build.json`) so that rerunning the same command resumes it.
     """
     fs, root = storage.filesystem(out_url, storage_options)
-    where = storage.url_of(fs, root)
     wanted = {"config": config.to_dict(), "settings": settings or {}}
-    try:
+    with _as_unwritable(fs, root):
         if storage.is_local(fs):
             os.makedirs(root, exist_ok=True)
-        _prepare(fs, root, where, wanted, overwrite)
-    except OSError as exc:
-        raise ValueError(f"cannot write to {where} ({type(exc).__name__}: {exc}); choose a writable output "
-                         f"folder, or check the bucket name and credentials for s3:// URLs") from exc
+        _refuse_if_taken(fs, root, wanted, overwrite)
+        if overwrite:
+            remove_dataset(fs, root)
+        storage.write_atomic(fs, storage.join(root, BUILD), _json_bytes(wanted))
 
 
-def _prepare(fs, root: str, where: str, wanted: dict, overwrite: bool) -> None:
-    if storage.exists(fs, storage.join(root, MANIFEST)) and not overwrite:
+def check_output(out_url: str, config: DatasetConfig, *, overwrite: bool = False, storage_options=None,
+                 settings: dict | None = None) -> None:
+    """`prepare_output`'s refusals, writing nothing: a build asks before it starts Ray, so a taken output
+    fails in a second, not after the cluster's start-up."""
+    fs, root = storage.filesystem(out_url, storage_options)
+    with _as_unwritable(fs, root):
+        _refuse_if_taken(fs, root, {"config": config.to_dict(), "settings": settings or {}}, overwrite)
+
+
+def _refuse_if_taken(fs, root: str, wanted: dict, overwrite: bool) -> None:
+    """Raise if `root` holds a finished dataset (unless `overwrite`) or an unfinished build of another config."""
+    where = storage.url_of(fs, root)
+    if overwrite:
+        return
+    if storage.exists(fs, storage.join(root, MANIFEST)):
         raise ValueError(f"{where} already holds a finished dataset ({MANIFEST}); pass --overwrite to replace "
                          f"it, or choose another output folder")
-    if overwrite:
-        remove_dataset(fs, root)
-    else:
-        previous = read_json(fs, storage.join(root, BUILD))
-        if previous is not None and previous != wanted:
-            diff = "\n  ".join(config_diff(previous, wanted)) or "(formatting only)"
-            raise ValueError(f"{where} holds an unfinished build made with a different config:\n  {diff}\n"
-                             f"rerun with the old settings to resume it, pass --overwrite to discard it, "
-                             f"or choose another output folder")
-    storage.write_atomic(fs, storage.join(root, BUILD), _json_bytes(wanted))
+    previous = read_json(fs, storage.join(root, BUILD))
+    if previous is not None and previous != wanted:
+        diff = "\n  ".join(config_diff(previous, wanted)) or "(formatting only)"
+        raise ValueError(f"{where} holds an unfinished build made with a different config:\n  {diff}\n"
+                         f"rerun with the old settings to resume it, pass --overwrite to discard it, "
+                         f"or choose another output folder")
+
+
+@contextlib.contextmanager
+def _as_unwritable(fs, root: str):
+    """OSError (permissions, a missing bucket, credentials) -> ValueError naming the output and the fix."""
+    try:
+        yield
+    except OSError as exc:
+        raise ValueError(f"cannot write to {storage.url_of(fs, root)} ({type(exc).__name__}: {exc}); choose a "
+                         f"writable output folder, or check the bucket name and credentials for s3:// URLs") from exc
 
 
 def config_diff(old, new, prefix: str = "") -> list[str]:

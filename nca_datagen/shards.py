@@ -147,13 +147,18 @@ def sample_columns(data) -> dict[str, list]:
 def read_shard_record(out_url: str, split: str, index: int, storage_options: dict | None = None) -> dict | None:
     """The record of a finished shard, or None if the record or its shard is missing or the size disagrees."""
     fs, root = storage.filesystem(out_url, storage_options)
-    try:
-        record = json.loads(storage.read_bytes(fs, storage.join(root, record_name(split, index))))
-    except (FileNotFoundError, ValueError):  # missing or unreadable: the shard is rebuilt
-        return None
-    if storage.size(fs, storage.join(root, record["path"])) != record["bytes"]:
+    record = load_record(fs, root, split, index)
+    if record is None or storage.size(fs, storage.join(root, record["path"])) != record["bytes"]:
         return None
     return record
+
+
+def load_record(fs, root: str, split: str, index: int) -> dict | None:
+    """A shard record as written, or None if it is missing or unreadable (its shard is not looked at)."""
+    try:
+        return json.loads(storage.read_bytes(fs, storage.join(root, record_name(split, index))))
+    except (FileNotFoundError, ValueError):  # missing or unreadable: the shard is rebuilt
+        return None
 
 
 def iter_shard_samples(url_or_path: str, *, storage_options: dict | None = None, fs=None,

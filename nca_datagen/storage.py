@@ -79,6 +79,18 @@ def exists(fs, path: str) -> bool:
     return fs.exists(path)
 
 
+def listing(fs, directory: str) -> dict[str, int]:
+    """{file name: size in bytes} directly under `directory`, fresh (never a cached listing); empty if it does
+    not exist. One request on object storage, where asking about each expected file costs one or two apiece."""
+    fs.invalidate_cache(directory)
+    try:
+        entries = fs.ls(directory, detail=True)
+    except FileNotFoundError:
+        return {}
+    return {e["name"].rstrip("/").rsplit("/", 1)[-1]: int(e.get("size") or 0) for e in entries
+            if e.get("type") == "file"}
+
+
 def size(fs, path: str) -> int | None:
     """Size in bytes, or None when `path` does not exist."""
     try:

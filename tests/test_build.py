@@ -145,6 +145,22 @@ def test_unreachable_ray_address(tmp_path):
     assert not out.exists()
 
 
+def test_a_taken_output_is_refused_before_ray_starts(tmp_path, monkeypatch):
+    """The output is checked first: given an unreachable cluster too, the output's refusal is what the user
+    sees (before, Ray's start-up, ~6 s, came first), and the dataset is untouched."""
+    finished, unfinished = tmp_path / "finished", tmp_path / "unfinished"
+    assert build("--executor", "inline", out=finished).exit_code == 0
+    monkeypatch.setenv("NCA_DATAGEN_FAIL_SHARDS", "val:0")
+    assert build("--executor", "inline", "--retries", "0", out=unfinished).exit_code == 1
+    monkeypatch.delenv("NCA_DATAGEN_FAIL_SHARDS")
+    before = {out: shard_bytes(out) for out in (finished, unfinished)}
+    refused = build("--ray-address", "127.0.0.1:1", out=finished)
+    assert refused.exit_code == 1 and "already holds a finished dataset" in refused.output
+    refused = build("--ray-address", "127.0.0.1:1", "--seed", "4", out=unfinished)
+    assert refused.exit_code == 1 and "seed: 0 -> 4" in refused.output
+    assert {out: shard_bytes(out) for out in (finished, unfinished)} == before
+
+
 def test_unreachable_band_leaves_nothing(tmp_path):
     out = tmp_path / "ds"
     result = build("--complexity", "0.9:1.0", "--executor", "inline", out=out)
@@ -226,6 +242,41 @@ def test_a_resumed_build_keeps_its_datasets_zstd_level(tmp_path, monkeypatch):
     assert [r["level"] for r in records] == [9, 9, 9]
     assert json.loads((out / "manifest.json").read_text())["splits"]["train"]["level"] == 9
     assert regenerate_and_compare(str(out), 3, echo=lambda *_: None) == []
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_resume_finds_and_checks_shards_from_one_listing(where, tmp_path, monkeypatch, request):
+    """What a resumed build trusts: a record whose shard is missing, the wrong size, or the wrong sha256 is
+    rebuilt, as is an unreadable record; everything else is kept. Same on a local folder and on S3 (where the
+    existing records come from one listing per split, not one request per planned shard)."""
+    from nca_datagen import storage
+
+    flags, options = [], None
+    if where == "s3":
+        server = request.getfixturevalue("s3_server")
+        url = f"{request.getfixturevalue('s3_bucket')}/ds"
+        flags, options = ["--endpoint-url", server], {"endpoint_url": server}
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    else:
+        url = str(tmp_path / "ds")
+    more = ["--tokens", str(5 * 4 * 152), "--executor", "inline", *flags]  # train: 5 shards, val: 1
+    reference = tmp_path / "reference"
+    assert build(*more, out=reference).exit_code == 0
+    monkeypatch.setenv("NCA_DATAGEN_FAIL_SHARDS", "val:0")
+    assert build(*more, "--retries", "0", out=url).exit_code == 1  # train shards kept, no manifest
+    monkeypatch.delenv("NCA_DATAGEN_FAIL_SHARDS")
+    fs, root = storage.filesystem(url, options)
+    shard = "train/shard-{:06d}.tar.zst".format
+    fs.rm(storage.join(root, shard(0)))  # record left, shard gone
+    storage.write_atomic(fs, storage.join(root, shard(1)), b"short")  # wrong size
+    blob = storage.read_bytes(fs, storage.join(root, shard(2)))
+    storage.write_atomic(fs, storage.join(root, shard(2)), blob[:-1] + bytes([blob[-1] ^ 1]))  # wrong sha256
+    storage.write_atomic(fs, storage.join(root, "train/shard-000003.json"), b"{not json")  # unreadable record
+    resumed = build(*more, out=url)
+    assert resumed.exit_code == 0, resumed.output
+    assert "building 5 of 6 shards" in resumed.output  # train 0-3 and val 0; train 4 was kept
+    for name, data in shard_bytes(reference).items():
+        assert storage.read_bytes(fs, storage.join(root, name)) == data, name
 
 
 # -- local Ray, end to end -----------------------------------------------------------------------------------
