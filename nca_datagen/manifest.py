@@ -257,8 +257,9 @@ def _check_complete(fs, root: str, split: str, recs: list[dict]) -> None:
                          f"{missing[:10]} (rerun the build to finish them)")
     if len({r["compression"] for r in recs}) > 1:
         raise ValueError(f"{split}: shards were written with different compressions; rebuild with --overwrite")
+    sizes = storage.listing(fs, storage.join(root, split))  # one request, not one per shard on object storage
     for r in recs:
-        have = storage.size(fs, storage.join(root, r["path"]))
+        have = sizes.get(r["path"].rsplit("/", 1)[-1])
         if have != r["bytes"]:
             raise ValueError(f"{storage.url_of(fs, storage.join(root, r['path']))}: "
                              f"{'missing' if have is None else f'{have} bytes'}, its record says {r['bytes']}; "

@@ -75,6 +75,18 @@ def test_unwritable_output_is_a_clear_error(tmp_path):
         prepare_output(str(blocker / "ds"), FAKE)
 
 
+def test_write_manifest_refuses_a_shard_that_is_missing_or_the_wrong_size(tmp_path):
+    out = str(tmp_path)
+    recs = [write_shard(fake_shard("train", i), out) for i in range(2)]
+    (tmp_path / recs[1]["path"]).write_bytes(b"short")
+    with pytest.raises(ValueError, match=r"shard-000001.tar.zst: 5 bytes, its record says"):
+        write_manifest(out, FAKE, {"train": recs}, {}, figures=False)
+    (tmp_path / recs[0]["path"]).unlink()
+    with pytest.raises(ValueError, match=r"shard-000000.tar.zst: missing, its record says"):
+        write_manifest(out, FAKE, {"train": recs}, {}, figures=False)
+    assert not (tmp_path / MANIFEST).exists()
+
+
 def test_write_manifest_refuses_gaps_and_drops_stale_shards(tmp_path):
     out = str(tmp_path)
     recs = [write_shard(fake_shard("train", i), out) for i in range(3)]
