@@ -20,15 +20,16 @@ from nca_datagen.rules import RuleTables
 BACKENDS = ("auto", "triton", "numba", "torch")
 
 
-# Device nodes a GPU driver creates: NVIDIA's control node, WSL2's GPU paravirtualisation, AMD's ROCm (whose
-# torch also answers to "cuda"). With none of them no torch build can see a GPU, so `auto` needs no torch import.
-GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/dxg", "/dev/kfd")
+# Files a GPU driver creates: NVIDIA's control node and driver version, WSL2's GPU paravirtualisation, AMD's ROCm
+# (whose torch also answers to "cuda"). With none of them no torch build can see a GPU, so `auto` needs no torch
+# import; any one of them only means "ask torch" (the safe direction when a container shows the driver alone).
+GPU_DRIVER_FILES = ("/dev/nvidiactl", "/proc/driver/nvidia/version", "/dev/dxg", "/dev/kfd")
 NO_CUDA_GPU = "device 'cuda' was requested but no CUDA GPU is visible here: use --device cpu or auto"
 
 
 def gpu_driver_present() -> bool:
     """Whether a GPU driver is installed. False is certain; True only means "ask torch"."""
-    return any(os.path.exists(node) for node in GPU_DEVICE_NODES)
+    return any(os.path.exists(path) for path in GPU_DRIVER_FILES)
 
 
 def resolve_device(device: str | None = None) -> str:

@@ -91,9 +91,9 @@ def test_backend_and_device_resolution(monkeypatch):
         assert resolve_device("auto") == "cpu"
 
 
-def _resolve_in_fresh_process(nodes: tuple[str, ...], device: str) -> list[str]:
+def _resolve_in_fresh_process(files: tuple[str, ...], device: str) -> list[str]:
     code = ("import sys\nfrom nca_datagen import rollout\n"
-            f"rollout.GPU_DEVICE_NODES = {nodes!r}\n"
+            f"rollout.GPU_DRIVER_FILES = {files!r}\n"
             "try:\n    got = rollout.resolve_device(sys.argv[1])\nexcept ValueError as exc:\n    got = 'error'\n"
             "print(got, 'torch' in sys.modules)\n")
     env = {k: v for k, v in os.environ.items() if k != "NCA_DEVICE"}
@@ -104,7 +104,7 @@ def _resolve_in_fresh_process(nodes: tuple[str, ...], device: str) -> list[str]:
 
 def test_device_resolution_imports_torch_only_when_a_gpu_driver_is_present(tmp_path):
     """No GPU driver: `auto` is the CPU and `cuda` an error, without importing torch (~2 s on 2 cores). With a
-    driver's device node present, torch decides."""
+    driver file present, torch decides."""
     absent = (str(tmp_path / "no-such-device"),)
     assert _resolve_in_fresh_process(absent, "auto") == ["cpu", "False"]
     assert _resolve_in_fresh_process(absent, "cuda") == ["error", "False"]
@@ -117,7 +117,7 @@ def test_device_resolution_imports_torch_only_when_a_gpu_driver_is_present(tmp_p
 
 @pytest.mark.gpu
 def test_a_gpu_machine_has_a_gpu_driver_node():
-    """`auto` skips torch when none of GPU_DEVICE_NODES exists: on a real GPU machine one must."""
+    """`auto` skips torch when none of GPU_DRIVER_FILES exists: on a real GPU machine one must."""
     assert gpu_driver_present()
     assert resolve_device("auto") == "cuda"
 
