@@ -151,9 +151,8 @@ def generate_shard(config: DatasetConfig, split: str, shard_index: int, *, backe
     rule_of_sample = np.repeat(np.arange(len(rule_ids)), sims)
     sample_rule_ids = rule_ids[rule_of_sample]
     sample_sims = np.tile(np.arange(sims), len(rule_ids))
-    tables = chosen.tables
     states, keys = trajectory_inputs(cfg, config.seed, sid, sample_rule_ids, sample_sims)
-    tokens = rollout_tokens(cfg, tables, rule_of_sample, states, keys, backend=backend, device=device)
+    tokens = rollout_tokens(cfg, chosen.tables, rule_of_sample, states, keys, backend=backend, device=device)
     t2 = time.perf_counter()
     probe_of_rule = dict(zip(_candidate_ids(shard_index, len(candidate_ratios)), candidate_ratios, strict=True))
     columns = {

@@ -40,13 +40,11 @@ def resolve_device(device: str | None = None) -> str:
     device = device or os.environ.get("NCA_DEVICE", "auto")
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
         raise ValueError(f"device {device!r}: choose auto, cpu or cuda")
-    if device == "cpu" or (device == "auto" and not gpu_driver_present()):
-        return "cpu"
-    if not gpu_driver_present() or not _torch_sees_cuda():
-        if device == "auto":
-            return "cpu"
+    if device != "cpu" and gpu_driver_present() and _torch_sees_cuda():
+        return "cuda" if device == "auto" else device
+    if device.startswith("cuda"):
         raise ValueError(NO_CUDA_GPU)
-    return "cuda" if device == "auto" else device
+    return "cpu"
 
 
 def _torch_sees_cuda() -> bool:

@@ -19,7 +19,6 @@ Rerunning the same command skips every shard whose record exists and whose file 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import math
 import os
@@ -173,7 +172,7 @@ def run_build(plan: BuildPlan, executor, opts: BuildOptions) -> dict:
                    threads=executor.worker_threads,
                    faults=os.environ.get(FAULTS_ENV, ""), fault_dir=os.environ.get(FAULT_DIR_ENV, ""))
     records, todo = _resume_state(plan, fs, root)
-    job = dataclasses.replace(job, level=_existing_level(records))  # a resumed dataset keeps one zstd level
+    job = replace(job, level=_existing_level(records))  # a resumed dataset keeps one zstd level
     backend = resolve_backend(opts.backend, opts.device)
     log.emit("build_start", out=job.out_url, executor=executor.description, backend=backend, device=opts.device,
              shards=plan.shards, skipped=sum(len(r) for r in records.values()), todo=len(todo),
@@ -333,13 +332,10 @@ def _resume_state(plan, fs, root):
     with ThreadPoolExecutor(RESUME_THREADS) as pool:
         found = dict(zip(existing, pool.map(verified, existing), strict=True))
     records: dict[str, dict[int, dict]] = {split: {} for split in plan.shards}
-    todo = []
-    for split, n in plan.shards.items():
-        for index in range(n):
-            if found.get((split, index)) is not None:
-                records[split][index] = found[(split, index)]
-            else:
-                todo.append((split, index))
+    for (split, index), rec in found.items():
+        if rec is not None:
+            records[split][index] = rec
+    todo = [(split, index) for split, n in plan.shards.items() for index in range(n) if index not in records[split]]
     return records, todo
 
 
