@@ -35,15 +35,15 @@ import click
 
 from nca_datagen.units import COUNT, format_bytes, format_count, format_duration
 
-# Estimates for --dry-run. Speed: benchmarks/bench_build.py on a shared, busy 2-core Xeon (numba backend, paper
-# config, 50%+ band) measured 0.3-0.5M stored tokens/s per worker once warm; the GPU figure is the design target
-# (paper dataset in < 10 s on an H200), not a measurement. Size: one 200-sequence 50%+ shard at the default zstd
-# level (3) is 1.69 bytes/token (50%+ rules are near-incompressible by design; a 30-40% band gives ~0.94); plain tar
-# is 4.04 (two 512-byte tar headers and the JSON member per sequence). Startup (Ray, kernel load) and the
-# manifest and dataset card add ~20-40 s on that machine.
-EST_TOKENS_PER_S_PER_CPU = 0.4e6
+# Estimates for --dry-run. Speed: benchmarks/bench_build.py at 45M tokens on a shared 2-core Xeon (numba backend,
+# paper config, 50%+ band; results/build-40M.json) measured 1.4-1.6M stored tokens/s per worker in steady state;
+# the GPU figure is the design target (paper dataset in < 10 s on an H200), not a measurement. Size: one
+# 200-sequence 50%+ shard at the default zstd level (3) is 1.69 bytes/token (50%+ rules are near-incompressible by
+# design; a 30-40% band gives ~0.94); plain tar is 4.04 (two 512-byte tar headers and the JSON member per
+# sequence). Fixed costs on that machine: Ray start-up ~6 s, first shard ~2 s, manifest, card and shutdown ~3-4 s.
+EST_TOKENS_PER_S_PER_CPU = 1.4e6
 EST_TOKENS_PER_S_PER_GPU = 16e6
-EST_STARTUP_S = 30.0
+EST_STARTUP_S = 12.0
 EST_BYTES_PER_TOKEN = {"zstd": 1.69, "none": 4.04}
 PAPER = {"train_rules": 16_000, "val_rules": 2_000, "sims_per_rule": 10, "band": "50%+"}
 DEFAULT_VAL_FRACTION = 0.125  # the paper's 2,000 validation rules per 16,000 training rules
