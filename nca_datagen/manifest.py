@@ -259,7 +259,7 @@ def _check_complete(fs, root: str, split: str, recs: list[dict]) -> None:
         raise ValueError(f"{split}: shards were written with different compressions; rebuild with --overwrite")
     sizes = storage.listing(fs, storage.join(root, split))  # one request, not one per shard on object storage
     for r in recs:
-        have = sizes.get(r["path"].rsplit("/", 1)[-1])
+        have = sizes.get(storage.basename(r["path"]))
         if have != r["bytes"]:
             raise ValueError(f"{storage.url_of(fs, storage.join(root, r['path']))}: "
                              f"{'missing' if have is None else f'{have} bytes'}, its record says {r['bytes']}; "

@@ -79,6 +79,11 @@ def exists(fs, path: str) -> bool:
     return fs.exists(path)
 
 
+def basename(path: str) -> str:
+    """The last part of a local path or object key (what `listing` keys by)."""
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
 def listing(fs, directory: str) -> dict[str, int]:
     """{file name: size in bytes} directly under `directory`, fresh (never a cached listing); empty if it does
     not exist. One request on object storage, where asking about each expected file costs one or two apiece."""
@@ -87,7 +92,7 @@ def listing(fs, directory: str) -> dict[str, int]:
         entries = fs.ls(directory, detail=True)
     except FileNotFoundError:
         return {}
-    return {e["name"].rstrip("/").rsplit("/", 1)[-1]: int(e.get("size") or 0) for e in entries
+    return {basename(e["name"]): int(e.get("size") or 0) for e in entries
             if e.get("type") == "file"}
 
 

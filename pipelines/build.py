@@ -322,11 +322,11 @@ def _resume_state(plan, fs, root):
 
     files = {split: storage.listing(fs, storage.join(root, split)) for split in plan.shards}
     existing = [(split, index) for split, n in plan.shards.items() for index in range(n)
-                if _base(record_name(split, index)) in files[split]]
+                if storage.basename(record_name(split, index)) in files[split]]
 
     def verified(key):
         rec = load_record(fs, root, *key)
-        ok = rec is not None and files[key[0]].get(_base(rec["path"])) == rec.get("bytes")
+        ok = rec is not None and files[key[0]].get(storage.basename(rec["path"])) == rec.get("bytes")
         return rec if ok and _hash_matches(fs, root, rec) else None
 
     with ThreadPoolExecutor(RESUME_THREADS) as pool:
@@ -337,10 +337,6 @@ def _resume_state(plan, fs, root):
             records[split][index] = rec
     todo = [(split, index) for split, n in plan.shards.items() for index in range(n) if index not in records[split]]
     return records, todo
-
-
-def _base(path: str) -> str:
-    return path.rsplit("/", 1)[-1]
 
 
 def _existing_level(records: dict[str, dict[int, dict]]) -> int | None:

@@ -34,9 +34,10 @@ def publish(src: str, dst: str, storage_options: dict | None = None, *, echo=pri
     stats = {"uploaded": 0, "skipped": 0, "files": 0}
     shard_files = set()
     for split, info in manifest["splits"].items():
+        present = storage.listing(dfs, storage.join(droot, split))  # one request: what DST holds, with sizes
         for index, shard in enumerate(info["shards"]):
             shard_files |= {shard["path"], record_name(split, index)}
-            copied = _publish_shard(sfs, sroot, dfs, droot, split, index, shard)
+            copied = _publish_shard(sfs, sroot, dfs, droot, split, index, shard, present)
             stats["uploaded" if copied else "skipped"] += 1
             echo(f"{'uploaded' if copied else 'skipped '} {shard['path']}")
         remove_stale_shards(dfs, droot, split, len(info["shards"]))
@@ -45,13 +46,14 @@ def publish(src: str, dst: str, storage_options: dict | None = None, *, echo=pri
     return stats
 
 
-def _publish_shard(sfs, sroot, dfs, droot, split: str, index: int, shard: dict) -> bool:
-    """Make DST hold this shard and its record; False when it already did."""
-    dst_path = storage.join(droot, shard["path"])
-    dst_record = read_json(dfs, storage.join(droot, record_name(split, index)))
-    if (dst_record and (dst_record.get("sha256"), dst_record.get("bytes")) == (shard["sha256"], shard["bytes"])
-            and storage.size(dfs, dst_path) == shard["bytes"]):
-        return False
+def _publish_shard(sfs, sroot, dfs, droot, split: str, index: int, shard: dict, present: dict[str, int]) -> bool:
+    """Make DST hold this shard and its record; False when it already did. `present`: DST's listing of the
+    split's folder (names and sizes), so only records that exist are read."""
+    dst_path, dst_record_path = storage.join(droot, shard["path"]), storage.join(droot, record_name(split, index))
+    if present.get(storage.basename(dst_path)) == shard["bytes"] and storage.basename(dst_record_path) in present:
+        dst_record = read_json(dfs, dst_record_path)
+        if dst_record and (dst_record.get("sha256"), dst_record.get("bytes")) == (shard["sha256"], shard["bytes"]):
+            return False
     src_path = storage.join(sroot, shard["path"])
     try:
         blob = storage.read_bytes(sfs, src_path)
@@ -64,8 +66,7 @@ def _publish_shard(sfs, sroot, dfs, droot, split: str, index: int, shard: dict) 
         raise ShardError(f"{storage.url_of(dfs, dst_path)}: read back after upload, sha256 differs; publish again")
     record = read_json(sfs, storage.join(sroot, record_name(split, index))) or {"split": split, "index": index,
                                                                                  **shard}
-    storage.write_atomic(dfs, storage.join(droot, record_name(split, index)),
-                         json.dumps(record, sort_keys=True, separators=(",", ":")).encode())
+    storage.write_atomic(dfs, dst_record_path, json.dumps(record, sort_keys=True, separators=(",", ":")).encode())
     return True
 
 

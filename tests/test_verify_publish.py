@@ -81,6 +81,13 @@ def test_publish_to_s3_and_back(tmp_path, s3_server, s3_bucket, monkeypatch):
     again = cli("publish", src, dst, "--endpoint-url", s3_server)
     assert again.exit_code == 0 and "0 shards uploaded, 4 already present" in again.output
 
+    fs, root = storage.filesystem(dst, {"endpoint_url": s3_server})
+    storage.write_atomic(fs, f"{root}/train/shard-000000.tar.zst", b"short")  # wrong size at DST
+    fs.rm(f"{root}/train/shard-000001.json")  # record gone at DST
+    storage.write_atomic(fs, f"{root}/val/shard-000000.json", b'{"sha256": "0", "bytes": 1}')  # another shard's
+    fixed = cli("publish", src, dst, "--endpoint-url", s3_server)
+    assert fixed.exit_code == 0 and "3 shards uploaded, 1 already present" in fixed.output
+
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)  # the endpoint from the environment this time
     assert cli("verify", dst).exit_code == 0
     copied = cli("publish", dst, back)
