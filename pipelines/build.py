@@ -684,6 +684,20 @@ def _shutdown_ray():
         ray.shutdown()
 
 
+def _planned_gpus(kw) -> int:
+    """GPUs a local build would use, for the estimate: --gpus, else every visible one unless --device cpu (a
+    cluster's GPUs are unknown before joining it: the estimate then assumes this machine's)."""
+    from nca_datagen.rollout import gpu_driver_present
+
+    if kw["device"] == "cpu" or kw["gpus"] == 0:
+        return 0
+    if kw["gpus"] or not gpu_driver_present():
+        return kw["gpus"] or 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def _print_plan(plan: BuildPlan, kw, brief: bool = False) -> None:
     from nca_datagen.progress import summary_table
 
@@ -697,7 +711,7 @@ def _print_plan(plan: BuildPlan, kw, brief: bool = False) -> None:
                                          for s in plan.splits if s.shards) + f" -> {kw['out']}", err=True)
         return
     cpus = kw["workers"] or os.cpu_count() or 1
-    gpus = kw["gpus"] or 0
+    gpus = _planned_gpus(kw)
     rows += [
         ("sequence", f"{nca.frames} frames x {nca.tokens_per_frame} tokens = {nca.seq_len} tokens; grid "
                      f"{nca.grid[0]}x{nca.grid[1]}, {nca.states} states, {nca.patch}x{nca.patch} patches, vocab "

@@ -85,6 +85,29 @@ def test_dry_run_prints_plan_and_writes_nothing(tmp_path):
     assert not out.exists()
 
 
+def _dry_run(tmp_path, *args) -> str:
+    result = CliRunner().invoke(main, ["build", "--preset", "paper", "--out", str(tmp_path / "ds"), "--dry-run", *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_dry_run_estimates_for_cpu_workers_when_asked_or_without_a_gpu(tmp_path):
+    assert "CPU worker(s)" in _dry_run(tmp_path, "--device", "cpu")
+    assert "CPU worker(s)" in _dry_run(tmp_path, "--gpus", "0")
+    from nca_datagen.rollout import resolve_device
+
+    if resolve_device("auto") == "cpu":
+        assert "CPU worker(s)" in _dry_run(tmp_path)
+
+
+@pytest.mark.gpu
+def test_dry_run_estimates_for_the_machines_gpus(tmp_path):
+    """Without --gpus the estimate counts every visible GPU (it used to assume CPUs on a GPU machine)."""
+    import torch
+
+    assert f"on {torch.cuda.device_count()} GPU(s)" in _dry_run(tmp_path)
+
+
 def test_help_is_grouped():
     result = CliRunner().invoke(main, ["build", "--help"])
     assert result.exit_code == 0
