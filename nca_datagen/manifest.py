@@ -52,40 +52,40 @@ def prepare_output(out_url: str, config: DatasetConfig, *, overwrite: bool = Fal
     - holds a build in progress with another config or settings: refuse, showing `field: old -> new`;
     - otherwise record the build (`build.json`) so that rerunning the same command resumes it.
     """
+    check_output(out_url, config, overwrite=overwrite, storage_options=storage_options, settings=settings)
     fs, root = storage.filesystem(out_url, storage_options)
-    wanted = {"config": config.to_dict(), "settings": settings or {}}
     with _as_unwritable(fs, root):
         if storage.is_local(fs):
             os.makedirs(root, exist_ok=True)
-        _refuse_if_taken(fs, root, wanted, overwrite)
         if overwrite:
             remove_dataset(fs, root)
-        storage.write_atomic(fs, storage.join(root, BUILD), _json_bytes(wanted))
+        storage.write_atomic(fs, storage.join(root, BUILD), _json_bytes(_build_marker(config, settings)))
 
 
 def check_output(out_url: str, config: DatasetConfig, *, overwrite: bool = False, storage_options=None,
                  settings: dict | None = None) -> None:
-    """`prepare_output`'s refusals, writing nothing: a build asks before it starts Ray, so a taken output
-    fails in a second, not after the cluster's start-up."""
-    fs, root = storage.filesystem(out_url, storage_options)
-    with _as_unwritable(fs, root):
-        _refuse_if_taken(fs, root, {"config": config.to_dict(), "settings": settings or {}}, overwrite)
-
-
-def _refuse_if_taken(fs, root: str, wanted: dict, overwrite: bool) -> None:
-    """Raise if `root` holds a finished dataset (unless `overwrite`) or an unfinished build of another config."""
-    where = storage.url_of(fs, root)
+    """`prepare_output`'s refusals, writing nothing (a finished dataset unless `overwrite`, an unfinished build
+    of another config): a build asks before it starts Ray, so a taken output fails in a second, not after the
+    cluster's start-up."""
     if overwrite:
         return
-    if storage.exists(fs, storage.join(root, MANIFEST)):
-        raise ValueError(f"{where} already holds a finished dataset ({MANIFEST}); pass --overwrite to replace "
-                         f"it, or choose another output folder")
-    previous = read_json(fs, storage.join(root, BUILD))
+    fs, root = storage.filesystem(out_url, storage_options)
+    where, wanted = storage.url_of(fs, root), _build_marker(config, settings)
+    with _as_unwritable(fs, root):
+        if storage.exists(fs, storage.join(root, MANIFEST)):
+            raise ValueError(f"{where} already holds a finished dataset ({MANIFEST}); pass --overwrite to replace "
+                             f"it, or choose another output folder")
+        previous = read_json(fs, storage.join(root, BUILD))
     if previous is not None and previous != wanted:
         diff = "\n  ".join(config_diff(previous, wanted)) or "(formatting only)"
         raise ValueError(f"{where} holds an unfinished build made with a different config:\n  {diff}\n"
                          f"rerun with the old settings to resume it, pass --overwrite to discard it, "
                          f"or choose another output folder")
+
+
+def _build_marker(config: DatasetConfig, settings: dict | None) -> dict:
+    """What `build.json` holds: a resumed build must have the same."""
+    return {"config": config.to_dict(), "settings": settings or {}}
 
 
 @contextlib.contextmanager

@@ -40,17 +40,20 @@ def resolve_device(device: str | None = None) -> str:
     device = device or os.environ.get("NCA_DEVICE", "auto")
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
         raise ValueError(f"device {device!r}: choose auto, cpu or cuda")
-    if device != "cpu" and gpu_driver_present() and _torch_sees_cuda():
+    if device != "cpu" and visible_gpus():
         return "cuda" if device == "auto" else device
     if device.startswith("cuda"):
         raise ValueError(NO_CUDA_GPU)
     return "cpu"
 
 
-def _torch_sees_cuda() -> bool:
+def visible_gpus() -> int:
+    """CUDA GPUs torch sees on this machine; 0 without importing torch when no GPU driver is installed."""
+    if not gpu_driver_present():
+        return 0
     import torch
 
-    return torch.cuda.is_available()
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def resolve_backend(backend: str | None, device: str) -> str:

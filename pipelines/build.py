@@ -687,15 +687,11 @@ def _shutdown_ray():
 def _planned_gpus(kw) -> int:
     """GPUs a local build would use, for the estimate: --gpus, else every visible one unless --device cpu (a
     cluster's GPUs are unknown before joining it: the estimate then assumes this machine's)."""
-    from nca_datagen.rollout import gpu_driver_present
+    from nca_datagen.rollout import visible_gpus
 
     if kw["device"] == "cpu" or kw["gpus"] == 0:
         return 0
-    if kw["gpus"] or not gpu_driver_present():
-        return kw["gpus"] or 0
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return kw["gpus"] or visible_gpus()
 
 
 def _print_plan(plan: BuildPlan, kw, brief: bool = False) -> None:

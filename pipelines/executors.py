@@ -319,13 +319,11 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 
 def _local_actor_cpus(device: str, gpus: int | None, actors_per_gpu: int) -> int:
     """CPUs the generator actors of a local GPU build will hold (0 on a CPU build)."""
-    from nca_datagen.rollout import gpu_driver_present
+    from nca_datagen.rollout import visible_gpus
 
-    if device == "cpu" or gpus == 0 or not gpu_driver_present():
+    if device == "cpu" or gpus == 0:
         return 0
-    import torch
-
-    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    visible = visible_gpus()
     return min(gpus or visible, visible) * actors_per_gpu
 
 
