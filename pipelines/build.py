@@ -184,16 +184,20 @@ def run_build(plan: BuildPlan, executor, opts: BuildOptions) -> dict:
         with _terminate_as_interrupt():
             failed = _drive(executor, job, todo, records, progress, log, opts.max_attempts)
     except _Unreachable as exc:
-        _stop(executor, progress, log, "build_abandoned", error=str(exc))
+        _halt(executor, progress)
+        log.emit("build_abandoned", error=str(exc))
+        log.close()
         if fresh and fs.exists(root):  # an impossible config: remove what this build created
             fs.rm(root, recursive=True)
         raise click.ClickException(f"{exc}\nNothing was kept: fix --complexity and rerun.") from None
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, _Terminated) else signal.SIGINT
-        _stop(executor, progress, log, "interrupted", done=progress.done_count, total=plan.total_shards,
-              signal=signal.Signals(signum).name)
+        _halt(executor, progress)
+        kept = _kept_count(plan, fs, root)
+        log.emit("interrupted", done=kept, total=plan.total_shards, signal=signal.Signals(signum).name)
+        log.close()
         _upload_log(fs, root, log_path, local)
-        click.echo(f"interrupted: {progress.done_count} of {plan.total_shards} shards are complete and kept; "
+        click.echo(f"interrupted: {kept} of {plan.total_shards} shards are complete and kept; "
                    f"rerun the same command to finish the rest", err=True)
         raise SystemExit(128 + signum) from None  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
     except BaseException:
@@ -228,13 +232,11 @@ def run_build(plan: BuildPlan, executor, opts: BuildOptions) -> dict:
     return result
 
 
-def _stop(executor, progress, log, event: str, **fields) -> None:
-    """Stop workers (cancelling what runs: writes are atomic, so only complete shards stay) and close the log."""
+def _halt(executor, progress) -> None:
+    """Stop workers, cancelling what runs (writes are atomic, so only complete shards stay), and the progress bar."""
     executor.cancel()
     executor.close()
     progress.close()
-    log.emit(event, **fields)
-    log.close()
 
 
 class _Unreachable(Exception):
@@ -337,6 +339,18 @@ def _resume_state(plan, fs, root):
             records[split][index] = rec
     todo = [(split, index) for split, n in plan.shards.items() for index in range(n) if index not in records[split]]
     return records, todo
+
+
+def _kept_count(plan, fs, root) -> int:
+    """Shards whose record exists once the workers have stopped. A record is written after its shard, so each one
+    names a complete shard; on Ray it can land after the driver last heard from its worker, so the driver's own
+    count can fall short of what is kept."""
+    from nca_datagen import storage
+    from nca_datagen.shards import record_name
+
+    names = {split: storage.listing(fs, storage.join(root, split)) for split in plan.shards}
+    return sum(storage.basename(record_name(split, index)) in names[split]
+               for split, n in plan.shards.items() for index in range(n))
 
 
 def _existing_level(records: dict[str, dict[int, dict]]) -> int | None:

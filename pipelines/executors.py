@@ -18,8 +18,10 @@ in-process and on a cluster. Failures reach the driver as exceptions; nothing is
 Fault injection (for tests; no mocking of Ray needed): `NCA_DATAGEN_FAIL_SHARDS` is a comma-separated list
 of `split:index[:mode]`, mode `always` (default: the shard raises every time), `once` (raises on the first
 attempt, succeeds afterwards; a marker file in `NCA_DATAGEN_FAULT_DIR`, default the system temp dir, makes
-that work across processes and nodes) or `hang` (sleeps for an hour: a build to kill part-way). The driver
-reads the variable when it starts and ships it with the job, so workers on other nodes see it too.
+that work across processes and nodes), `hang` (sleeps for an hour: a build to kill part-way) or
+`hang-written` (writes the shard and its record, then sleeps: a worker stopped before the driver hears of a
+shard that is kept). The driver reads the variable when it starts and ships it with the job, so workers on
+other nodes see it too.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from dataclasses import dataclass, field
 
 FAULTS_ENV = "NCA_DATAGEN_FAIL_SHARDS"
 FAULT_DIR_ENV = "NCA_DATAGEN_FAULT_DIR"
+FAULT_MODES = ("always", "once", "hang", "hang-written")
 LOCAL_OBJECT_STORE_BYTES = 512 * 2**20  # shards in flight are ~1 MB each; Ray's default (30% of RAM) is far more
 
 
@@ -115,6 +118,7 @@ def write_generated(job: ShardJob, data) -> ShardResult:
     timings = dict(data.timings)
     timings.update(record.get("timings", {}) if isinstance(record.get("timings"), dict) else {})
     timings.setdefault("compress_write", time.perf_counter() - t0)
+    inject_fault(job, data.split, data.shard_index, written=True)
     return ShardResult(record=record, timings=timings, node=_node_name(), pid=os.getpid(),
                        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
@@ -136,17 +140,20 @@ def parse_faults(spec: str) -> dict[tuple[str, int], str]:
     for item in filter(None, (s.strip() for s in (spec or "").split(","))):
         parts = item.split(":")
         mode = parts[2] if len(parts) == 3 else "always"
-        if len(parts) not in (2, 3) or not parts[1].isdigit() or mode not in ("always", "once", "hang"):
-            raise ValueError(f"{FAULTS_ENV}={spec!r}: expected split:index[:always|once|hang], e.g. train:3:once")
+        if len(parts) not in (2, 3) or not parts[1].isdigit() or mode not in FAULT_MODES:
+            raise ValueError(f"{FAULTS_ENV}={spec!r}: expected split:index[:{'|'.join(FAULT_MODES)}], "
+                             f"e.g. train:3:once")
         faults[(parts[0], int(parts[1]))] = mode
     return faults
 
 
-def inject_fault(job: ShardJob, split: str, index: int) -> None:
+def inject_fault(job: ShardJob, split: str, index: int, written: bool = False) -> None:
+    """The fault `NCA_DATAGEN_FAIL_SHARDS` asks of this shard at this point: before it is generated, or once it
+    is `written` (only `hang-written` acts there)."""
     mode = parse_faults(job.faults or os.environ.get(FAULTS_ENV, "")).get((split, index))
-    if mode is None:
+    if mode is None or (mode == "hang-written") != written:
         return
-    if mode == "hang":
+    if mode in ("hang", "hang-written"):
         time.sleep(3600)
     if mode == "once":
         key = hashlib.sha256(f"{job.out_url}|{split}|{index}".encode()).hexdigest()[:16]
