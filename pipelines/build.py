@@ -193,7 +193,10 @@ def run_build(plan: BuildPlan, executor, opts: BuildOptions) -> dict:
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, _Terminated) else signal.SIGINT
         _halt(executor, progress)
-        kept = _kept_count(plan, fs, root)
+        try:
+            kept = _kept_count(plan, fs, root)
+        except OSError:  # storage unreachable now: what the driver heard of is a lower bound
+            kept = progress.done_count
         log.emit("interrupted", done=kept, total=plan.total_shards, signal=signal.Signals(signum).name)
         log.close()
         _upload_log(fs, root, log_path, local)
