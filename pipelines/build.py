@@ -323,11 +323,9 @@ def _resume_state(plan, fs, root):
     their shards hashed, in `RESUME_THREADS` threads (a couple of round trips each on object storage). Asking
     for every planned record instead took a fresh 1,125-shard build on a local S3 server 26 s to start."""
     from nca_datagen import storage
-    from nca_datagen.shards import load_record, record_name
+    from nca_datagen.shards import load_record
 
-    files = {split: storage.listing(fs, storage.join(root, split)) for split in plan.shards}
-    existing = [(split, index) for split, n in plan.shards.items() for index in range(n)
-                if storage.basename(record_name(split, index)) in files[split]]
+    files, existing = _listed_records(plan, fs, root)
 
     def verified(key):
         rec = load_record(fs, root, *key)
@@ -344,16 +342,22 @@ def _resume_state(plan, fs, root):
     return records, todo
 
 
-def _kept_count(plan, fs, root) -> int:
-    """Shards whose record exists once the workers have stopped. A record is written after its shard, so each one
-    names a complete shard; on Ray it can land after the driver last heard from its worker, so the driver's own
-    count can fall short of what is kept."""
+def _listed_records(plan, fs, root) -> tuple[dict[str, dict[str, int]], list[tuple[str, int]]]:
+    """One listing per split ({file name: size}) and the planned shards whose record it holds. A record is
+    written after its shard, so each one names a shard that was complete (resume still checks it)."""
     from nca_datagen import storage
     from nca_datagen.shards import record_name
 
-    names = {split: storage.listing(fs, storage.join(root, split)) for split in plan.shards}
-    return sum(storage.basename(record_name(split, index)) in names[split]
-               for split, n in plan.shards.items() for index in range(n))
+    files = {split: storage.listing(fs, storage.join(root, split)) for split in plan.shards}
+    existing = [(split, index) for split, n in plan.shards.items() for index in range(n)
+                if storage.basename(record_name(split, index)) in files[split]]
+    return files, existing
+
+
+def _kept_count(plan, fs, root) -> int:
+    """Shards with a record once the workers have stopped. On Ray a record can land after the driver last heard
+    from its worker, so the driver's own count can fall short of what is kept."""
+    return len(_listed_records(plan, fs, root)[1])
 
 
 def _existing_level(records: dict[str, dict[int, dict]]) -> int | None:
