@@ -19,15 +19,24 @@ Every shard is checked against its manifest size and sha256 before any of its sa
 truncated or corrupt shard raises `ShardError` naming the file, or is skipped with a warning when
 `skip_bad_shards=True` (ranks may then see unequal counts: use it for analysis, not for DDP training).
 
-Resuming: `state_dict()` counts the samples this process has yielded per worker in the current epoch;
-`load_state_dict()` makes the next pass yield exactly the remaining ones, in the same order. Iterated in-process
-(num_workers=0) that is the whole story. With DataLoader workers the dataset runs in worker processes, so use a
-loader that snapshots per-worker dataset state (torchdata's `StatefulDataLoader` calls these two methods inside
-each worker); the resumed run must use the same number of workers.
+Epochs: `set_epoch` writes the epoch to a one-element shared-memory tensor that DataLoader workers read when an
+epoch's pass starts, so it reaches `persistent_workers=True` workers too (a plain attribute would stay at the
+value the worker copies were made with, and every epoch would repeat the first one's order).
+
+Resuming: `state_dict()` counts the positions this process has passed per worker in the current epoch;
+`load_state_dict()` makes the next pass yield exactly the remaining samples, in the same order, and refuses a state
+from a loader with another seed, split, rank, world size, shuffle or dataset. `set_epoch` with the loaded epoch
+keeps that position (the usual `for epoch in range(start, n): ds.set_epoch(epoch)` loop resumes); another epoch
+starts afresh. Iterated in-process (num_workers=0) that is the whole story. With DataLoader workers the dataset
+runs in worker processes, so the main process's copy knows nothing of their progress: use a loader that snapshots
+per-worker dataset state (torchdata's `StatefulDataLoader` calls these two methods inside each worker); the resumed
+run must use the same number of workers. A shard skipped by `skip_bad_shards` still counts its positions, so
+resuming past it is exact too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from collections.abc import Iterator
@@ -54,9 +63,7 @@ class NCADataset(IterableDataset):
         super().__init__()
         self.url, self.split, self.storage_options = str(url), split, storage_options
         self.manifest = read_manifest(self.url, storage_options)
-        if split not in self.manifest["splits"]:
-            raise ValueError(f"split {split!r} is not in {self.url}: it has {', '.join(self.manifest['splits'])}")
-        self.shards = self.manifest["splits"][split]["shards"]
+        self.shards = _split_shards(self.manifest, split, self.url)
         layout = self.manifest["sequence"]
         self.tokens_per_frame = layout["tokens_per_frame"]
         self.seq_len = layout["seq_len"]
@@ -69,34 +76,54 @@ class NCADataset(IterableDataset):
                              f"{self.world_size}: every rank needs at least one; build with more shards")
         if shuffle_shards < 1:
             raise ValueError(f"shuffle_shards={shuffle_shards}: must be >= 1")
+        if int(seed) < 0:
+            raise ValueError(f"seed={seed}: must be >= 0")
         self.seed, self.shuffle, self.raw = int(seed), bool(shuffle), bool(raw)
         self.skip_bad_shards, self.shuffle_shards = bool(skip_bad_shards), int(shuffle_shards)
-        self.epoch = 0
+        self.dataset_id = _dataset_id(self.shards)
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # see "Epochs" above
         self._yielded: dict[int, int] = {}  # worker id -> samples yielded this epoch (in this process)
         self._resume: dict[int, int] = {}  # worker id -> samples to skip on the next pass
         self._num_workers = 1
 
     # ------------------------------------------------------------------ position
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
     def set_epoch(self, epoch: int) -> None:
-        """Start epoch `epoch` (its own shard and sample order); call before each epoch, as with DistributedSampler."""
-        self.epoch = int(epoch)
-        self._yielded, self._resume = {}, {}
+        """Start epoch `epoch` (its own shard and sample order); call before each epoch, as with DistributedSampler.
+        The epoch a state was just loaded for keeps the loaded position."""
+        if int(epoch) < 0:
+            raise ValueError(f"epoch={epoch}: must be >= 0")
+        if int(epoch) != self.epoch or not self._resume:
+            self._yielded, self._resume = {}, {}
+        self._epoch.fill_(int(epoch))
 
     def state_dict(self) -> dict:
-        return {"seed": self.seed, "epoch": self.epoch, "split": self.split, "rank": self.rank,
-                "world_size": self.world_size, "num_workers": self._num_workers,
+        return {**self._identity(), "epoch": self.epoch, "num_workers": self._num_workers,
                 "yielded": {str(w): n for w, n in self._yielded.items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        mine = {"seed": self.seed, "split": self.split, "rank": self.rank, "world_size": self.world_size}
-        wrong = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
+        # every state holds these four; shuffle, shuffle_shards and dataset are checked when present (newer states)
+        required = ("seed", "split", "rank", "world_size")
+        wrong = {k: (state.get(k), v) for k, v in self._identity().items()
+                 if (k in state or k in required) and state.get(k) != v}
         if wrong:
             raise ValueError("state was saved by a differently configured loader: " + ", ".join(
                 f"{k}: {old!r} -> {new!r}" for k, (old, new) in wrong.items()) + "; construct it with the same values")
-        self.epoch = int(state["epoch"])
+        self._epoch.fill_(int(state["epoch"]))
         self._num_workers = int(state.get("num_workers", 1))
         self._resume = {int(w): int(n) for w, n in state["yielded"].items()}
         self._yielded = dict(self._resume)
+
+    def _identity(self) -> dict:
+        return {"seed": self.seed, "split": self.split, "rank": self.rank, "world_size": self.world_size,
+                "shuffle": self.shuffle, "shuffle_shards": self.shuffle_shards, "dataset": self.dataset_id}
+
+    def __repr__(self) -> str:
+        return (f"NCADataset({self.url!r}, split={self.split!r}, rank={self.rank}/{self.world_size}, "
+                f"shards={len(self.shards)}, samples_per_epoch={len(self)}, seed={self.seed}, epoch={self.epoch})")
 
     def __len__(self) -> int:
         """Samples this rank yields per epoch (the same on every rank)."""
@@ -130,12 +157,15 @@ class NCADataset(IterableDataset):
         self._num_workers = num_workers
         skip = self._resume.pop(worker, 0)
         self._yielded[worker] = skip
+        epoch = self.epoch  # read once: the pass keeps its order whatever set_epoch does meanwhile
         fs, root = dataset_root(self.url, self.storage_options)
-        for key, tokens, meta in self._samples(fs, root, self.worker_plan(self.epoch, worker, num_workers), skip):
-            self._yielded[worker] += 1
-            yield self._item(key, tokens, meta)
+        for sample in self._samples(fs, root, self.worker_plan(epoch, worker, num_workers), skip, epoch):
+            self._yielded[worker] += 1  # positions, not samples: a skipped bad shard's count too
+            if sample is not None:
+                yield self._item(*sample)
 
-    def _samples(self, fs, root, plan, skip):
+    def _samples(self, fs, root, plan, skip, epoch):
+        """(key, tokens, meta) per position of `plan` after the first `skip`; None for a skipped bad shard's."""
         for start in range(0, len(plan), self.shuffle_shards):
             window = plan[start : start + self.shuffle_shards]
             size = sum(take for _, take in window)
@@ -145,7 +175,7 @@ class NCADataset(IterableDataset):
             samples = self._load_window(fs, root, window)
             if self.shuffle:
                 first = window[0][0]
-                samples = [samples[j] for j in np.random.default_rng([self.seed, self.epoch, 1, first]).permutation(
+                samples = [samples[j] for j in np.random.default_rng([self.seed, epoch, 1, first]).permutation(
                     len(samples))]
             yield from samples[skip:]
             skip = 0
@@ -160,6 +190,7 @@ class NCADataset(IterableDataset):
                 if not self.skip_bad_shards:
                     raise
                 warnings.warn(f"skipping bad shard: {exc}", stacklevel=2)
+                samples += [None] * take  # keeps the window's order and every later position where they were
         return samples
 
     def _read_shard(self, fs, root, shard) -> list:
@@ -182,11 +213,22 @@ def iter_sequences(url, split: str = "train", storage_options: dict | None = Non
     """Every sequence of a split as a uint16 numpy array, in manifest order, each shard checked by sha256."""
     manifest = read_manifest(url, storage_options)
     fs, root = dataset_root(url, storage_options)
-    for shard in manifest["splits"][split]["shards"]:
+    for shard in _split_shards(manifest, split, url):
         path = storage.join(root, shard["path"])
         for _, tokens, _ in iter_shard_samples(path, fs=fs, expected_sha256=shard["sha256"],
                                                expected_bytes=shard["bytes"]):
             yield tokens
+
+
+def _split_shards(manifest: dict, split: str, url) -> list[dict]:
+    if split not in manifest["splits"]:
+        raise ValueError(f"split {split!r} is not in {url}: it has {', '.join(manifest['splits'])}")
+    return manifest["splits"][split]["shards"]
+
+
+def _dataset_id(shards: list[dict]) -> str:
+    """A short digest of the split's shard hashes: a saved position only fits the shards it was saved over."""
+    return hashlib.sha256("".join(shard["sha256"] for shard in shards).encode()).hexdigest()[:16]
 
 
 def _rank_and_world(rank, world_size) -> tuple[int, int]:

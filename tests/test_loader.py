@@ -113,10 +113,53 @@ def test_resume_inside_a_worker(dataset, monkeypatch):
         next(iter(again))
 
 
-def test_state_from_another_loader_is_refused(dataset):
+def test_set_epoch_with_the_loaded_epoch_keeps_the_position(dataset):
+    """The usual loop after a resume, `for epoch in range(start, n): ds.set_epoch(epoch)`, must not replay."""
+    ds = NCADataset(dataset, raw=True, seed=3)
+    ds.set_epoch(2)
+    it = iter(ds)
+    head = [next(it)["key"] for _ in range(9)]
+    fresh = NCADataset(dataset, raw=True, seed=3)
+    fresh.load_state_dict(ds.state_dict())
+    fresh.set_epoch(2)
+    rest = keys(fresh)
+    assert not set(head) & set(rest) and sorted(head + rest) == sorted(all_keys())
+    fresh.set_epoch(2)  # the position was used up: the epoch starts afresh
+    assert len(keys(fresh)) == 7 * N
+    other = NCADataset(dataset, raw=True, seed=3)
+    other.load_state_dict(ds.state_dict())
+    other.set_epoch(3)  # another epoch never inherits the position
+    assert len(keys(other)) == 7 * N
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_persistent_workers_follow_set_epoch(dataset):
+    """Worker copies outlive set_epoch calls with persistent_workers=True; the epoch must still reach them."""
+    ds = NCADataset(dataset, raw=True, seed=3)
+    loader = DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True)
+    orders = []
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        orders.append([item["key"] for item in loader])
+    assert orders[0] != orders[1] != orders[2] != orders[0]
+    fresh = NCADataset(dataset, raw=True, seed=3)
+    fresh.set_epoch(2)
+    assert orders[2] == keys(fresh, num_workers=2)
+
+
+def test_state_from_another_loader_is_refused(dataset, tmp_path):
     state = NCADataset(dataset, seed=1).state_dict()
     with pytest.raises(ValueError, match="seed: 1 -> 2"):
         NCADataset(dataset, seed=2).load_state_dict(state)
+    with pytest.raises(ValueError, match="shuffle_shards: 4 -> 2"):
+        NCADataset(dataset, seed=1, shuffle_shards=2).load_state_dict(state)
+    with pytest.raises(ValueError, match="shuffle: True -> False"):
+        NCADataset(dataset, seed=1, shuffle=False).load_state_dict(state)
+    make_dataset(str(tmp_path), {"train": 7}, compression="none")  # same samples, other shards
+    with pytest.raises(ValueError, match="dataset: "):
+        NCADataset(str(tmp_path), seed=1).load_state_dict(state)
+    old = {k: v for k, v in state.items() if k not in ("shuffle", "shuffle_shards", "dataset")}
+    NCADataset(dataset, seed=1).load_state_dict(old)  # states saved before those keys still load
 
 
 @pytest.mark.parametrize("damage", ["truncate", "bitflip", "delete"])
@@ -141,6 +184,22 @@ def test_bad_shard_raises_naming_the_file_or_is_skipped(tmp_path, damage):
     assert set(got) == all_keys(shards=3) - {f"train-000001-{i:06d}" for i in range(N)}
 
 
+@pytest.mark.filterwarnings("ignore:skipping bad shard")
+@pytest.mark.parametrize("consumed", [1, 5, 7])
+@pytest.mark.parametrize("window", [1, 3])  # the bad shard before the resumed window, or inside it
+def test_resume_past_a_skipped_bad_shard_is_exact(tmp_path, consumed, window):
+    make_dataset(str(tmp_path), {"train": 3})
+    (tmp_path / "train" / "shard-000001.tar.zst").unlink()
+    ds = NCADataset(str(tmp_path), raw=True, skip_bad_shards=True, shuffle=False, shuffle_shards=window)
+    it = iter(ds)
+    head = [next(it)["key"] for _ in range(consumed)]
+    state = ds.state_dict()
+    rest = [x["key"] for x in it]
+    fresh = NCADataset(str(tmp_path), raw=True, skip_bad_shards=True, shuffle=False, shuffle_shards=window)
+    fresh.load_state_dict(state)
+    assert keys(fresh) == rest and len(head) + len(rest) == 2 * N
+
+
 def test_iter_sequences_and_raw_metadata(dataset):
     seqs = list(iter_sequences(dataset, split="val"))
     assert len(seqs) == N and all(s.dtype == np.uint16 for s in seqs)
@@ -155,5 +214,11 @@ def test_user_errors(dataset, tmp_path):
         NCADataset(str(tmp_path))
     with pytest.raises(ValueError, match="split 'test' is not in"):
         NCADataset(dataset, split="test")
+    with pytest.raises(ValueError, match="split 'test' is not in"):
+        next(iter_sequences(dataset, split="test"))
+    with pytest.raises(ValueError, match="seed=-1"):
+        NCADataset(dataset, seed=-1)
+    with pytest.raises(ValueError, match="epoch=-1"):
+        NCADataset(dataset).set_epoch(-1)
     with pytest.raises(ValueError, match="fewer than world_size=8"):
         NCADataset(dataset, rank=0, world_size=8)
