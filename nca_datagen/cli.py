@@ -36,6 +36,18 @@ class LazyGroup(click.Group):
             return click.Command(name, help=f"(unavailable: {reason})", short_help=COMMANDS[name][1],
                                  callback=lambda: _unavailable(name, reason))
 
+    def invoke(self, ctx):
+        """Storage errors of any command (a path that cannot be written, a bucket that does not exist, an endpoint
+        that does not answer, missing credentials) end in one line naming the cause, not a traceback."""
+        from nca_datagen import storage
+
+        try:
+            return super().invoke(ctx)
+        except storage.errors() as exc:
+            hint = "" if isinstance(exc, OSError) else (
+                " (for s3:// URLs check --endpoint-url / AWS_ENDPOINT_URL, --profile and the credentials)")
+            raise click.ClickException(f"{type(exc).__name__}: {exc}{hint}") from exc
+
     def format_commands(self, ctx, formatter):
         rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
         with formatter.section("Commands"):

@@ -10,6 +10,7 @@ Every `__post_init__` check names the bad value and says how to fix it: these ar
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from nca_datagen.complexity import Band
@@ -55,8 +56,10 @@ class NCAConfig:
         _require(self.burn_in >= 0, f"burn_in={self.burn_in}: must be >= 0 (paper: 10)")
         _require(self.frames >= 1, f"frames={self.frames}: must be >= 1 (paper: 27)")
         _require(self.frame_stride >= 1, f"frame_stride={self.frame_stride}: must be >= 1 (paper: 1)")
-        _require(self.temperature >= 0, f"temperature={self.temperature}: must be >= 0 (paper: 1e-4)")
-        _require(self.identity_bias >= 0, f"identity_bias={self.identity_bias}: must be >= 0 (paper: 0)")
+        _require(0 <= self.temperature < math.inf, f"temperature={self.temperature}: must be >= 0 and finite "
+                 "(paper: 1e-4)")
+        _require(0 <= self.identity_bias < math.inf, f"identity_bias={self.identity_bias}: must be >= 0 and finite "
+                 "(paper: 0)")
         _require(8 <= self.weight_frac_bits <= 14,
                  f"weight_frac_bits={self.weight_frac_bits}: choose 8..14 (default 12)")
         from nca_datagen.rules import check_fixed_point_fits  # late: rules imports this module

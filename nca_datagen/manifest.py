@@ -67,20 +67,36 @@ def check_output(out_url: str, config: DatasetConfig, *, overwrite: bool = False
     """`prepare_output`'s refusals, writing nothing (a finished dataset unless `overwrite`, an unfinished build
     of another config): a build asks before it starts Ray, so a taken output fails in a second, not after the
     cluster's start-up."""
-    if overwrite:
-        return
     fs, root = storage.filesystem(out_url, storage_options)
     where, wanted = storage.url_of(fs, root), _build_marker(config, settings)
     with _as_unwritable(fs, root):
-        if storage.exists(fs, storage.join(root, MANIFEST)):
-            raise ValueError(f"{where} already holds a finished dataset ({MANIFEST}); pass --overwrite to replace "
-                             f"it, or choose another output folder")
+        finished = storage.exists(fs, storage.join(root, MANIFEST))
         previous = read_json(fs, storage.join(root, BUILD))
+        foreign = [] if finished or previous is not None else _entries(fs, root)
+    if foreign:  # a build writes README.md, samples/, train/, val/ there: never over someone else's files
+        shown = ", ".join(sorted(foreign)[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise ValueError(f"{where} is not empty ({shown}) and holds no nca-datagen dataset or build; choose a new "
+                         f"or empty output folder")
+    if overwrite:
+        return
+    if finished:
+        raise ValueError(f"{where} already holds a finished dataset ({MANIFEST}); pass --overwrite to replace "
+                         f"it, or choose another output folder")
     if previous is not None and previous != wanted:
         diff = "\n  ".join(config_diff(previous, wanted)) or "(formatting only)"
         raise ValueError(f"{where} holds an unfinished build made with a different config:\n  {diff}\n"
                          f"rerun with the old settings to resume it, pass --overwrite to discard it, "
                          f"or choose another output folder")
+
+
+def _entries(fs, root: str) -> list[str]:
+    """Names in `root` (none if it does not exist) other than the folders a build writes (split folders of shards
+    written through the library, `samples/`, event logs): a README.md or a figure there is someone's file."""
+    try:
+        names = [storage.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [n for n in names if n not in (*SPLITS, "samples", "_logs")]
 
 
 def _build_marker(config: DatasetConfig, settings: dict | None) -> dict:
@@ -90,12 +106,14 @@ def _build_marker(config: DatasetConfig, settings: dict | None) -> dict:
 
 @contextlib.contextmanager
 def _as_unwritable(fs, root: str):
-    """OSError (permissions, a missing bucket, credentials) -> ValueError naming the output and the fix."""
+    """A storage error (permissions, a missing bucket, credentials, no endpoint) -> ValueError naming the output
+    and the fix."""
     try:
         yield
-    except OSError as exc:
-        raise ValueError(f"cannot write to {storage.url_of(fs, root)} ({type(exc).__name__}: {exc}); choose a "
-                         f"writable output folder, or check the bucket name and credentials for s3:// URLs") from exc
+    except storage.errors() as exc:
+        fix = "a writable output folder" if storage.is_local(fs) else "the bucket name, endpoint and credentials"
+        raise ValueError(f"cannot write to {storage.url_of(fs, root)} ({type(exc).__name__}: {exc}); check "
+                         f"{fix}") from exc
 
 
 def config_diff(old, new, prefix: str = "") -> list[str]:
@@ -223,10 +241,47 @@ def read_manifest(url: str, storage_options=None) -> dict:
                 "to finish it.") if storage.exists(fs, storage.join(root, BUILD)) else ""
         raise ValueError(f"no dataset at {storage.url_of(fs, root)}: {storage.url_of(fs, path)} does not exist. "
                          f"A finished dataset has {MANIFEST} at its root.{hint}") from None
-    if manifest.get("format") != FORMAT or manifest.get("format_version", 0) > FORMAT_VERSION:
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{storage.url_of(fs, path)} is damaged: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{storage.url_of(fs, path)} is damaged: JSON {type(manifest).__name__}, not an object")
+    version = manifest.get("format_version")
+    if manifest.get("format") != FORMAT or not isinstance(version, int) or version > FORMAT_VERSION:
         raise ValueError(f"{storage.url_of(fs, path)} is not a manifest this version of nca-datagen reads "
-                         f"(format {manifest.get('format')!r} v{manifest.get('format_version')}); upgrade nca-datagen")
+                         f"(format {manifest.get('format')!r} v{version!r}); upgrade nca-datagen")
+    problem = _structure_problem(manifest)
+    if problem:
+        raise ValueError(f"{storage.url_of(fs, path)} is damaged: {problem}")
     return manifest
+
+
+# What readers index without further checks: each field and the type it must have.
+_TOP_FIELDS = {"config": dict, "sequence": dict, "splits": dict, "totals": dict}
+_SPLIT_FIELDS = {"shards": list, "compression": str, "num_shards": int, "samples": int, "tokens": int, "bytes": int}
+_SHARD_TYPES = {"path": str, "samples": int, "tokens": int, "bytes": int, "sha256": str}
+
+
+def _structure_problem(manifest: dict) -> str | None:
+    """The first field a reader needs that is missing or of the wrong type, else None (JSON edited by hand, or
+    written by something else): readers then fail with this message, not a KeyError deep inside."""
+    problem = _wrong_field(manifest, _TOP_FIELDS, "")
+    for split, info in ({} if problem else manifest["splits"]).items():
+        problem = _wrong_field(info, _SPLIT_FIELDS, f"splits.{split}.")
+        for i, shard in enumerate([] if problem else info["shards"]):
+            problem = problem or _wrong_field(shard, _SHARD_TYPES, f"splits.{split}.shards[{i}].")
+        if problem:
+            return problem
+    return problem
+
+
+def _wrong_field(obj, fields: dict, where: str) -> str | None:
+    if not isinstance(obj, dict):
+        return f"{where.rstrip('.')} is {obj!r}, expected an object"
+    for key, kind in fields.items():
+        value = obj.get(key)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return f"{where}{key} is {value!r}, expected {'an' if kind is int else 'a'} {kind.__name__}"
+    return None
 
 
 def dataset_root(url: str, storage_options=None):

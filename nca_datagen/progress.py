@@ -45,6 +45,10 @@ class EventLog:
         self._file.write(json.dumps(row, default=_jsonable) + "\n")
         self._file.flush()
 
+    @property
+    def closed(self) -> bool:
+        return self._file.closed
+
     def close(self) -> None:
         if not self._file.closed:
             self._file.close()

@@ -24,7 +24,8 @@ BACKENDS = ("auto", "triton", "numba", "torch")
 # (whose torch also answers to "cuda"). With none of them no torch build can see a GPU, so `auto` needs no torch
 # import; any one of them only means "ask torch" (the safe direction when a container shows the driver alone).
 GPU_DRIVER_FILES = ("/dev/nvidiactl", "/proc/driver/nvidia/version", "/dev/dxg", "/dev/kfd")
-NO_CUDA_GPU = "device 'cuda' was requested but no CUDA GPU is visible here: use --device cpu or auto"
+NO_CUDA_GPU = ("a CUDA GPU was requested (device 'cuda', or --gpus) but no CUDA GPU is visible here: use --device cpu "
+               "or auto, without --gpus")
 
 
 def gpu_driver_present() -> bool:
@@ -60,6 +61,10 @@ def resolve_backend(backend: str | None, device: str) -> str:
     backend = backend or os.environ.get("NCA_BACKEND", "auto")
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    interpreted = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    if backend == "triton" and not device.startswith("cuda") and not interpreted:
+        raise ValueError(f"backend 'triton' needs a CUDA device (this one is {device!r}); use numba or torch on "
+                         "CPU, or set TRITON_INTERPRET=1 to run the kernel in Triton's interpreter")
     if backend != "auto":
         return backend
     if device.startswith("cuda"):

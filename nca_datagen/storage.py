@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import sys
 import uuid
 
 import click
@@ -102,6 +103,13 @@ def size(fs, path: str) -> int | None:
         return int(fs.info(path)["size"])
     except FileNotFoundError:
         return None
+
+
+def errors() -> tuple[type[BaseException], ...]:
+    """What storage access raises for an environment problem (a missing path or bucket, permissions, an endpoint
+    that does not answer, missing credentials): OSError, plus botocore's own errors once it is loaded."""
+    botocore = sys.modules.get("botocore.exceptions")  # not loaded: nothing can have raised one
+    return (OSError,) if botocore is None else (OSError, botocore.BotoCoreError, botocore.ClientError)
 
 
 def storage_options_from_flags(endpoint_url=None, profile=None, checksums=None) -> dict:

@@ -152,7 +152,22 @@ class BuildFailed(click.ClickException):
 
 
 def run_build(plan: BuildPlan, executor, opts: BuildOptions) -> dict:
-    """Build every missing shard of `plan` on `executor`, then write the manifest. Returns the manifest."""
+    """Build every missing shard of `plan` on `executor`, then write the manifest. Returns the manifest.
+
+    Ctrl-C or SIGTERM at any point exits 130 / 143 with a message saying what is kept: while the shards run the
+    workers are stopped and the complete shards counted; before or after (output set-up, manifest and card) no
+    half-written file is visible either, and a rerun finishes the job."""
+    with _terminate_as_interrupt():
+        try:
+            return _run_build(plan, executor, opts)
+        except KeyboardInterrupt as exc:  # not while the shards run: _run_build answers those itself
+            executor.close()
+            click.echo("interrupted before the dataset was finished: complete shards are kept and no manifest "
+                       "names a missing one; rerun the same command to finish", err=True)
+            raise SystemExit(128 + _signal_number(exc)) from None
+
+
+def _run_build(plan: BuildPlan, executor, opts: BuildOptions) -> dict:
     from nca_datagen import manifest, storage
     from nca_datagen.progress import BuildProgress, EventLog
     from nca_datagen.rollout import resolve_backend
@@ -162,7 +177,7 @@ def run_build(plan: BuildPlan, executor, opts: BuildOptions) -> dict:
     config = plan.config
     fs, root = storage.filesystem(opts.out_url, opts.storage_options)
     local = storage.is_local(fs)
-    fresh = not _has_content(fs, root)
+    existed = storage.exists(fs, root)
     manifest.prepare_output(opts.out_url, config, overwrite=opts.overwrite, storage_options=opts.storage_options,
                             settings={"compression": opts.compression})
     log_path = _log_path(root, local)
@@ -181,28 +196,29 @@ def run_build(plan: BuildPlan, executor, opts: BuildOptions) -> dict:
     progress.message(f"building {len(todo)} of {plan.total_shards} shards on {executor.description}, "
                      f"backend {backend} on {opts.device}; log: {log_path}")
     try:
-        with _terminate_as_interrupt():
-            failed = _drive(executor, job, todo, records, progress, log, opts.max_attempts)
+        failed = _drive(executor, job, todo, records, progress, log, opts.max_attempts)
     except _Unreachable as exc:
         _halt(executor, progress)
         log.emit("build_abandoned", error=str(exc))
         log.close()
-        if fresh and fs.exists(root):  # an impossible config: remove what this build created
-            fs.rm(root, recursive=True)
-        raise click.ClickException(f"{exc}\nNothing was kept: fix --complexity and rerun.") from None
+        kept = _kept_count(plan, fs, root)
+        if not kept:  # an impossible config: remove what this build wrote, so a fixed command starts afresh
+            _remove_abandoned(fs, root, existed, log_path)
+        advice = (f"{kept} complete shard(s) are kept: rerun with --overwrite to change --complexity" if kept else
+                  "Nothing was kept: fix --complexity and rerun.")
+        raise click.ClickException(f"{exc}\n{advice}") from None
     except KeyboardInterrupt as exc:
-        signum = exc.signum if isinstance(exc, _Terminated) else signal.SIGINT
         _halt(executor, progress)
         try:
             kept = _kept_count(plan, fs, root)
         except OSError:  # storage unreachable now: what the driver heard of is a lower bound
             kept = progress.done_count
-        log.emit("interrupted", done=kept, total=plan.total_shards, signal=signal.Signals(signum).name)
+        log.emit("interrupted", done=kept, total=plan.total_shards, signal=signal.Signals(_signal_number(exc)).name)
         log.close()
         _upload_log(fs, root, log_path, local)
         click.echo(f"interrupted: {kept} of {plan.total_shards} shards are complete and kept; "
                    f"rerun the same command to finish the rest", err=True)
-        raise SystemExit(128 + signum) from None  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
+        raise SystemExit(128 + _signal_number(exc)) from None  # the shell's convention: 130 Ctrl-C, 143 SIGTERM
     except BaseException:
         executor.close()  # unexpected errors too: no Ray is left behind
         raise
@@ -229,10 +245,40 @@ def run_build(plan: BuildPlan, executor, opts: BuildOptions) -> dict:
                  tokens_per_s=progress.tokens_per_s, stage_seconds=progress.stage_seconds)
         log.close()
         _upload_log(fs, root, log_path, local)
+    except KeyboardInterrupt as exc:
+        if not log.closed:
+            log.emit("interrupted", done=plan.total_shards, total=plan.total_shards, stage="manifest",
+                     signal=signal.Signals(_signal_number(exc)).name)
+            log.close()
+        raise
     finally:
         closing.join()
     _summary(plan, opts, progress, result, log_path)
     return result
+
+
+def _signal_number(exc: KeyboardInterrupt) -> int:
+    return exc.signum if isinstance(exc, _Terminated) else signal.SIGINT
+
+
+def _remove_abandoned(fs, root: str, existed: bool, log_path: Path) -> None:
+    """Undo a build that kept nothing: the folder if it made it, else its build marker, its event log and the
+    empty folders it made (a user's files in a folder that existed stay)."""
+    from nca_datagen import storage
+    from nca_datagen.config import SPLITS
+    from nca_datagen.manifest import BUILD
+
+    if not existed:
+        if storage.exists(fs, root):
+            fs.rm(root, recursive=True)
+        return
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm(storage.join(root, BUILD))
+    if storage.is_local(fs):  # object stores have no empty folders, and their log is a local spool
+        log_path.unlink(missing_ok=True)
+        for name in ("_logs", *SPLITS):
+            with contextlib.suppress(OSError):  # only an empty one
+                os.rmdir(os.path.join(root, name))
 
 
 def _halt(executor, progress) -> None:
@@ -417,7 +463,7 @@ def _summary(plan, opts, progress, result, log_path) -> None:
     from nca_datagen.progress import stage_split, summary_table
 
     built_s = progress.elapsed
-    line = (f"done: {plan.total_shards} shards, {format_count(plan.total_tokens)} tokens in {opts.out_url} "
+    line = (f"done: {_n(plan.total_shards, 'shard')}, {format_count(plan.total_tokens)} tokens in {opts.out_url} "
             f"({format_duration(built_s)}, {format_count(progress.tokens_per_s)} tokens/s)")
     if opts.quiet:
         click.echo(line)
@@ -507,7 +553,7 @@ def _data_options(fn):
         click.option("--val-fraction", type=float, metavar="F", default=None,
                      help=f"Validation tokens as a fraction of --tokens.  [default: {DEFAULT_VAL_FRACTION}, the "
                           f"paper's 2,000 / 16,000 rules]"),
-        click.option("--seed", type=click.IntRange(min=0), metavar="N", default=0, show_default=True,
+        click.option("--seed", type=click.IntRange(min=0, max=2**64 - 1), metavar="N", default=0, show_default=True,
                      help="Run seed: every draw derives from (seed, split, rule id, sim)."),
         click.option("--sims-per-rule", type=click.IntRange(min=1), metavar="N", default=10, show_default=True,
                      help="Simulations (sequences) per kept rule, each from a fresh initial state."),
@@ -581,7 +627,8 @@ def build_command(ctx, **kw):
       nca-datagen build --preset paper --out s3://bucket/nca-paper --ray-address auto
       nca-datagen build --complexity code --tokens 50M --out data/nca-code --dry-run
 
-    Rerunning the same command resumes: finished shards are verified and skipped.
+    Rerunning the same command resumes: finished shards are verified and skipped
+    (a finished dataset: nothing to do).
     """
     from nca_datagen.storage import storage_options_from_flags
 
@@ -592,12 +639,24 @@ def build_command(ctx, **kw):
         return
     from nca_datagen.manifest import check_output
 
+    if not kw["overwrite"] and _already_built(plan, kw["out"], kw["compression"], storage_options):
+        click.echo(f"{kw['out']} already holds this dataset ({_n(plan.total_shards, 'shard')}, "
+                   f"{format_count(plan.total_tokens)} tokens): nothing to do (`nca-datagen verify {kw['out']}` "
+                   f"re-checks it; --overwrite rebuilds it)")
+        return
     try:  # a taken output is refused before Ray starts (~6 s on 2 cores); run_build asks again, then writes
         check_output(kw["out"], plan.config, overwrite=kw["overwrite"], storage_options=storage_options,
                      settings={"compression": kw["compression"]})
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     executor, device = _make_executor(kw)
+    from nca_datagen.rollout import resolve_backend
+
+    try:
+        resolve_backend(None if kw["backend"] == "auto" else kw["backend"], device)
+    except ValueError as exc:
+        executor.close()
+        raise click.BadParameter(str(exc), param_hint="--backend") from None
     opts = BuildOptions(out_url=kw["out"], compression=kw["compression"], storage_options=storage_options,
                         backend=None if kw["backend"] == "auto" else kw["backend"], device=device,
                         overwrite=kw["overwrite"], quiet=kw["quiet"], max_attempts=kw["retries"] + 1,
@@ -609,6 +668,22 @@ def build_command(ctx, **kw):
     except ValueError as exc:  # prepare_output: unwritable output, a dataset with another config, ...
         executor.close()
         raise click.ClickException(str(exc)) from None
+
+
+def _already_built(plan: BuildPlan, out: str, compression: str, storage_options) -> bool:
+    """Whether `out` holds the finished dataset this command would build (same config, shards and compression):
+    rerunning a command that completed is then a no-op, as rerunning an interrupted one finishes it."""
+    from nca_datagen.manifest import read_manifest
+    from nca_datagen.storage import errors
+
+    try:
+        manifest = read_manifest(out, storage_options)
+    except (ValueError, *errors()):  # no dataset there (or none readable): check_output decides
+        return False
+    splits = manifest["splits"]
+    return (manifest["config"] == plan.config.to_dict()
+            and {split: info["num_shards"] for split, info in splits.items()} == plan.shards
+            and all(info["compression"] == compression for info in splits.values()))
 
 
 def _command_line(ctx) -> str:
@@ -662,6 +737,11 @@ def _apply_paper_preset(ctx, kw) -> None:
         flags = ", ".join("--" + n.replace("_", "-") for n in clashes)
         raise click.BadParameter(f"--preset paper fixes {flags}; drop them or drop --preset", param_hint="--preset")
     seq_len = 27 * 38  # the paper's 1026-token sequences
+    split_sequences = [PAPER[k] * PAPER["sims_per_rule"] for k in ("train_rules", "val_rules")]
+    if any(n % kw["samples_per_shard"] for n in split_sequences):
+        raise click.BadParameter(f"--preset paper builds exactly {split_sequences[0]:,} train and "
+                                 f"{split_sequences[1]:,} val sequences: choose a --samples-per-shard dividing "
+                                 f"both (e.g. 500 or 1000)", param_hint="--samples-per-shard")
     kw.update(complexity=PAPER["band"], sims_per_rule=PAPER["sims_per_rule"], grid=(12, 12), states=10, patch=2,
               frames=27, burn_in=10, temperature=1e-4,
               tokens=PAPER["train_rules"] * PAPER["sims_per_rule"] * seq_len,
@@ -672,22 +752,25 @@ def _make_executor(kw):
     """The executor and the device its workers use. Fails before anything is written (bad address, no GPU)."""
     from .executors import InlineExecutor, RayExecutor
 
+    if kw["gpus"] and kw["device"] == "cpu":
+        raise click.BadParameter(f"--gpus {kw['gpus']} with --device cpu: drop one of them", param_hint="--gpus")
+    wants_gpu = kw["device"] == "cuda" or bool(kw["gpus"])
     if kw["executor"] == "inline":
         if kw["ray_address"]:
             raise click.BadParameter("--ray-address needs --executor ray", param_hint="--ray-address")
         from nca_datagen.rollout import resolve_device
 
         try:
-            return InlineExecutor(), resolve_device(kw["device"])
+            return InlineExecutor(), resolve_device("cuda" if wants_gpu else kw["device"])
         except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--device") from None
-    if kw["ray_address"] is None and not os.environ.get("RAY_ADDRESS") and kw["device"] == "cuda":
+            raise click.BadParameter(str(exc), param_hint="--device/--gpus") from None
+    if kw["ray_address"] is None and not os.environ.get("RAY_ADDRESS") and wants_gpu:
         from nca_datagen.rollout import NO_CUDA_GPU, gpu_driver_present
 
         # Local Ray: the driver's machine is the cluster, so fail before starting Ray when it has no GPU driver.
         # With one, Ray's own GPU count decides (below) and the driver never imports torch (~1-2 s).
         if not gpu_driver_present():
-            raise click.BadParameter(NO_CUDA_GPU, param_hint="--device")
+            raise click.BadParameter(NO_CUDA_GPU, param_hint="--device/--gpus")
     try:
         executor = RayExecutor(kw["ray_address"], kw["workers"], kw["gpus"], kw["device"], kw["actors_per_gpu"])
     except ConnectionError as exc:

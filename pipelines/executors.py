@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 FAULTS_ENV = "NCA_DATAGEN_FAIL_SHARDS"
 FAULT_DIR_ENV = "NCA_DATAGEN_FAULT_DIR"
 FAULT_MODES = ("always", "once", "hang", "hang-written")
+LOCAL_RAY_HINT = "omit --ray-address (and unset RAY_ADDRESS) to use a local Ray"
 LOCAL_OBJECT_STORE_BYTES = 512 * 2**20  # shards in flight are ~1 MB each; Ray's default (30% of RAM) is far more
 
 
@@ -308,9 +309,9 @@ def connect_ray(ray, address: str | None, workers: int | None, extra_cpus: int =
     try:
         ray.init(address=address, **common)
     except Exception as exc:
-        raise ConnectionError(f"cannot join the Ray cluster at {address!r}: {exc}. Start one with `ray start "
-                              f"--head`, pass its HOST:PORT to --ray-address, or omit --ray-address (and unset "
-                              f"RAY_ADDRESS) to use a local Ray") from exc
+        reason = str(exc).rstrip(".")
+        raise ConnectionError(f"cannot join the Ray cluster at {address!r}: {reason}. Start one with `ray start "
+                              f"--head`, pass its HOST:PORT to --ray-address, or {LOCAL_RAY_HINT}") from exc
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -321,7 +322,7 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as exc:
         raise ConnectionError(f"cannot reach the Ray cluster at {address} ({exc}). Check the address of the "
-                              f"head node (`ray status` on it), or omit --ray-address to use a local Ray") from exc
+                              f"head node (`ray status` on it), or {LOCAL_RAY_HINT}") from exc
 
 
 def _local_actor_cpus(device: str, gpus: int | None, actors_per_gpu: int) -> int:
@@ -337,6 +338,8 @@ def _local_actor_cpus(device: str, gpus: int | None, actors_per_gpu: int) -> int
 def _resolve_cluster_device(device: str, cluster_gpus: int, gpus: int | None) -> str:
     """The device decides by the cluster's GPUs, not the driver's: the driver may be a CPU-only laptop."""
     device = device or "auto"
+    if gpus and not cluster_gpus:
+        raise ValueError(f"--gpus {gpus} was requested but the Ray cluster has no GPU: drop --gpus or use --device cpu")
     if device == "auto":
         return "cuda" if cluster_gpus and gpus != 0 else "cpu"
     if device.startswith("cuda") and not cluster_gpus:

@@ -55,7 +55,7 @@ def test_paper_preset_plans_exactly_the_papers_rules():
         def get_parameter_source(self, name):
             return type("S", (), {"name": "DEFAULT"})
 
-    kw = {}
+    kw = {"samples_per_shard": 500}
     _apply_paper_preset(Ctx(), kw)
     config = dataset_config(grid=kw["grid"], states=10, patch=2, frames=27, burn_in=10, temperature=1e-4,
                             band=Band.parse(kw["complexity"]), seed=0, sims_per_rule=10, samples_per_shard=500)
@@ -83,6 +83,8 @@ def test_dry_run_prints_plan_and_writes_nothing(tmp_path):
     assert "16,000 rules x 10 sims" in result.output and "2,000 rules" in result.output
     assert "estimated size" in result.output and "estimated time" in result.output
     assert not out.exists()
+    odd = CliRunner().invoke(main, ["build", "--preset", "paper", "--samples-per-shard", "300", "--out", str(out)])
+    assert odd.exit_code == 2 and "dividing both" in odd.output  # 16,020 rules would not be the paper's data
 
 
 def _dry_run(tmp_path, *args) -> str:
@@ -129,15 +131,21 @@ def test_help_is_grouped():
     (["--states", "20", "--patch", "2"], "more than uint16"),
     (["--samples-per-shard", "5"], "not a multiple of --sims-per-rule"),
     (["--preset", "paper"], "--preset paper fixes"),
+    (["--seed", str(2**64)], "18446744073709551615"),
     (["--device", "cuda", "--executor", "inline"], "no CUDA GPU"),
     (["--device", "cuda"], "no CUDA GPU"),
+    (["--gpus", "1", "--executor", "inline"], "no CUDA GPU"),
+    (["--gpus", "1"], "no CUDA GPU"),
+    (["--gpus", "1", "--device", "cpu"], "drop one of them"),
+    (["--backend", "triton", "--executor", "inline"], "needs a CUDA device"),
 ])
-def test_bad_input_is_refused_before_writing(tmp_path, args, message):
-    if "cuda" in args:
+def test_bad_input_is_refused_before_writing(tmp_path, monkeypatch, args, message):
+    if "cuda" in args or "--gpus" in args or "triton" in args:
         import torch
 
         if torch.cuda.is_available():
             pytest.skip("this machine has a GPU")
+    monkeypatch.delenv("TRITON_INTERPRET")  # the tests' own default; the kernel then needs CUDA
     out = tmp_path / "ds"
     result = build(*args, out=out)
     assert result.exit_code != 0
@@ -177,7 +185,7 @@ def test_a_taken_output_is_refused_before_ray_starts(tmp_path, monkeypatch):
     assert build("--executor", "inline", "--retries", "0", out=unfinished).exit_code == 1
     monkeypatch.delenv("NCA_DATAGEN_FAIL_SHARDS")
     before = {out: shard_bytes(out) for out in (finished, unfinished)}
-    refused = build("--ray-address", "127.0.0.1:1", out=finished)
+    refused = build("--ray-address", "127.0.0.1:1", "--seed", "1", out=finished)
     assert refused.exit_code == 1 and "already holds a finished dataset" in refused.output
     refused = build("--ray-address", "127.0.0.1:1", "--seed", "4", out=unfinished)
     assert refused.exit_code == 1 and "seed: 0 -> 4" in refused.output
@@ -191,6 +199,37 @@ def test_unreachable_band_leaves_nothing(tmp_path):
     assert "band (0.9, 1) kept 0 of 2000 candidate rules" in result.output
     assert "fix --complexity" in result.output
     assert not out.exists()
+
+
+def test_unreachable_band_in_an_existing_folder_leaves_it_as_it_was(tmp_path):
+    """The folder stays (the user made it) but the build's marker goes, so the fixed command is not refused."""
+    out = tmp_path / "ds"
+    out.mkdir()
+    result = build("--complexity", "0.9:1.0", "--executor", "inline", out=out)
+    assert result.exit_code == 1 and "Nothing was kept" in result.output
+    assert out.is_dir() and not list(out.iterdir())
+    assert build("--complexity", "0.5:1.0", "--executor", "inline", out=out).exit_code == 0
+
+
+def test_interrupt_while_the_manifest_is_written(tmp_path, monkeypatch):
+    """Ctrl-C after the last shard: exit 130 with the usual message (not click's 'Aborted!'), no manifest, and the
+    rerun only writes the manifest."""
+    from nca_datagen import manifest
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "ds"
+    monkeypatch.setattr(manifest, "write_manifest", interrupted)
+    result = CliRunner().invoke(main, ["build", *TINY, "--executor", "inline", "--out", str(out)])
+    assert result.exit_code == 130, result.output
+    assert "interrupted before the dataset was finished" in result.output and "rerun the same command" in result.output
+    assert not (out / "manifest.json").exists()
+    events = [json.loads(line)["event"] for line in next((out / "_logs").glob("*.jsonl")).read_text().splitlines()]
+    assert events[-2:] == ["shards_done", "interrupted"]
+    monkeypatch.undo()
+    rerun = build("--executor", "inline", out=out)
+    assert rerun.exit_code == 0 and "building 0 of" in rerun.output and (out / "manifest.json").exists()
 
 
 def test_unreachable_band_is_recognised_through_ray():
@@ -221,8 +260,11 @@ def test_inline_build_resume_and_config_guard(tmp_path):
     assert len(done) == 3 and {"probe_filter", "rollout_tokenize", "stats", "compress_write"} <= set(done[0]["timings"])
     assert events[-1]["event"] == "build_end"
 
-    again = build("--executor", "inline", out=out)  # a finished dataset is never overwritten by accident
-    assert again.exit_code == 1 and "already holds a finished dataset" in again.output
+    again = build("--executor", "inline", out=out)  # the same command again: nothing to do, nothing touched
+    assert again.exit_code == 0 and "already holds this dataset (3 shards" in again.output
+    assert len(list((out / "_logs").glob("*.jsonl"))) == 1
+    other = build("--executor", "inline", "--seed", "1", out=out)  # never overwritten by accident
+    assert other.exit_code == 1 and "already holds a finished dataset" in other.output
 
     other = build("--executor", "inline", "--seed", "1", "--overwrite", out=out)
     assert other.exit_code == 0, other.output

@@ -43,6 +43,12 @@ def test_read_manifest_names_the_missing_path(tmp_path):
     prepare_output(str(tmp_path), FAKE)
     with pytest.raises(ValueError, match=r"rerun the same build command"):
         read_manifest(str(tmp_path))
+    (tmp_path / MANIFEST).write_text('{"format": "nca-da')  # truncated
+    with pytest.raises(ValueError, match=f"{tmp_path}/manifest.json is damaged: not valid JSON"):
+        read_manifest(str(tmp_path))
+    (tmp_path / MANIFEST).write_text("[]")
+    with pytest.raises(ValueError, match="is damaged: JSON list, not an object"):
+        read_manifest(str(tmp_path))
 
 
 def test_prepare_output_resumes_same_config_and_refuses_another(tmp_path):
@@ -68,10 +74,22 @@ def test_finished_dataset_is_not_overwritten_by_accident(tmp_path):
     assert (tmp_path / "notes.txt").read_text() == "mine"  # only our files are deleted
 
 
+def test_a_folder_with_other_files_is_refused_even_with_overwrite(tmp_path):
+    (tmp_path / "README.md").write_text("my notes")  # a dataset card would replace it
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match=r"is not empty \(README.md\) and holds no nca-datagen dataset"):
+            prepare_output(str(tmp_path), FAKE, overwrite=overwrite)
+    assert (tmp_path / "README.md").read_text() == "my notes" and not (tmp_path / BUILD).exists()
+    (tmp_path / "README.md").unlink()
+    (tmp_path / "_logs").mkdir()  # logs of an abandoned build, and the folders a build writes, do not count
+    (tmp_path / "train").mkdir()
+    prepare_output(str(tmp_path), FAKE)
+
+
 def test_unwritable_output_is_a_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(ValueError, match=r"cannot write to .*choose a writable output folder"):
+    with pytest.raises(ValueError, match=r"cannot write to .*check a writable output folder"):
         prepare_output(str(blocker / "ds"), FAKE)
 
 
