@@ -1,11 +1,14 @@
 """`nca-datagen verify`: check a dataset against its manifest, and optionally against its own recipe.
 
 Checks per shard: present, recorded size, recorded sha256, a readable tar with the recorded numbers of samples
-and tokens; per split: the brace pattern expands to exactly the listed shards. Every bad file is named and the
-command exits non-zero if there is any. `--regenerate N` rebuilds N sampled shards from the manifest's recipe
-(`generate_shard` + `write_shard` into a temporary folder) and compares sha256: the shards are a pure function of
-the recipe, so they must match on any machine with the same zlib (the complexity filter depends on it; a
-different zlib runtime version is warned about, since it can change which rules pass).
+and tokens; per split: the brace pattern expands to exactly the listed shards, num_shards and the samples /
+tokens / bytes agree with the shards, and its folder holds no shard file the manifest does not list (one
+listing per split folder; readers that glob the folder would read such a file); the totals agree with the
+splits, and there is at least one split. Every problem is named and the command exits non-zero if there is
+any. `--regenerate N` rebuilds N sampled shards from the manifest's recipe (`generate_shard` + `write_shard` into
+a temporary folder) and compares sha256: the shards are a pure function of the recipe, so they must match on any
+machine with the same zlib (the complexity filter depends on it; a different zlib runtime version is warned
+about, since it can change which rules pass).
 
 The trade-off: verification reads every byte once (from object storage too); it never writes inside the dataset.
 """
@@ -18,15 +21,18 @@ import click
 import numpy as np
 
 from nca_datagen import storage
+from nca_datagen.config import SPLITS
 from nca_datagen.manifest import brace_pattern, dataset_root, read_manifest
-from nca_datagen.shards import ShardError, iter_shard_samples, shard_name
+from nca_datagen.rollout import BACKENDS
+from nca_datagen.shards import COMPRESSIONS, ShardError, iter_shard_samples, shard_name
 
 
 def verify_dataset(url: str, storage_options: dict | None = None, *, echo=print) -> list[str]:
-    """Problems found (each naming its file); empty when every shard matches the manifest."""
+    """Problems found (each naming its file, or its split and field); empty when the manifest is consistent and
+    every shard matches it."""
     manifest = read_manifest(url, storage_options)
     fs, root = dataset_root(url, storage_options)
-    problems = []
+    problems = _check_counts(manifest)
     for split, info in manifest["splits"].items():
         problems += _check_pattern(split, info)
         for shard in info["shards"]:
@@ -34,6 +40,40 @@ def verify_dataset(url: str, storage_options: dict | None = None, *, echo=print)
             echo(f"{'BAD' if problem else 'ok '} {shard['path']}" + (f": {problem}" if problem else ""))
             if problem:
                 problems.append(problem)
+    return problems + _unlisted_shards(fs, root, manifest)
+
+
+def _check_counts(manifest: dict) -> list[str]:
+    """The manifest's numbers agree with each other: per split with its shards, the totals with the splits."""
+    splits = manifest["splits"]
+    if not splits:
+        return ["splits: empty, the manifest lists no shards"]
+    problems = []
+    for split, info in splits.items():
+        if info["num_shards"] != len(info["shards"]):
+            problems.append(f"{split}: num_shards is {info['num_shards']}, but {len(info['shards'])} shards are listed")
+        for field in ("samples", "tokens", "bytes"):
+            total = sum(shard[field] for shard in info["shards"])
+            if info[field] != total:
+                problems.append(f"{split}: {field} is {info[field]}, the sum over its shards is {total}")
+    for field in ("num_shards", "samples", "tokens", "bytes"):
+        total = sum(info[field] for info in splits.values())
+        if manifest["totals"].get(field) != total:
+            problems.append(f"totals: {field} is {manifest['totals'].get(field)}, the sum over the splits is {total}")
+    return problems
+
+
+def _unlisted_shards(fs, root: str, manifest: dict) -> list[str]:
+    """Shard files in a split folder that the manifest does not list (an older dataset's, another compression's):
+    one listing per split folder, named in the manifest or not."""
+    listed = {shard["path"] for info in manifest["splits"].values() for shard in info["shards"]}
+    problems = []
+    for split in sorted(set(SPLITS) | set(manifest["splits"])):
+        for name in storage.listing(fs, storage.join(root, split)):
+            path = f"{split}/{name}"
+            if name.endswith(tuple(COMPRESSIONS.values())) and path not in listed:
+                problems.append(f"{storage.url_of(fs, storage.join(root, path))}: a shard file the manifest does not "
+                                f"list; readers that glob {split}/ would read it: delete it")
     return problems
 
 
@@ -101,7 +141,8 @@ def _check_pattern(split: str, info: dict) -> list[str]:
 @click.option("--regenerate", "regenerate", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also rebuild N randomly chosen shards from the manifest's recipe and compare sha256.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Which shards --regenerate picks.")
-@click.option("--backend", default=None, help="Rollout backend for --regenerate (default: the fastest available).")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="Rollout backend for --regenerate; auto: the fastest available.")
 @storage.storage_flags
 def verify_command(url, regenerate, seed, backend, endpoint_url, profile, s3_checksums):
     """Check every shard of the dataset at URL (folder or manifest.json, local or s3://) against its manifest."""
@@ -109,7 +150,8 @@ def verify_command(url, regenerate, seed, backend, endpoint_url, profile, s3_che
     try:
         problems = verify_dataset(url, opts, echo=click.echo)
         if regenerate:
-            problems += regenerate_and_compare(url, regenerate, opts, seed=seed, backend=backend, echo=click.echo)
+            problems += regenerate_and_compare(url, regenerate, opts, seed=seed,
+                                               backend=None if backend == "auto" else backend, echo=click.echo)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     if problems:

@@ -1,10 +1,16 @@
 """`nca-datagen publish SRC DST`: copy a finished dataset between local disk and object storage, manifest last.
 
 Idempotent and restartable: a shard is skipped when DST already holds its record with the same sha256 and size
-and the shard object has that size, so a second publish of the same dataset uploads nothing. Each uploaded
-shard is checked against the manifest before upload (a corrupt source is never published) and re-read and
-re-hashed after it. `manifest.json` goes last; if DST held the manifest of another dataset version it is
-deleted first, so an interrupted publish leaves no visible manifest naming shards that are not there yet.
+and the shard object has that size, so a second publish of the same dataset uploads nothing. By default that is
+all that is checked for a shard already there (its record and one listing; no shard bytes read): a shard
+damaged in place at DST, same size, is not noticed. `--rehash` also re-reads and re-hashes each such shard and
+re-uploads it when it differs; it is the repair after `verify` reports a BAD shard at DST. Each uploaded shard is
+checked against the manifest before upload (a corrupt source is never published) and re-read and re-hashed
+after it. `manifest.json` goes last; if DST held the manifest of another dataset version it is deleted first,
+so an interrupted publish leaves no visible manifest naming shards that are not there yet. Just before it, the
+files nca-datagen owns at DST (split folders, samples/, the card, build.json) that this dataset does not have
+are deleted, so an older dataset's shards cannot outlive it there; any other file under DST is left alone.
+SRC and DST must not overlap (one inside the other would copy the dataset into itself).
 
 The trade-off: everything streams through this machine (no server-side copy between different stores), one
 shard in memory at a time; shards are small, so that is cheap, and it is what makes the hash checks exact.
@@ -14,19 +20,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import click
 
 from nca_datagen import storage
-from nca_datagen.manifest import BUILD, MANIFEST, dataset_root, read_json, read_manifest, remove_stale_shards
+from nca_datagen.config import SPLITS
+from nca_datagen.manifest import BUILD, CARD_FILES, MANIFEST, dataset_root, read_json, read_manifest
 from nca_datagen.shards import ShardError, check_blob, record_name
 
 
-def publish(src: str, dst: str, storage_options: dict | None = None, *, echo=print) -> dict:
-    """Copy the dataset at `src` to `dst`; returns {"uploaded", "skipped", "files"} (shards, shards, other files)."""
-    manifest = read_manifest(src, storage_options)
+def publish(src: str, dst: str, storage_options: dict | None = None, *, rehash: bool = False, echo=print) -> dict:
+    """Copy the dataset at `src` to `dst`; returns {"uploaded", "skipped", "files"} (shards, shards, other files).
+    `rehash`: re-hash the shards DST already holds instead of trusting their record and size."""
     sfs, sroot = dataset_root(src, storage_options)
     dfs, droot = storage.filesystem(dst, storage_options)
+    check_no_overlap(sfs, sroot, dfs, droot)
+    manifest = read_manifest(src, storage_options)
     manifest_bytes = storage.read_bytes(sfs, storage.join(sroot, MANIFEST))
     dst_manifest = storage.join(droot, MANIFEST)
     if storage.exists(dfs, dst_manifest) and storage.read_bytes(dfs, dst_manifest) != manifest_bytes:
@@ -37,23 +47,37 @@ def publish(src: str, dst: str, storage_options: dict | None = None, *, echo=pri
         present = storage.listing(dfs, storage.join(droot, split))  # one request: what DST holds, with sizes
         for index, shard in enumerate(info["shards"]):
             shard_files |= {shard["path"], record_name(split, index)}
-            copied = _publish_shard(sfs, sroot, dfs, droot, split, index, shard, present)
+            copied = _publish_shard(sfs, sroot, dfs, droot, split, index, shard, present, rehash)
             stats["uploaded" if copied else "skipped"] += 1
             echo(f"{'uploaded' if copied else 'skipped '} {shard['path']}")
-        remove_stale_shards(dfs, droot, split, len(info["shards"]))
-    stats["files"] = _copy_other_files(sfs, sroot, dfs, droot, shard_files)
+    others = _other_files(sfs, sroot)
+    stats["files"] = _copy_other_files(sfs, sroot, dfs, droot, others)
+    _remove_unpublished(dfs, droot, published=shard_files | set(others))
     storage.write_atomic(dfs, dst_manifest, manifest_bytes)
     return stats
 
 
-def _publish_shard(sfs, sroot, dfs, droot, split: str, index: int, shard: dict, present: dict[str, int]) -> bool:
+def check_no_overlap(sfs, sroot: str, dfs, droot: str) -> None:
+    """ValueError when SRC and DST are the same folder or one holds the other (publishing would copy the dataset
+    into itself, one level deeper each run, or delete SRC's files as DST's stale ones)."""
+    src, dst = _resolved_url(sfs, sroot), _resolved_url(dfs, droot)
+    if src == dst or dst.startswith(src + "/") or src.startswith(dst + "/"):
+        raise ValueError(f"SRC {src} and DST {dst} overlap (the same folder, or one inside the other); publish to "
+                         f"a folder outside the dataset")
+
+
+def _resolved_url(fs, root: str) -> str:
+    """The URL of `root` with local symlinks resolved and no trailing slash (the filesystem root becomes '')."""
+    return storage.url_of(fs, os.path.realpath(root) if storage.is_local(fs) else root).rstrip("/")
+
+
+def _publish_shard(sfs, sroot, dfs, droot, split: str, index: int, shard: dict, present: dict[str, int],
+                   rehash: bool) -> bool:
     """Make DST hold this shard and its record; False when it already did. `present`: DST's listing of the
     split's folder (names and sizes), so only records that exist are read."""
     dst_path, dst_record_path = storage.join(droot, shard["path"]), storage.join(droot, record_name(split, index))
-    if present.get(storage.basename(dst_path)) == shard["bytes"] and storage.basename(dst_record_path) in present:
-        dst_record = read_json(dfs, dst_record_path)
-        if dst_record and (dst_record.get("sha256"), dst_record.get("bytes")) == (shard["sha256"], shard["bytes"]):
-            return False
+    if _already_there(dfs, dst_path, dst_record_path, shard, present, rehash):
+        return False
     src_path = storage.join(sroot, shard["path"])
     try:
         blob = storage.read_bytes(sfs, src_path)
@@ -70,19 +94,41 @@ def _publish_shard(sfs, sroot, dfs, droot, split: str, index: int, shard: dict, 
     return True
 
 
+def _already_there(dfs, dst_path: str, dst_record_path: str, shard: dict, present: dict[str, int],
+                   rehash: bool) -> bool:
+    """DST's object has the shard's size and DST's record its sha256 and size; with `rehash`, the object's bytes
+    also hash to that sha256 (one more read of the whole shard)."""
+    if present.get(storage.basename(dst_path)) != shard["bytes"] or storage.basename(dst_record_path) not in present:
+        return False
+    try:
+        dst_record = read_json(dfs, dst_record_path)
+    except ValueError:  # a damaged record (not JSON): publish the shard and its record again
+        return False
+    wanted = (shard["sha256"], shard["bytes"])
+    if not isinstance(dst_record, dict) or (dst_record.get("sha256"), dst_record.get("bytes")) != wanted:
+        return False
+    return not rehash or hashlib.sha256(storage.read_bytes(dfs, dst_path)).hexdigest() == shard["sha256"]
+
+
 def upload_shard(dfs, path: str, blob: bytes) -> None:
     """One shard to its final name (a separate function so tests can interrupt a publish here)."""
     storage.write_atomic(dfs, path, blob)
 
 
-def _copy_other_files(sfs, sroot, dfs, droot, shard_files: set) -> int:
-    """Tables, card and figures: copied when missing or different at DST. Returns how many were copied."""
+def _other_files(sfs, sroot: str) -> list[str]:
+    """SRC's tables, card and figures (paths relative to SRC). Split folders are left out: what they carry to
+    DST is the manifest's shards and their records only, so a stray file beside them is never published."""
+    prefix = len(sroot.rstrip("/")) + 1
+    rels = [path[prefix:] for path in sorted(sfs.find(sroot))]
+    return [rel for rel in rels if rel not in (MANIFEST, BUILD) and ".tmp-" not in rel
+            and rel.split("/", 1)[0] not in SPLITS]
+
+
+def _copy_other_files(sfs, sroot, dfs, droot, rels: list[str]) -> int:
+    """Copy these files when missing or different at DST. Returns how many were copied."""
     copied = 0
-    for path in sorted(sfs.find(sroot)):
-        rel = path[len(sroot.rstrip("/")) + 1 :]
-        if rel in shard_files or rel in (MANIFEST, BUILD) or ".tmp-" in rel:
-            continue
-        data = storage.read_bytes(sfs, path)
+    for rel in rels:
+        data = storage.read_bytes(sfs, storage.join(sroot, rel))
         target = storage.join(droot, rel)
         if storage.size(dfs, target) == len(data) and storage.read_bytes(dfs, target) == data:
             continue
@@ -91,15 +137,35 @@ def _copy_other_files(sfs, sroot, dfs, droot, shard_files: set) -> int:
     return copied
 
 
+def _remove_unpublished(dfs, droot: str, published: set[str]) -> None:
+    """Delete the files nca-datagen owns at DST that this publish did not write or keep (an older dataset's
+    shards, records, tables, figures, a build marker): one listing, one batched delete. Anything else stays."""
+    dfs.invalidate_cache(droot)
+    prefix = len(droot.rstrip("/")) + 1
+    stale = [path for path in dfs.find(droot) if _owned(path[prefix:]) and path[prefix:] not in published]
+    if stale:
+        dfs.rm(stale)
+
+
+def _owned(rel: str) -> bool:
+    """Whether nca-datagen writes this path of a dataset folder (see nca_datagen.manifest): the split folders,
+    samples/, the card files and build.json; not manifest.json (written last, by publish itself)."""
+    folder, _, rest = rel.partition("/")
+    return rel in (BUILD, *CARD_FILES) or (bool(rest) and folder in (*SPLITS, "samples"))
+
+
 @click.command("publish")
 @click.argument("src")
 @click.argument("dst")
+@click.option("--rehash", is_flag=True,
+              help="Re-read and re-hash every shard DST already holds (default: trust its record and size), "
+                   "re-uploading those that differ: repairs a shard `verify` reports BAD at DST.")
 @storage.storage_flags
-def publish_command(src, dst, endpoint_url, profile, s3_checksums):
+def publish_command(src, dst, rehash, endpoint_url, profile, s3_checksums):
     """Copy the finished dataset at SRC to DST (e.g. a folder to s3://bucket/prefix), manifest last."""
     opts = storage.storage_options_from_flags(endpoint_url, profile, s3_checksums)
     try:
-        stats = publish(src, dst, opts, echo=click.echo)
+        stats = publish(src, dst, opts, rehash=rehash, echo=click.echo)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"published {src} -> {dst}: {stats['uploaded']} shards uploaded, {stats['skipped']} already "

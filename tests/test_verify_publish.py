@@ -113,7 +113,7 @@ def test_interrupted_publish_leaves_no_manifest_and_resumes(tmp_path, s3_server,
 
     monkeypatch.setattr(publish_mod, "upload_shard", flaky_upload)
     result = cli("publish", src, dst, "--endpoint-url", s3_server)
-    assert isinstance(result.exception, ConnectionError)
+    assert result.exit_code == 1 and "Error: ConnectionError: network went away" in result.output  # no traceback
     assert not fs.exists(f"{root}/manifest.json")
     assert len(fs.glob(f"{root}/train/shard-*.tar.zst")) == 2
 
@@ -142,3 +142,122 @@ def test_publish_refuses_a_corrupt_source(tmp_path, s3_server, s3_bucket):
     assert result.exit_code == 1 and "shard-000001.tar.zst" in result.output
     fs, root = storage.filesystem(f"{s3_bucket}/x", {"endpoint_url": s3_server})
     assert not fs.exists(f"{root}/manifest.json")
+
+
+def _dst(kind, tmp_path, request):
+    """A publish destination and its storage options: a local folder, or a prefix on the moto S3 server."""
+    if kind == "local":
+        return str(tmp_path / "dst"), {}
+    server = request.getfixturevalue("s3_server")
+    return f"{request.getfixturevalue('s3_bucket')}/nca", {"endpoint_url": server}
+
+
+def _publish(src, dst, opts, *flags):
+    return cli("publish", str(src), dst, *flags, *(["--endpoint-url", opts["endpoint_url"]] if opts else []))
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_publishing_another_dataset_removes_the_old_ones_files(tmp_path, request, kind):
+    dst, opts = _dst(kind, tmp_path, request)
+    make_dataset(str(tmp_path / "v1"), {"train": 2, "val": 1})
+    (tmp_path / "v1" / "preview.png").write_bytes(b"png of v1")  # a card figure v2 will not have
+    assert _publish(tmp_path / "v1", dst, opts).exit_code == 0
+    fs, root = storage.filesystem(dst, opts)
+    theirs = {"notes.txt": b"mine", "_logs/build.jsonl": b"{}", "extra/train/shard-000009.tar": b"not ours"}
+    for rel, data in {**theirs, "build.json": b"{}"}.items():
+        storage.write_atomic(fs, f"{root}/{rel}", data)
+
+    make_dataset(str(tmp_path / "v2"), {"train": 1}, compression="none")  # no val, .tar instead of .tar.zst
+    result = _publish(tmp_path / "v2", dst, opts)
+    assert result.exit_code == 0, result.output
+    fs.invalidate_cache()
+    left = sorted(p[len(root) + 1:] for p in fs.find(root))
+    assert left == sorted(["README.md", "manifest.json", "samples/train.parquet", "train/shard-000000.json",
+                           "train/shard-000000.tar", *theirs])
+    assert all(storage.read_bytes(fs, f"{root}/{rel}") == data for rel, data in theirs.items())
+    assert cli("verify", dst, *(["--endpoint-url", opts["endpoint_url"]] if opts else [])).exit_code == 0
+
+
+@pytest.mark.parametrize("src, dst", [("x", "x/mirror"), ("x", "x"), ("x/manifest.json", "x/"), ("x", "."),
+                                      ("x", "x/../x/sub")])
+def test_publish_refuses_a_destination_overlapping_the_source(tmp_path, monkeypatch, src, dst):
+    monkeypatch.chdir(tmp_path)
+    make_dataset("x", {"train": 1})
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    result = cli("publish", src, dst)
+    assert result.exit_code == 1 and "overlap" in result.output, result.output
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
+    assert cli("publish", "x", "x-copy").exit_code == 0  # a sibling whose name starts with SRC's is fine
+
+
+def test_publish_refuses_overlapping_s3_prefixes(s3_server, s3_bucket):
+    result = cli("publish", f"{s3_bucket}/nca", f"{s3_bucket}/nca/mirror", "--endpoint-url", s3_server)
+    assert result.exit_code == 1 and "overlap" in result.output, result.output
+
+
+def test_publish_rehash_repairs_a_shard_corrupt_in_place(tmp_path, s3_server, s3_bucket):
+    src, dst, opts = tmp_path / "src", f"{s3_bucket}/nca", {"endpoint_url": s3_server}
+    make_dataset(str(src), {"train": 2})
+    assert _publish(src, dst, opts).exit_code == 0
+    fs, root = storage.filesystem(dst, opts)
+    blob = bytearray(storage.read_bytes(fs, f"{root}/train/shard-000001.tar.zst"))
+    blob[len(blob) // 3] ^= 0x10  # same size, one bit flipped
+    storage.write_atomic(fs, f"{root}/train/shard-000001.tar.zst", bytes(blob))
+
+    cheap = _publish(src, dst, opts)
+    assert cheap.exit_code == 0 and "0 shards uploaded, 2 already present" in cheap.output  # default: size only
+    assert cli("verify", dst, "--endpoint-url", s3_server).exit_code == 1
+    rehashed = _publish(src, dst, opts, "--rehash")
+    assert rehashed.exit_code == 0 and "1 shards uploaded, 1 already present" in rehashed.output, rehashed.output
+    assert cli("verify", dst, "--endpoint-url", s3_server).exit_code == 0
+
+    storage.write_atomic(fs, f"{root}/train/shard-000000.json", b'{"sha2')  # a damaged record at DST
+    repaired = _publish(src, dst, opts)
+    assert repaired.exit_code == 0 and "1 shards uploaded, 1 already present" in repaired.output, repaired.output
+
+
+def _set(*keys_value):
+    *keys, value = keys_value
+
+    def edit(manifest):
+        for key in keys[:-1]:
+            manifest = manifest[key]
+        manifest[keys[-1]] = value(manifest[keys[-1]]) if callable(value) else value
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_set("splits", "train", "num_shards", 3), "train: num_shards is 3, but 2 shards are listed"),
+    (_set("splits", "train", "samples", lambda v: v + 1), "train: samples is 9, the sum over its shards is 8"),
+    (_set("splits", "train", "tokens", lambda v: v - 1), "train: tokens is"),
+    (_set("splits", "val", "bytes", 0), "val: bytes is 0, the sum over its shards is"),
+    (_set("totals", "num_shards", 4), "totals: num_shards is 4, the sum over the splits is 3"),
+    (_set("totals", "samples", lambda v: v * 2), "totals: samples is 24, the sum over the splits is 12"),
+    (_set("splits", {}), "splits: empty"),
+], ids=["num_shards", "split-samples", "split-tokens", "split-bytes", "total-shards", "total-samples",
+        "no-splits"])
+def test_verify_catches_inconsistent_counts(tmp_path, edit, message):
+    make_dataset(str(tmp_path), {"train": 2, "val": 1})
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    edit(manifest)
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    result = cli("verify", str(tmp_path))
+    assert result.exit_code == 1 and message in result.output, result.output
+
+
+def test_verify_names_shard_files_the_manifest_does_not_list(tmp_path):
+    make_dataset(str(tmp_path), {"train": 2})
+    shard = (tmp_path / "train" / "shard-000000.tar.zst").read_bytes()
+    (tmp_path / "train" / "shard-000000.tar").write_bytes(shard)  # what a webdataset glob of train/ would read
+    (tmp_path / "val").mkdir()
+    (tmp_path / "val" / "shard-000000.tar.zst").write_bytes(shard)
+    result = cli("verify", str(tmp_path))
+    assert result.exit_code == 1 and "2 problem(s)" in result.output, result.output
+    assert "train/shard-000000.tar: " in result.output and "val/shard-000000.tar.zst: " in result.output
+
+
+def test_verify_rejects_an_unknown_backend_before_reading(tmp_path):
+    result = cli("verify", str(tmp_path), "--backend", "bogus")  # no dataset there: only the option can fail
+    assert result.exit_code == 2 and "Invalid value for '--backend'" in result.output, result.output
+    make_dataset(str(tmp_path), {"train": 1})
+    assert cli("verify", str(tmp_path), "--backend", "auto").exit_code == 0
