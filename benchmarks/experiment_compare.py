@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.report import RESULTS, machine
+from nca_datagen.train.compare import speedup_text
 
 # Sized from a measured run (2026-11-28, 2 cores, 2 torch threads): build 8 s; NCA 600 steps x 4 x 1024 at
 # ~4.5K tokens/s ~9 min; each text run 600 steps x 16 x 256 at 15-19K tokens/s ~2.5 min; 14 min in all.
@@ -61,7 +62,7 @@ def build(out: Path, args: list[str]) -> float:
 
 
 def note(report: dict, plan: dict, timings: dict, quick: bool) -> str:
-    speedup = f"{report['speedup']:.2f}x" if report["speedup"] else "not reached"
+    speedup = speedup_text(report)
     run = report["nca_text_run"]
     info, t = run["corpus_info"], plan["text"]
     return f"""# NCA pre-pre-training vs scratch{' (quick smoke run)' if quick else ''}

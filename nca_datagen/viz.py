@@ -145,7 +145,7 @@ def render_gif_frames(rows: list[PreviewRow], states: int, *, scale: int = 6, co
     fnt, small = font(FONT_SIZE - 2), font(FONT_SIZE - 2)
     scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     h, w = rows[0].frames_FHW.shape[1:]
-    labels = [(f"{r.ratio:.3f}", VERDICT_TEXT.get(r.verdict, r.verdict)) for r in rows]
+    labels = [(f"rule {r.rule_id}", f"{r.ratio:.3f} {VERDICT_TEXT.get(r.verdict, r.verdict)}") for r in rows]
     tile_w = max(w * scale + 2, *(_text_width(scratch, t, fnt) for pair in labels for t in pair)) + 8
     line = FONT_SIZE + 4
     tile_h = h * scale + 2 + 2 * line + 8
@@ -213,6 +213,7 @@ def plot_histograms(histograms: dict, band: Band | None, *, title: str = ""):
 
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     rules = [k for k in ("candidates", "kept") if histograms.get(k)]
     panels = ([rules] if rules else []) + ([["samples"]] if histograms.get("samples") else [])
@@ -236,6 +237,7 @@ def plot_histograms(histograms: dict, band: Band | None, *, title: str = ""):
         ax.set_xlim(0, 0.7 if _all_below(histograms, keys, 0.7) else 1.0)
         ax.set_xlabel("gzip ratio (higher = more complex)")
         ax.set_ylabel("samples" if keys == ["samples"] else "rules")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no 2.5-rule ticks
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0, 0.92))
         ax.spines[["top", "right"]].set_visible(False)
     if title:
@@ -698,13 +700,15 @@ def complexity_command(paths, chunk, max_chunks, as_json):
     NCA tokens' 0.669; the "NCA-scale estimate" rescales by the two ceilings. It is a rough guide: which band
     helps your corpus is measured by `nca-datagen train sweep`.
     """
-    from nca_datagen.train.text import load_documents
+    from nca_datagen.train.text import binary_note, read_corpus
 
     try:
-        docs = load_documents(list(paths))
+        docs, binary = read_corpus(list(paths))
+        if binary:
+            click.echo(f"note: {binary_note(binary)}", err=True)
         result = measure_corpus(docs, chunk, max_chunks)
-    except (ValueError, OSError) as exc:
-        raise click.UsageError(str(exc)) from exc
+    except (ValueError, OSError) as exc:  # a corpus problem, not a usage one: one line, no usage text
+        raise click.ClickException(str(exc)) from exc
     result["paths"] = list(paths)
     result["paper_bands"] = [{"band": [lo, hi], "share_of_random_rules": share, "paper_best_for": PAPER_BEST.get(
         (lo, hi))} for (lo, hi), share in PAPER_BAND_SHARES]

@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 
 from nca_datagen.train import text as text_data
-from nca_datagen.train.compare import compare, steps_to_reach
+from nca_datagen.train.compare import compare, steps_to_reach, summarize
 from nca_datagen.train.model import ModelConfig, build_model, count_params, flops_per_token, model_config
 from nca_datagen.train.stages import train_text
 from nca_datagen.train.trainer import TrainConfig, load_checkpoint, lr_at, read_metrics, train_step
@@ -118,6 +118,68 @@ def test_text_split_is_by_document_and_deterministic(tmp_path, corpus):
         text_data.load_documents(str(tmp_path / "missing*"))
 
 
+@pytest.mark.parametrize("where", ["..", ".hidden", "absolute .hidden"])
+def test_corpus_folder_under_dots_is_read(tmp_path, monkeypatch, where):
+    """Only what lies inside the folder given is filtered: the user's own path may hold `..` or dot-folders."""
+    root = tmp_path / (".hidden" if ".hidden" in where else "plain") / "corp"
+    for name in ("a.txt", "sub/b.txt", ".skipped.txt", ".git/c.txt", "__pycache__/d.txt"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(name)
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub" if where == ".." else tmp_path)
+    spec = {"..": "../plain/corp", ".hidden": ".hidden/corp", "absolute .hidden": str(root)}[where]
+    assert text_data.load_documents(spec) == [b"a.txt", b"sub/b.txt"]
+
+
+@pytest.mark.parametrize("line, expected", [
+    (b'{"content": "x"}', 'got: {"content": "x"}'),
+    (b'{"text": ["x"]}', 'got: {"text": ["x"]}'),
+    (b'{"text": null}', 'got: {"text": null}'),
+    (b'"just a string"', 'got: "just a string"'),
+    (b'{bad json', "not JSON"),
+    (b'{"text": "\xff"}', "not UTF-8"),
+], ids=["no-text", "text-list", "text-null", "string-line", "bad-json", "bad-utf8"])
+def test_jsonl_problems_name_file_and_line(tmp_path, line, expected):
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b'{"text": "fine"}\n\n' + line + b"\n")
+    with pytest.raises(ValueError, match=r'c\.jsonl:3: .*object with a string "text" field') as err:
+        text_data.load_documents(str(path))
+    assert expected in str(err.value)
+
+
+def test_binary_files_skipped_are_counted(tmp_path):
+    (tmp_path / "rand.bin").write_bytes(b"\0\xff" * 1000)
+    with pytest.raises(ValueError, match=r"1 binary file\(s\) skipped .*rand\.bin"):
+        text_data.load_documents(str(tmp_path / "rand.bin"))
+    (tmp_path / "text.txt").write_text("some text")
+    with pytest.warns(UserWarning, match=r"1 binary file\(s\) skipped"):
+        assert text_data.load_documents(str(tmp_path)) == [b"some text"]
+
+
+def test_complexity_reports_corpus_problems_in_one_line(tmp_path):
+    from nca_datagen.cli import main
+
+    (tmp_path / "rand.bin").write_bytes(b"\0\xff" * 1000)
+    bad = CliRunner().invoke(main, ["complexity", str(tmp_path / "rand.bin")])
+    assert bad.exit_code == 1 and bad.output.startswith("Error: ") and bad.output.count("\n") == 1, bad.output
+    assert "1 binary file(s) skipped" in bad.output
+    (tmp_path / "text.txt").write_text("some text " * 100)
+    ok = CliRunner().invoke(main, ["complexity", str(tmp_path), "--json"])
+    assert ok.exit_code == 0 and "1 binary file(s) skipped" in ok.stderr
+    assert json.loads(ok.stdout)["documents"] == 1
+    (tmp_path / "c.jsonl").write_text('{"content": "x"}\n')
+    bad = CliRunner().invoke(main, ["complexity", str(tmp_path / "c.jsonl")])
+    assert bad.exit_code == 1 and bad.output.startswith("Error: ") and "c.jsonl:1: " in bad.output, bad.output
+
+
+def test_corpus_files_listed_twice_are_read_once(corpus, monkeypatch):
+    """`corp corp/*.txt` names every file twice: each is read once (else a validation document also trains)."""
+    monkeypatch.chdir(corpus.parent)
+    files = text_data.corpus_files([str(corpus / "doc3.txt"), corpus.name, str(corpus / "*.txt"), str(corpus)])
+    assert [p.name for p in files] == ["doc3.txt"] + [f"doc{i}.txt" for i in range(10) if i != 3]
+    assert len(text_data.load_documents([str(corpus), str(corpus)])) == 10
+
+
 def test_text_batches_resume_by_index(corpus):
     stream = text_data.token_stream(text_data.load_documents(str(corpus)))
     a = text_data.TextBatches(stream, 4, 32, seed=1)
@@ -159,6 +221,33 @@ def test_resume_continues_the_loss_curve_identically(tmp_path, corpus):
     assert whole == split  # every loss, lr and val loss, exactly
     with pytest.raises(ValueError, match="other settings"):  # a changed schedule is refused, not silently mixed
         train_text(str(corpus), tmp_path / "split", **{**kw, "steps": 9})
+
+
+def test_rerun_with_other_run_settings_is_refused(tmp_path, corpus, capsys):
+    """A finished run rerun with the same settings is complete; with another corpus, init, transfer, split or
+    evaluation it is refused, naming `field: old -> new`, and leaves the run's files as they were."""
+    init = train_text(str(corpus), tmp_path / "pre", steps=2, batch_size=4, **FAST)["checkpoint"]
+    kw = dict(init=init, transfer="all", steps=3, batch_size=4, **FAST)
+    run = tmp_path / "run"
+    train_text(str(corpus), run, stop_at=2, **kw)
+    capsys.readouterr()
+    train_text(str(corpus), run, **kw)
+    assert "resuming at step 2 of 3" in capsys.readouterr().err
+    before = {name: (run / name).read_bytes() for name in ("ckpt.pt", "metrics.jsonl", "transfer.json", "run.json")}
+    train_text(str(corpus), run, **kw)
+    assert "already complete" in capsys.readouterr().err
+    changes = {
+        "corpus": ([str(corpus / "doc[0-7].txt")], {}),
+        "init": ([str(corpus)], {"init": None}),
+        "transfer": ([str(corpus)], {"transfer": "attn"}),
+        "reinit_layers": ([str(corpus)], {"reinit_layers": "1"}),
+        "val_fraction": ([str(corpus)], {"val_fraction": 0.2}),
+        "eval_tokens": ([str(corpus)], {"eval_tokens": 256}),
+    }
+    for field, (spec, change) in changes.items():
+        with pytest.raises(ValueError, match=rf"other settings \(.*{field}: .* -> .*\).*another --out"):
+            train_text(spec, run, **{**kw, **change})
+    assert before == {name: (run / name).read_bytes() for name in before}
 
 
 # ---------------------------------------------------------------- transfer
@@ -220,6 +309,31 @@ def test_compare_from_a_checkpoint_end_to_end(tmp_path, corpus):
     assert report["curves"]["scratch"][0] != report["curves"]["NCA-initialised"][0]  # different starting weights
     assert json.loads((tmp_path / "cmp" / "nca-init" / "transfer.json").read_text())["parts"] == ["attn", "mlp", "norm"]
     assert json.loads((tmp_path / "cmp" / "scratch" / "transfer.json").read_text())["kept"] == []
+    assert saved["text"] == [str(corpus)] and saved["scratch_run"]["corpus"] == [str(corpus)]
+    again = compare(init, str(corpus), tmp_path / "cmp", steps=6, batch_size=4, lr=3e-3, eval_every=2, **FAST)
+    assert again["curves"] == report["curves"]  # the same command again: every run is complete, nothing trains
+
+
+def test_speedup_when_nca_starts_at_scratch_final_loss(capsys):
+    from nca_datagen.train.cli import _echo_report
+
+    scratch_curve, nca_curve = [(0, 3.0), (10, 2.0)], [(0, 1.9), (10, 1.5)]
+    report = summarize({"final_val_loss": 2.0}, {"final_val_loss": 1.5}, scratch_curve, nca_curve)
+    assert report["nca_steps_to_scratch_final"] == 0.0
+    _echo_report(report)
+    out = capsys.readouterr().out
+    assert "not reached" not in out and "started at or below scratch's final loss" in out, out
+    report = summarize({"final_val_loss": 1.0}, {"final_val_loss": 1.5}, scratch_curve, nca_curve)
+    _echo_report(report)
+    assert "not reached" in capsys.readouterr().out
+
+
+def test_curves_figure_counts_whole_steps():
+    from nca_datagen.train.compare import curves_figure
+
+    fig = curves_figure({"scratch": [(0, 3.0), (1, 2.5), (2, 2.0)]}, "title")
+    ticks = fig.axes[0].get_xticks()
+    assert len(ticks) > 1 and all(float(t).is_integer() for t in ticks), ticks
 
 
 def test_cli_text_and_help(tmp_path, corpus):
@@ -234,6 +348,46 @@ def test_cli_text_and_help(tmp_path, corpus):
                                   "--quiet"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output.strip().splitlines()[-1])["final_val_loss"] > 0
+    assert json.loads((tmp_path / "t" / "run.json").read_text())["corpus"] == [str(corpus)]
+
+
+def _one_line_errors():
+    """(arguments after `train`, text the one-line error must hold); {corpus} and {tmp} are filled in."""
+    text = ["text", "{corpus}", "--out", "{tmp}/run", "--steps", "2", "--batch-size", "4", "--context", "32",
+            "--eval-tokens", "256", "--device", "cpu", "--quiet"]
+    no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+    return [
+        pytest.param([*text, "--steps", "0"], "--steps", id="steps-0"),
+        pytest.param([*text, "--batch-size", "0"], "--batch-size", id="batch-size-0"),
+        pytest.param([*text, "--micro-batch-size", "3"], "not a multiple of micro_batch_size=3", id="micro-batch"),
+        pytest.param([*text, "--context", "0"], "--context", id="context-0"),
+        pytest.param([*text, "--val-fraction", "1"], "--val-fraction", id="val-fraction-1"),
+        pytest.param([*text, "--eval-tokens", "-1"], "--eval-tokens", id="eval-tokens-negative"),
+        pytest.param([*text, "--transfer", "bogus"], "choose 'all', 'none'", id="transfer"),
+        pytest.param([*text, "--reinit-layers", "x"], "block indices", id="reinit-layers"),
+        pytest.param([*text, "--device", "cuda"], "no CUDA GPU", id="cuda-without-gpu", marks=no_gpu),
+        pytest.param([*text, "--device", "tpu9"], "--device", id="device-unknown"),
+        pytest.param([*text, "--tracker", "wandb"], "pip install wandb", id="tracker-missing"),
+        pytest.param([*text, "--init", "{corpus}/doc0.txt"], "is not an nca-datagen training checkpoint",
+                     id="init-not-checkpoint"),
+        pytest.param([*text, "--init", "{tmp}/nope.pt"], "checkpoint not found", id="init-missing"),
+        pytest.param(["text", "{tmp}/missing", "--out", "{tmp}/run"], "has no files", id="corpus-missing"),
+        pytest.param([*text, "--context", "4000"], "shorter --context", id="corpus-too-small"),
+        pytest.param(["nca", "{tmp}/missing", "--out", "{tmp}/run"], "no dataset at", id="nca-missing"),
+        pytest.param(["compare", "--nca", "{tmp}/nope.pt", "--text", "{corpus}", "--out", "{tmp}/cmp"],
+                     "checkpoint not found", id="compare-checkpoint-missing"),
+    ]
+
+
+@pytest.mark.parametrize("args, expected", _one_line_errors())
+def test_cli_user_errors_are_one_line(tmp_path, corpus, args, expected):
+    from nca_datagen.cli import main
+
+    args = [a.format(corpus=corpus, tmp=tmp_path) for a in args]
+    result = CliRunner().invoke(main, ["train", *args])
+    assert result.exit_code in (1, 2) and isinstance(result.exception, SystemExit), (result.exception, result.output)
+    error = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(error) == 1 and expected in error[0], result.output
 
 
 def test_train_package_never_imports_the_generator():

@@ -6,6 +6,7 @@ once per module with the `nca-datagen build` command (tests may use the generato
 
 import ast
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 from click.testing import CliRunner
 
 from nca_datagen.cli import main
+from nca_datagen.train.compare import build_dataset
 from nca_datagen.train.nca import NCABatches, dataset_info
 from nca_datagen.train.stages import pretrain_nca
 from nca_datagen.train.trainer import load_checkpoint, read_metrics
@@ -78,30 +80,69 @@ def test_nca_resume_continues_identically_through_the_loader_state(tmp_path, dat
     assert read_metrics(tmp_path / "whole") == read_metrics(tmp_path / "split")
 
 
+def test_nca_rerun_on_other_data_is_refused(tmp_path, dataset):
+    kw = dict(steps=1, batch_size=2, val_sequences=2, **FAST)
+    pretrain_nca(str(dataset), tmp_path / "run", **kw)
+    copy = shutil.copytree(dataset, tmp_path / "copy")
+    with pytest.raises(ValueError, match=r"other settings \(data: .*data -> .*copy\)"):
+        pretrain_nca(str(copy), tmp_path / "run", **kw)
+    with pytest.raises(ValueError, match=r"val_sequences: 2 -> 4"):
+        pretrain_nca(str(dataset), tmp_path / "run", **{**kw, "val_sequences": 4})
+    pretrain_nca(str(copy), tmp_path / "on-copy", **kw)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["provenance"]["created"] = "2000-01-01T00:00:00Z"  # as if rebuilt in the same folder
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"data_created: .* -> 2000-01-01T00:00:00Z"):
+        pretrain_nca(str(copy), tmp_path / "on-copy", **kw)
+
+
+def test_sweep_datasets_are_rebuilt_or_refused_not_reused(tmp_path, dataset):
+    """build_dataset always runs the build: the same command is a no-op, other --tokens are refused."""
+    data = shutil.copytree(dataset, tmp_path / "data")  # built by `build()` above: 0.3:, 20K tokens, seed 0
+    manifest = (data / "manifest.json").read_bytes()
+    assert build_dataset("0.3:", 20_000, data, extra_args=TINY_DATA) == data
+    with pytest.raises(ValueError, match="already holds a finished dataset"):
+        build_dataset("0.3:", 8_000, data, extra_args=TINY_DATA)
+    assert (data / "manifest.json").read_bytes() == manifest
+
+
 def test_compare_pretrains_on_a_dataset_then_compares(tmp_path, dataset, corpus):
-    result = CliRunner().invoke(main, [
+    args = [
         "train", "compare", "--nca", str(dataset), "--text", str(corpus), "--out", str(tmp_path / "cmp"),
         "--nca-steps", "4", "--nca-batch-size", "4", "--steps", "4", "--batch-size", "4", "--context", "32",
         "--eval-tokens", "256", "--eval-every", "2", "--device", "cpu", "--quiet", "--transfer", "attn,norm",
-        "--reinit-layers", "1"])
+        "--reinit-layers", "1"]
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert report["nca_run"]["steps"] == 4 and report["nca_run"]["model"]["vocab_size"] == 83
     assert report["nca_text_run"]["transfer"] == {"parts": ["attn", "norm"], "reinit_layers": [1]}
     assert (tmp_path / "cmp" / "compare.png").exists() and "speed-up" in result.output
+    again = CliRunner().invoke(main, args)  # the same command again: every stage is complete, nothing trains
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["curves"] == report["curves"]
 
 
 @pytest.mark.slow
 def test_sweep_builds_with_the_cli_and_picks_a_band(tmp_path, corpus):
-    result = CliRunner().invoke(main, [
+    args = [
         "train", "sweep", "--bands", "0.2:0.4,0.4:", "--tokens", "8000", "--build-args", " ".join(TINY_DATA),
         "--text", str(corpus), "--out", str(tmp_path / "sw"), "--nca-steps", "3", "--nca-batch-size", "4",
-        "--steps", "3", "--batch-size", "4", "--context", "32", "--eval-tokens", "256", "--device", "cpu", "--quiet"])
+        "--steps", "3", "--batch-size", "4", "--context", "32", "--eval-tokens", "256", "--device", "cpu", "--quiet"]
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "sw" / "sweep.json").read_text())
     assert [r["band"] for r in report["bands"]] == ["0.2:0.4", "0.4:"]
     assert report["best_band"] in ("0.2:0.4", "0.4:") and (tmp_path / "sw" / "sweep.png").exists()
     assert set(report["curves"]) == {"scratch", "0.2:0.4", "0.4:"}
+    assert report["text"] == [str(corpus)] and report["tokens_requested_per_band"] == 8000
+    for row, slug in zip(report["bands"], ("0.2:0.4", "0.4:"), strict=True):  # whole shards: more than asked for
+        manifest = json.loads((tmp_path / "sw" / "data" / slug / "manifest.json").read_text())
+        assert row["nca_train_tokens"] == manifest["splits"]["train"]["tokens"] >= 8000
+    again = CliRunner().invoke(main, args)  # the same sweep again: nothing to build or train
+    assert again.exit_code == 0 and json.loads((tmp_path / "sw" / "sweep.json").read_text()) == report, again.output
+    other = CliRunner().invoke(main, [a if a != "8000" else "16000" for a in args])
+    assert other.exit_code == 1 and "already holds a finished dataset" in other.output, other.output
 
 
 def test_the_loader_is_the_only_data_path():

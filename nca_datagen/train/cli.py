@@ -1,4 +1,9 @@
-"""`nca-datagen train ...`: nca (pre-pre-train), text (language training), compare, sweep."""
+"""`nca-datagen train ...`: nca (pre-pre-train), text (language training), compare, sweep.
+
+Bad input ends in one `Error: ...` line, never a traceback: options check their ranges where click can, and the
+group turns the ValueErrors the stages raise for what they are given (a corpus too small, a checkpoint that is
+not one, a run folder holding another run, ...) into click errors. Internal failures still raise.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,17 @@ import shlex
 import click
 
 from nca_datagen.train.model import SIZES
+from nca_datagen.train.transfer import parse_layers, parse_parts
+
+POSITIVE = click.IntRange(min=1)
 
 
 def _common(fn):
     """Options every stage shares (they map onto `TrainConfig` fields)."""
     options = [
-        click.option("--steps", type=int, default=100, show_default=True, help="Optimizer steps."),
-        click.option("--batch-size", type=int, default=8, show_default=True, help="Sequences per step."),
-        click.option("--micro-batch-size", type=int, default=None,
+        click.option("--steps", type=POSITIVE, default=100, show_default=True, help="Optimizer steps."),
+        click.option("--batch-size", type=POSITIVE, default=8, show_default=True, help="Sequences per step."),
+        click.option("--micro-batch-size", type=POSITIVE, default=None,
                      help="Sequences per forward/backward (gradient accumulation; default: the batch)."),
         click.option("--lr", type=float, default=None, help="Peak learning rate (default: the stage's)."),
         click.option("--warmup", type=int, default=None,
@@ -25,8 +33,10 @@ def _common(fn):
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N"),
         click.option("--compile/--no-compile", default=False, show_default=True, help="torch.compile the model."),
-        click.option("--eval-every", type=int, default=None, help="Validate every N steps (default: at the end)."),
-        click.option("--ckpt-every", type=int, default=None, help="Checkpoint every N steps (default: at the end)."),
+        click.option("--eval-every", type=click.IntRange(min=0), default=None,
+                     help="Validate every N steps (default or 0: at the end)."),
+        click.option("--ckpt-every", type=click.IntRange(min=0), default=None,
+                     help="Checkpoint every N steps (default or 0: at the end)."),
         click.option("--tracker", type=click.Choice(["tensorboard", "wandb"]), default=None,
                      help="Also log to TensorBoard or W&B (must be installed)."),
         click.option("--quiet", is_flag=True, help="No progress bar."),
@@ -44,18 +54,40 @@ def _train_kwargs(kw: dict) -> dict:
 
 def _text_options(fn):
     options = [
-        click.option("--context", type=int, default=256, show_default=True, help="Tokens (bytes) per example."),
-        click.option("--val-fraction", type=float, default=0.05, show_default=True,
-                     help="Share of documents held out for validation (fixed split)."),
-        click.option("--eval-tokens", type=int, default=65536, show_default=True,
-                     help="Validation tokens evaluated (from the held-out documents)."),
+        click.option("--context", type=POSITIVE, default=256, show_default=True, help="Tokens (bytes) per example."),
+        click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
+                     show_default=True, help="Share of documents held out for validation (fixed split)."),
+        click.option("--eval-tokens", type=click.IntRange(min=0), default=65536, show_default=True,
+                     help="Validation tokens evaluated (from the held-out documents; 0: all of them)."),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
 
 
-@click.group("train")
+def _checked_by(parse):
+    """An option callback that runs `parse` on the value first, so --transfer and --reinit-layers fail before any
+    data is read or model trained (compare pre-pre-trains first)."""
+    def callback(ctx, param, value):
+        try:
+            parse(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+        return value
+
+    return callback
+
+
+class TrainGroup(click.Group):
+    def invoke(self, ctx):
+        """A ValueError from a stage is about what it was given (see the module docstring): one line."""
+        try:
+            return super().invoke(ctx)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group("train", cls=TrainGroup)
 def train_group():
     """Pre-pre-train on NCA data, transfer to text, compare against training from scratch."""
 
@@ -77,9 +109,10 @@ def nca_command(data, out, **kw):
 @click.argument("corpus", nargs=-1, required=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder.")
 @click.option("--init", default=None, help="NCA checkpoint to start from (default: from scratch).")
-@click.option("--transfer", default="all", show_default=True,
+@click.option("--transfer", default="all", show_default=True, callback=_checked_by(parse_parts),
               help="Parts kept from --init: all | none | comma list of attn, mlp, norm (e.g. attn,norm).")
-@click.option("--reinit-layers", default="", help="Blocks kept in no part, e.g. 0,3.")
+@click.option("--reinit-layers", default="", callback=_checked_by(parse_layers),
+              help="Blocks kept in no part, e.g. 0,3.")
 @_text_options
 @_common
 def text_command(corpus, out, init, transfer, reinit_layers, context, val_fraction, eval_tokens, **kw):
@@ -99,10 +132,12 @@ def _compare_options(fn):
     options = [
         click.option("--text", "text", required=True, multiple=True, help="Corpus (repeatable), or `stdlib`."),
         click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder."),
-        click.option("--nca-steps", type=int, default=200, show_default=True, help="Pre-pre-training steps."),
-        click.option("--nca-batch-size", type=int, default=8, show_default=True),
-        click.option("--transfer", default="all", show_default=True, help="Parts kept (see `train text`)."),
-        click.option("--reinit-layers", default="", help="Blocks kept in no part, e.g. 0,3."),
+        click.option("--nca-steps", type=POSITIVE, default=200, show_default=True, help="Pre-pre-training steps."),
+        click.option("--nca-batch-size", type=POSITIVE, default=8, show_default=True),
+        click.option("--transfer", default="all", show_default=True, callback=_checked_by(parse_parts),
+                     help="Parts kept (see `train text`)."),
+        click.option("--reinit-layers", default="", callback=_checked_by(parse_layers),
+                     help="Blocks kept in no part, e.g. 0,3."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -110,7 +145,9 @@ def _compare_options(fn):
 
 
 def _echo_report(report: dict) -> None:
-    speedup = f"{report['speedup']:.2f}x" if report["speedup"] else "not reached"
+    from nca_datagen.train.compare import speedup_text
+
+    speedup = speedup_text(report)
     click.echo(f"scratch: val loss {report['scratch_val_loss']:.4f}  ppl {report['scratch_val_ppl']:.4f}")
     click.echo(f"NCA    : val loss {report['nca_val_loss']:.4f}  ppl {report['nca_val_ppl']:.4f}  "
                f"({report['ppl_change']:+.2%} ppl)  speed-up {speedup}")
@@ -141,7 +178,8 @@ def compare_command(nca, text, out, nca_steps, nca_batch_size, transfer, reinit_
 @train_group.command("sweep")
 @click.option("--bands", default=",".join(("20-30%", "30-40%", "40-50%", "50%+")), show_default=True,
               help="Complexity bands, comma separated.")
-@click.option("--tokens", type=int, default=200_000, show_default=True, help="NCA tokens built per band.")
+@click.option("--tokens", type=POSITIVE, default=200_000, show_default=True,
+              help="NCA tokens built per band (rounded up to whole shards).")
 @click.option("--build-args", default="", help="More `nca-datagen build` options, quoted: '--grid 8 --frames 12'.")
 @_compare_options
 @_text_options

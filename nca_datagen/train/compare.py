@@ -5,10 +5,13 @@ whose blocks come from an NCA checkpoint (pre-pre-training first if given a data
 does (paper-facts §6): final validation loss and perplexity of both, the relative change
 (NCA / scratch - 1; negative is better), and the speed-up = scratch's steps / the steps at which the NCA run's
 validation loss first reaches scratch's final validation loss (linearly interpolated between evaluations;
-None if it never does). Outputs: `compare.json`, `compare.png` (both validation curves) in `out_dir`.
+None if it never does, and None too if the NCA run starts at or below that loss: step 0, no finite ratio).
+Outputs: `compare.json`, `compare.png` (both validation curves) in `out_dir`.
 
 `sweep` builds one small dataset per complexity band with the `nca-datagen build` command (a subprocess, so
 this package still never imports the generator), pre-pre-trains on each and compares on the user's corpus.
+It always runs the build: rerun with the same arguments that is a no-op, and with other --tokens or
+--build-args the build refuses the finished dataset, where reusing it would silently sweep the old data.
 """
 
 from __future__ import annotations
@@ -19,17 +22,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+from nca_datagen.train.nca import dataset_info
 from nca_datagen.train.stages import pretrain_nca, train_text
+from nca_datagen.train.text import spec_list
 from nca_datagen.train.trainer import read_metrics
 
 BANDS = ("20-30%", "30-40%", "40-50%", "50%+")  # the paper's studied bands (paper-facts §3)
 
 
 def is_checkpoint(path: str) -> bool:
-    """A training checkpoint (a .pt file, or a run folder with ckpt.pt and no manifest) rather than a dataset."""
+    """A training checkpoint (a .pt path, existing or not, or a run folder with ckpt.pt and no manifest) rather
+    than a dataset: a missing `runs/nca.pt` is then reported as a checkpoint not found."""
     p = Path(path)
-    return (p.is_file() and p.suffix == ".pt") or (p.is_dir() and (p / "ckpt.pt").exists()
-                                                   and not (p / "manifest.json").exists())
+    return p.suffix == ".pt" or (p.is_dir() and (p / "ckpt.pt").exists() and not (p / "manifest.json").exists())
 
 
 def val_curve(metrics: list[dict]) -> list[tuple[int, float]]:
@@ -59,28 +64,49 @@ def summarize(scratch: dict, nca: dict, scratch_curve, nca_curve) -> dict:
         "ppl_change": math.exp(n_loss - s_loss) - 1,  # paper's "NCA vs scratch" column (negative = better)
         "loss_change": n_loss / s_loss - 1,
         "nca_steps_to_scratch_final": reach,
-        "speedup": steps / reach if reach else None,  # paper: scratch steps / NCA steps to the same loss
+        # paper: scratch steps / NCA steps to the same loss; None when never reached, or reached at step 0
+        "speedup": steps / reach if reach else None,
     }
 
 
+def speedup_text(report: dict, short: bool = False) -> str:
+    """The speed-up as people read it, telling 'never reached' from 'reached before any training'."""
+    reach = report["nca_steps_to_scratch_final"]
+    if reach is None:
+        return "n/a" if short else "not reached"
+    if reach == 0:
+        return "at step 0" if short else "n/a (NCA started at or below scratch's final loss)"
+    return f"{report['speedup']:.2f}x"
+
+
 def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path, title: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(curves, title)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def curves_figure(curves: dict[str, list[tuple[int, float]]], title: str):
+    """Validation loss against step, one line per curve; whole steps on the x axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, curve in curves.items():
         if curve:
             ax.plot(*zip(*curve, strict=True), marker="o", markersize=3, label=label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # a short run would otherwise tick at step 0.5
     ax.set_xlabel("language training step")
     ax.set_ylabel("validation loss (nats / byte)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def compare(nca: str, text, out_dir, *, steps: int = 200, nca_steps: int = 200, model: str = "tiny",
@@ -109,7 +135,7 @@ def compare(nca: str, text, out_dir, *, steps: int = 200, nca_steps: int = 200, 
               "NCA-initialised": val_curve(read_metrics(out_dir / "nca-init"))}
     report = {
         **summarize(scratch, nca_text, curves["scratch"], curves["NCA-initialised"]),
-        "steps": steps, "nca": str(nca), "checkpoint": str(ckpt), "text": str(text),
+        "steps": steps, "nca": str(nca), "checkpoint": str(ckpt), "text": spec_list(text),
         "nca_run": nca_run, "scratch_run": scratch, "nca_text_run": nca_text, "curves": curves,
     }
     plot_curves(curves, out_dir / "compare.png", _title(report))
@@ -118,23 +144,31 @@ def compare(nca: str, text, out_dir, *, steps: int = 200, nca_steps: int = 200, 
 
 
 def _title(report: dict) -> str:
-    speedup = f"{report['speedup']:.2f}x" if report["speedup"] else "n/a"
     return (f"scratch ppl {report['scratch_val_ppl']:.3f} vs NCA {report['nca_val_ppl']:.3f} "
-            f"({report['ppl_change']:+.1%}), speed-up {speedup}")
+            f"({report['ppl_change']:+.1%}), speed-up {speedup_text(report, short=True)}")
 
 
 def build_dataset(band: str, tokens: int, out: Path, seed: int = 0, extra_args=()) -> Path:
-    """`nca-datagen build` in a subprocess (the trainer must not import the generator); returns the folder."""
-    if (out / "manifest.json").exists():
-        return out
+    """`nca-datagen build` in a subprocess (the trainer must not import the generator); returns the folder.
+
+    Always run: on a finished dataset the same command is a no-op, another one is refused (ValueError)."""
     # this interpreter's nca-datagen, not whichever one is first on PATH
     cmd = [sys.executable, "-c", "from nca_datagen.cli import main; main()", "build", "--complexity", band,
            "--tokens", str(tokens), "--out", str(out), "--executor", "inline", "--seed", str(seed), "--quiet",
            *extra_args]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
-        raise RuntimeError(f"building the {band} dataset failed ({' '.join(cmd)}):\n{done.stderr[-2000:]}")
+        raise ValueError(f"building the {band} dataset failed: {_build_error(done.stderr)}\n"
+                         f"(the sweep's datasets are kept in {out.parent}: other --tokens or --build-args need "
+                         f"another --out; the command was: {' '.join(cmd)})")
     return out
+
+
+def _build_error(stderr: str) -> str:
+    """The build's own message (from its `Error: ` line on), else the end of what it printed."""
+    lines = stderr.strip().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("Error: ")), None)
+    return "\n".join(lines[start:])[len("Error: "):] if start is not None else stderr[-2000:]
 
 
 def sweep(text, out_dir, *, bands=BANDS, tokens: int = 200_000, build_args=(), **compare_kwargs) -> dict:
@@ -150,11 +184,12 @@ def sweep(text, out_dir, *, bands=BANDS, tokens: int = 200_000, build_args=(), *
         scratch = report["scratch_run"]
         curves.setdefault("scratch", report["curves"]["scratch"])
         curves[band] = report["curves"]["NCA-initialised"]
-        rows.append({"band": band, **{k: report[k] for k in ("nca_val_loss", "nca_val_ppl", "ppl_change", "speedup")}})
+        rows.append({"band": band, **{k: report[k] for k in ("nca_val_loss", "nca_val_ppl", "ppl_change", "speedup")},
+                     "nca_train_tokens": dataset_info(str(data))["tokens"]["train"]})  # whole shards: >= asked
     best = min(rows, key=lambda r: r["nca_val_loss"])
     result = {"best_band": best["band"], "scratch_val_loss": scratch["final_val_loss"],
               "scratch_val_ppl": math.exp(scratch["final_val_loss"]), "bands": rows, "curves": curves,
-              "text": str(text), "tokens_per_band": tokens}
+              "text": spec_list(text), "tokens_requested_per_band": tokens}
     plot_curves(curves, out_dir / "sweep.png", f"best band: {best['band']} ({best['ppl_change']:+.1%} ppl vs scratch)")
     (out_dir / "sweep.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

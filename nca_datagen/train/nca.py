@@ -12,14 +12,17 @@ import torch
 
 
 def dataset_info(url: str) -> dict:
-    """Vocabulary size, sequence length and per-split sample counts of a dataset, from its manifest."""
+    """Vocabulary size, sequence length, per-split sample and token counts, and when the dataset was built (a
+    rebuild in the same folder differs there), from its manifest."""
     from nca_datagen import manifest
 
     m = manifest.read_manifest(url)
     layout = m["sequence"]
     return {"vocab_size": layout["vocab_size"], "seq_len": layout["seq_len"],
             "tokens_per_frame": layout["tokens_per_frame"],
-            "samples": {split: s["samples"] for split, s in m["splits"].items()}}
+            "samples": {split: s["samples"] for split, s in m["splits"].items()},
+            "tokens": {split: s["tokens"] for split, s in m["splits"].items()},
+            "created": m.get("provenance", {}).get("created")}
 
 
 class NCABatches:
@@ -37,7 +40,7 @@ class NCABatches:
         rows = []
         empty_epochs = 0
         while len(rows) < self.batch_size:
-            if self._it is None:  # a new epoch (set_epoch clears the loader's position, so not after a resume)
+            if self._it is None:  # a new epoch
                 self.dataset.set_epoch(self.epoch)
                 self._it = iter(self.dataset)
             try:

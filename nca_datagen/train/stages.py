@@ -1,7 +1,9 @@
 """The two training stages as functions: NCA pre-pre-training, and language training (scratch or transfer).
 
 Each builds its data and model, then calls `trainer.fit`; each writes `ckpt.pt`, `metrics.jsonl` and
-`run.json` (what was run, and the final numbers) into its output folder and returns that summary.
+`run.json` (what was run, and the final numbers) into its output folder and returns that summary. Each
+passes `fit` the meta that defines its run (data or corpus, init, transfer, split, evaluation), so rerunning
+into the same folder resumes, or finds the run complete, only when those are unchanged.
 Defaults follow the paper's recipe (paper-facts §5) scaled down: NCA uses Adam at 1e-4, no weight decay,
 linear warmup over the whole budget; text uses AdamW, warmup then cosine. The NCA model's vocabulary is
 the dataset's own (10,002 at paper settings; the paper pads to 64,000): embedding and head are replaced at
@@ -67,7 +69,8 @@ def pretrain_nca(data: str, out_dir, *, model: str = "tiny", val_sequences: int 
     val = nca_val_batches(data, cfg.micro_batch_size or cfg.batch_size, val_sequences) if val_sequences else None
     net = build_model(model_config(model, info["vocab_size"], info["seq_len"] - 2), seed=cfg.seed)
     metrics = fit(net, source, cfg, out_dir, val_batches=val, resume=resume, desc="nca",
-                  meta={"stage": "nca", "data": str(data), "size": model})
+                  meta={"stage": "nca", "data": str(data), "data_created": info["created"], "size": model,
+                        "val_sequences": val_sequences})
     return _summary(out_dir, "nca", net, cfg, metrics, data=str(data), size=model)
 
 
@@ -97,22 +100,23 @@ def train_text(corpus, out_dir, *, model: str = "tiny", init: str | None = None,
     (then the block shape comes from the checkpoint, and `transfer` / `reinit_layers` choose what is kept).
 
     `train` overrides `TrainConfig` fields. Validation covers at most `eval_tokens` tokens of the held-out
-    documents.
+    documents (0: all of them).
     """
     out_dir = Path(out_dir)
     cfg = _train_config(TEXT_DEFAULTS, train)
+    state = load_checkpoint(init) if init else None  # before the corpus: a wrong --init fails fast
     source, val, corpus_info = text_data_for(corpus, cfg.batch_size, context, cfg.seed, val_fraction, eval_tokens,
                                              cfg.micro_batch_size or cfg.batch_size)
-    state = load_checkpoint(init) if init else None
     net = build_model(text_model_config(state["model_config"] if state else model, context), seed=cfg.seed)
-    report = None
-    if state is not None:
-        report = transfer_weights(net, state["model"], transfer, reinit_layers)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "transfer.json").write_text(json.dumps(report, indent=2) + "\n")
+    report = transfer_weights(net, state["model"], transfer, reinit_layers) if state else None
+    run = {"stage": "text", "corpus": text_data.spec_list(corpus), "init": str(init) if init else None,
+           "transfer": report["parts"] if report else None,
+           "reinit_layers": report["reinit_layers"] if report else None,
+           "val_fraction": val_fraction, "eval_tokens": eval_tokens}
     desc = "text (scratch)" if report is None or not report["kept"] else "text (from init)"
-    metrics = fit(net, source, cfg, out_dir, val_batches=val, resume=resume, desc=desc,
-                  meta={"stage": "text", "corpus": str(corpus), "init": str(init) if init else None})
-    return _summary(out_dir, "text", net, cfg, metrics, corpus=str(corpus), corpus_info=corpus_info,
-                    init=str(init) if init else None,
-                    transfer={"parts": report["parts"], "reinit_layers": report["reinit_layers"]} if report else None)
+    metrics = fit(net, source, cfg, out_dir, val_batches=val, resume=resume, desc=desc, meta=run)
+    if report is not None:  # after fit, which refuses a folder holding another run before anything is written
+        (out_dir / "transfer.json").write_text(json.dumps(report, indent=2) + "\n")
+    return _summary(out_dir, "text", net, cfg, metrics, corpus=run["corpus"], corpus_info=corpus_info,
+                    init=run["init"], val_fraction=val_fraction, eval_tokens=eval_tokens,
+                    transfer={"parts": run["transfer"], "reinit_layers": run["reinit_layers"]} if report else None)

@@ -13,6 +13,9 @@ its byte windows. Choices:
   schedule's state is the step; checkpoints hold model, optimizer, step, RNG and the data source's position,
   and a resumed run writes the same losses as an uninterrupted one (bit for bit on CPU; tested).
 - Adam with weight decay 0 is AdamW with weight decay 0, so one optimizer serves both stages.
+- A run is resumed only by the run it was: the checkpoint's `meta` (what the stage says defines it: data or
+  corpus, init, transfer, ...) and RESUME_FIELDS must match, else `fit` refuses, listing `field: old -> new`.
+  The alternative, resuming whatever `ckpt.pt` holds, silently kept an old finished run under new settings.
 
 Outputs in `out_dir`: `ckpt.pt` (written atomically), `metrics.jsonl` (one record per logged step).
 """
@@ -23,6 +26,8 @@ import contextlib
 import json
 import math
 import os
+import pickle
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -91,7 +96,10 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} but no CUDA GPU is visible: use --device cpu or auto")
-    return torch.device(device)
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device={device!r} is not a torch device: use --device auto, cpu, cuda or cuda:N") from None
 
 
 def autocast(device: torch.device):
@@ -167,9 +175,15 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if path.is_dir():
         path = path / "ckpt.pt"
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not an nca-datagen training checkpoint (format {state.get('format')!r})")
+    if not path.is_file():
+        raise ValueError(f"checkpoint not found: {path} (give a ckpt.pt or the run folder that holds one)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as exc:  # a text file, an empty or foreign file
+        raise ValueError(f"{path} is not an nca-datagen training checkpoint (torch.load: {exc})") from None
+    found = state.get("format") if isinstance(state, dict) else type(state).__name__
+    if found != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not an nca-datagen training checkpoint (format {found!r})")
     return state
 
 
@@ -180,17 +194,27 @@ def read_metrics(out_dir: str | os.PathLike) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _resume(ckpt_path: Path, model, optimizer, source, metrics_path: Path, cfg: TrainConfig) -> int:
+def _run_changes(state: dict, cfg: TrainConfig, meta: dict) -> dict:
+    """{field: (checkpoint's value, this run's)} over what defines a run: the stage's `meta` and the
+    RESUME_FIELDS of its TrainConfig. `desc` is left out: a label, derived from the rest."""
+    old_meta = state.get("meta") or {}
+    fields = [*meta, *(k for k in old_meta if k not in meta)]
+    changed = {k: (old_meta.get(k), meta.get(k)) for k in fields if k != "desc" and old_meta.get(k) != meta.get(k)}
+    changed.update({k: (state["train_config"][k], getattr(cfg, k)) for k in RESUME_FIELDS
+                    if state["train_config"][k] != getattr(cfg, k)})
+    return changed
+
+
+def _resume(ckpt_path: Path, model, optimizer, source, metrics_path: Path, cfg: TrainConfig, meta: dict) -> int:
     state = load_checkpoint(ckpt_path)
-    if state["model_config"] != model.cfg.to_dict():
-        raise ValueError(f"{ckpt_path} holds a different model ({state['model_config']}); "
-                         f"use a fresh --out folder or the same model settings")
-    changed = {k: (state["train_config"][k], getattr(cfg, k)) for k in RESUME_FIELDS
-               if state["train_config"][k] != getattr(cfg, k)}
+    changed = _run_changes(state, cfg, meta)
     if changed:
         diff = ", ".join(f"{k}: {old} -> {new}" for k, (old, new) in changed.items())
-        raise ValueError(f"{ckpt_path} was trained with other settings ({diff}); resume with the same settings "
-                         f"or use a fresh --out folder")
+        raise ValueError(f"{ckpt_path} was trained with other settings ({diff}): rerun with its settings, or "
+                         f"choose another --out folder")
+    if state["model_config"] != model.cfg.to_dict():
+        raise ValueError(f"{ckpt_path} holds a different model ({state['model_config']}); "
+                         f"use the same model settings or choose another --out folder")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     source.load_state_dict(state["data"])
@@ -207,7 +231,8 @@ def fit(model, source, cfg: TrainConfig, out_dir, *, val_batches=None, meta: dic
         resume: bool = True, desc: str = "train") -> list[dict]:
     """Train `model` (a `Decoder` on the CPU) for `cfg.steps` steps from `source`; returns the metrics records.
 
-    With `resume` and a `ckpt.pt` in `out_dir`, continue from it. `val_batches` (a list of batches) is
+    With `resume` and a `ckpt.pt` in `out_dir`, continue from it (one line on stderr says so), provided the same
+    run wrote it: the same `meta` and RESUME_FIELDS, else ValueError. `val_batches` (a list of batches) is
     evaluated after the last step and, with `eval_every`, before the first (a record with step 0 and no
     training loss) and every `eval_every` steps.
     """
@@ -221,13 +246,16 @@ def fit(model, source, cfg: TrainConfig, out_dir, *, val_batches=None, meta: dic
     model.to(device)
     optimizer = make_optimizer(model, cfg, device)
     step = 0
+    meta = {**(meta or {}), "desc": desc}
     if resume and ckpt_path.exists():
-        step = _resume(ckpt_path, model, optimizer, source, metrics_path, cfg)
+        step = _resume(ckpt_path, model, optimizer, source, metrics_path, cfg, meta)
+        done = f"already complete ({step} of {cfg.steps} steps): nothing to train"
+        print(f"{out_dir}: " + (done if step >= cfg.steps else f"resuming at step {step} of {cfg.steps}"),
+              file=sys.stderr)
     elif metrics_path.exists():
         metrics_path.unlink()
     run_model = torch.compile(model) if cfg.compile else model
     end = min(cfg.steps, cfg.stop_at or cfg.steps)
-    meta = {**(meta or {}), "desc": desc}
     logger = _Logger(metrics_path, cfg, out_dir, desc, start=step, end=end)
     model.train()
     try:
@@ -260,8 +288,9 @@ class _Logger:
     """metrics.jsonl, a rich progress bar (loss, tokens/s) and, if asked for, TensorBoard or W&B."""
 
     def __init__(self, path: Path, cfg: TrainConfig, out_dir: Path, desc: str, start: int, end: int):
+        self.tracker = self._tracker(cfg, out_dir, desc)  # first: a missing package leaves nothing open
         self.file = open(path, "a")  # noqa: SIM115 -- held for the whole run, closed in close()
-        self.progress = self.task = self.tracker = None
+        self.progress = self.task = None
         if not cfg.quiet:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -269,18 +298,22 @@ class _Logger:
                                      TextColumn("{task.fields[info]}"), TimeRemainingColumn())
             self.progress.start()
             self.task = self.progress.add_task(desc, total=end, completed=start, info="")
+
+    @staticmethod
+    def _tracker(cfg: TrainConfig, out_dir: Path, desc: str):
         if cfg.tracker == "tensorboard":
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as exc:
                 raise ValueError("tracker='tensorboard' needs `pip install tensorboard`") from exc
-            self.tracker = SummaryWriter(str(out_dir / "tensorboard"))
-        elif cfg.tracker == "wandb":
+            return SummaryWriter(str(out_dir / "tensorboard"))
+        if cfg.tracker == "wandb":
             try:
                 import wandb
             except ImportError as exc:
                 raise ValueError("tracker='wandb' needs `pip install wandb`") from exc
-            self.tracker = wandb.init(project="nca-datagen", name=desc, dir=str(out_dir), config=asdict(cfg))
+            return wandb.init(project="nca-datagen", name=desc, dir=str(out_dir), config=asdict(cfg))
+        return None
 
     def log(self, record: dict, tokens_per_s: float | None) -> None:
         self.file.write(json.dumps(record) + "\n")

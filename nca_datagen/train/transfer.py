@@ -33,7 +33,10 @@ def parse_layers(spec: str | list | tuple | None) -> tuple[int, ...]:
     if spec is None or spec == "":
         return ()
     items = spec.split(",") if isinstance(spec, str) else spec
-    return tuple(sorted({int(s) for s in items}))
+    try:
+        return tuple(sorted({int(s) for s in items}))
+    except ValueError:
+        raise ValueError(f"reinit_layers={spec!r}: give block indices as a comma list, e.g. 0,3") from None
 
 
 def part_of(name: str) -> tuple[str | None, int | None]:
