@@ -548,7 +548,8 @@ def _data_options(fn):
                           "(web, math = 50%+; code = 30-40%)."),
         click.option("--tokens", type=COUNT, default=None,
                      help="Training tokens (K/M/B suffixes: 10K, 2M, 164M). Counted as stored, seq-len per "
-                          "sequence (1026 at the paper's settings). Required unless --preset."),
+                          "sequence (1026 at the paper's settings), rounded up to whole shards. Required unless "
+                          "--preset."),
         click.option("--val-tokens", type=COUNT, default=None, help="Validation tokens (rules disjoint from train)."),
         click.option("--val-fraction", type=float, metavar="F", default=None,
                      help=f"Validation tokens as a fraction of --tokens.  [default: {DEFAULT_VAL_FRACTION}, the "
