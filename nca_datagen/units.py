@@ -37,6 +37,11 @@ def parse_count(text, what: str = "count") -> int:
     return value
 
 
+def plural(count: int, noun: str) -> str:
+    """(1, 'shard') -> '1 shard'; (2_000, 'shard') -> '2,000 shards'."""
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")
+
+
 def format_count(n: float) -> str:
     """12_345_678 -> '12.3M' (three significant digits, decimal suffixes)."""
     for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import click
 
-from nca_datagen.units import COUNT, format_bytes, format_count, format_duration
+from nca_datagen.units import COUNT, format_bytes, format_count, format_duration, plural
 
 # Estimates for --dry-run. Speed: benchmarks/bench_build.py at 45M tokens on a shared 2-core Xeon (numba backend,
 # paper config, 50%+ band; results/build-40M.json) measured 1.4-1.6M stored tokens/s per worker in steady state;
@@ -162,9 +162,19 @@ def run_build(plan: BuildPlan, executor, opts: BuildOptions) -> dict:
             return _run_build(plan, executor, opts)
         except KeyboardInterrupt as exc:  # not while the shards run: _run_build answers those itself
             executor.close()
-            click.echo("interrupted before the dataset was finished: complete shards are kept and no manifest "
-                       "names a missing one; rerun the same command to finish", err=True)
+            click.echo(_interrupted_outside_the_shards(opts), err=True)
             raise SystemExit(128 + _signal_number(exc)) from None
+
+
+def _interrupted_outside_the_shards(opts: BuildOptions) -> str:
+    from nca_datagen import storage
+    from nca_datagen.manifest import MANIFEST
+
+    fs, root = storage.filesystem(opts.out_url, opts.storage_options)
+    if storage.exists(fs, storage.join(root, MANIFEST)):  # prepare_output let none through: this build wrote it
+        return "interrupted after the manifest was written: the dataset is complete"
+    return ("interrupted before the dataset was finished: complete shards are kept and no manifest names a missing "
+            "one; rerun the same command to finish")
 
 
 def _run_build(plan: BuildPlan, executor, opts: BuildOptions) -> dict:
@@ -266,14 +276,12 @@ def _remove_abandoned(fs, root: str, existed: bool, log_path: Path) -> None:
     empty folders it made (a user's files in a folder that existed stay)."""
     from nca_datagen import storage
     from nca_datagen.config import SPLITS
-    from nca_datagen.manifest import BUILD
 
     if not existed:
         if storage.exists(fs, root):
             fs.rm(root, recursive=True)
         return
-    with contextlib.suppress(FileNotFoundError):
-        fs.rm(storage.join(root, BUILD))
+    _remove_marker(fs, root)
     if storage.is_local(fs):  # object stores have no empty folders, and their log is a local spool
         log_path.unlink(missing_ok=True)
         for name in ("_logs", *SPLITS):
@@ -463,13 +471,13 @@ def _summary(plan, opts, progress, result, log_path) -> None:
     from nca_datagen.progress import stage_split, summary_table
 
     built_s = progress.elapsed
-    line = (f"done: {_n(plan.total_shards, 'shard')}, {format_count(plan.total_tokens)} tokens in {opts.out_url} "
+    line = (f"done: {plural(plan.total_shards, 'shard')}, {format_count(plan.total_tokens)} tokens in {opts.out_url} "
             f"({format_duration(built_s)}, {format_count(progress.tokens_per_s)} tokens/s)")
     if opts.quiet:
         click.echo(line)
         return
     rows = [(s.split, f"{s.rules:,} rules x {plan.config.sims_per_rule} sims = {s.sequences:,} sequences, "
-                      f"{format_count(s.tokens)} tokens, {_n(s.shards, 'shard')}") for s in plan.splits if s.shards]
+                      f"{format_count(s.tokens)} tokens, {plural(s.shards, 'shard')}") for s in plan.splits if s.shards]
     rows += [
         ("built now", f"{format_count(progress.tokens)} tokens in {format_duration(built_s)} "
                       f"({format_count(progress.tokens_per_s)} tokens/s)"),
@@ -481,10 +489,6 @@ def _summary(plan, opts, progress, result, log_path) -> None:
     ]
     progress.console.print(summary_table("nca-datagen build", rows))
     click.echo(line)
-
-
-def _n(count: int, noun: str) -> str:
-    return f"{count:,} {noun}" + ("" if count == 1 else "s")
 
 
 def _total_bytes(manifest: dict) -> int:
@@ -641,7 +645,7 @@ def build_command(ctx, **kw):
     from nca_datagen.manifest import check_output
 
     if not kw["overwrite"] and _already_built(plan, kw["out"], kw["compression"], storage_options):
-        click.echo(f"{kw['out']} already holds this dataset ({_n(plan.total_shards, 'shard')}, "
+        click.echo(f"{kw['out']} already holds this dataset ({plural(plan.total_shards, 'shard')}, "
                    f"{format_count(plan.total_tokens)} tokens): nothing to do (`nca-datagen verify {kw['out']}` "
                    f"re-checks it; --overwrite rebuilds it)")
         return
@@ -650,14 +654,12 @@ def build_command(ctx, **kw):
                      settings={"compression": kw["compression"]})
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    executor, device = _make_executor(kw)
-    from nca_datagen.rollout import resolve_backend
-
     try:
-        resolve_backend(None if kw["backend"] == "auto" else kw["backend"], device)
-    except ValueError as exc:
-        executor.close()
-        raise click.BadParameter(str(exc), param_hint="--backend") from None
+        executor, device = _start(kw)
+    except KeyboardInterrupt:  # Ctrl-C while Ray starts: nothing is written yet (run_build answers its own)
+        _shutdown_ray()
+        click.echo("interrupted before any shard was built: nothing was written", err=True)
+        raise SystemExit(128 + signal.SIGINT) from None
     opts = BuildOptions(out_url=kw["out"], compression=kw["compression"], storage_options=storage_options,
                         backend=None if kw["backend"] == "auto" else kw["backend"], device=device,
                         overwrite=kw["overwrite"], quiet=kw["quiet"], max_attempts=kw["retries"] + 1,
@@ -671,20 +673,45 @@ def build_command(ctx, **kw):
         raise click.ClickException(str(exc)) from None
 
 
+def _start(kw):
+    """The executor and its device, once the backend is known to run there."""
+    from nca_datagen.rollout import resolve_backend
+
+    executor, device = _make_executor(kw)
+    try:
+        resolve_backend(None if kw["backend"] == "auto" else kw["backend"], device)
+    except ValueError as exc:
+        executor.close()
+        raise click.BadParameter(str(exc), param_hint="--backend") from None
+    return executor, device
+
+
 def _already_built(plan: BuildPlan, out: str, compression: str, storage_options) -> bool:
     """Whether `out` holds the finished dataset this command would build (same config, shards and compression):
     rerunning a command that completed is then a no-op, as rerunning an interrupted one finishes it."""
+    from nca_datagen import storage
     from nca_datagen.manifest import read_manifest
-    from nca_datagen.storage import errors
 
     try:
         manifest = read_manifest(out, storage_options)
-    except (ValueError, *errors()):  # no dataset there (or none readable): check_output decides
+    except (ValueError, *storage.errors()):  # no dataset there (or none readable): check_output decides
         return False
     splits = manifest["splits"]
-    return (manifest["config"] == plan.config.to_dict()
+    same = (manifest["config"] == plan.config.to_dict()
             and {split: info["num_shards"] for split, info in splits.items()} == plan.shards
             and all(info["compression"] == compression for info in splits.values()))
+    if same:  # a build interrupted between writing the manifest and removing its marker left the marker
+        _remove_marker(*storage.filesystem(out, storage_options))
+    return same
+
+
+def _remove_marker(fs, root: str) -> None:
+    """Remove the build marker (build.json), if there is one."""
+    from nca_datagen import storage
+    from nca_datagen.manifest import BUILD
+
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm(storage.join(root, BUILD))
 
 
 def _command_line(ctx) -> str:
@@ -783,9 +810,10 @@ def _make_executor(kw):
 
 
 def _shutdown_ray():
-    import ray
+    import sys
 
-    if ray.is_initialized():
+    ray = sys.modules.get("ray")  # not imported (an inline build): nothing to shut down
+    if ray is not None and ray.is_initialized():
         ray.shutdown()
 
 
@@ -805,10 +833,10 @@ def _print_plan(plan: BuildPlan, kw, brief: bool = False) -> None:
     cfg = plan.config
     nca = cfg.nca
     rows = [(s.split, f"{s.rules:,} rules x {cfg.sims_per_rule} sims = {s.sequences:,} sequences = "
-                      f"{s.tokens:,} tokens ({format_count(s.tokens)}) in {_n(s.shards, 'shard')}")
+                      f"{s.tokens:,} tokens ({format_count(s.tokens)}) in {plural(s.shards, 'shard')}")
             for s in plan.splits if s.shards]
     if brief:
-        click.echo("plan: " + "; ".join(f"{s.split} {_n(s.shards, 'shard')} ({format_count(s.tokens)} tokens)"
+        click.echo("plan: " + "; ".join(f"{s.split} {plural(s.shards, 'shard')} ({format_count(s.tokens)} tokens)"
                                          for s in plan.splits if s.shards) + f" -> {kw['out']}", err=True)
         return
     cpus = kw["workers"] or os.cpu_count() or 1

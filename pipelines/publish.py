@@ -28,6 +28,7 @@ from nca_datagen import storage
 from nca_datagen.config import SPLITS
 from nca_datagen.manifest import BUILD, CARD_FILES, MANIFEST, dataset_root, read_json, read_manifest
 from nca_datagen.shards import ShardError, check_blob, record_name
+from nca_datagen.units import plural
 
 
 def publish(src: str, dst: str, storage_options: dict | None = None, *, rehash: bool = False, echo=print) -> dict:
@@ -168,5 +169,5 @@ def publish_command(src, dst, rehash, endpoint_url, profile, s3_checksums):
         stats = publish(src, dst, opts, rehash=rehash, echo=click.echo)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"published {src} -> {dst}: {stats['uploaded']} shards uploaded, {stats['skipped']} already "
-               f"present, {stats['files']} other files copied; manifest written last")
+    click.echo(f"published {src} -> {dst}: {plural(stats['uploaded'], 'shard')} uploaded, {stats['skipped']:,} "
+               f"already present, {plural(stats['files'], 'other file')} copied; manifest written last")

@@ -231,6 +231,27 @@ def test_interrupt_while_the_manifest_is_written(tmp_path, monkeypatch):
     rerun = build("--executor", "inline", out=out)
     assert rerun.exit_code == 0 and "building 0 of" in rerun.output and (out / "manifest.json").exists()
 
+    def written_then_interrupted(*args, real=manifest.write_manifest, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(manifest, "write_manifest", written_then_interrupted)
+    late = CliRunner().invoke(main, ["build", *TINY, "--executor", "inline", "--out", str(tmp_path / "late")])
+    assert late.exit_code == 130 and "interrupted after the manifest was written" in late.output
+
+
+def test_interrupt_while_ray_starts(tmp_path, monkeypatch):
+    from nca_datagen.pipelines import build as build_mod
+
+    def interrupted(kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_mod, "_make_executor", interrupted)
+    out = tmp_path / "ds"
+    result = CliRunner().invoke(main, ["build", *TINY, "--out", str(out)])
+    assert result.exit_code == 130 and "interrupted before any shard was built" in result.output
+    assert not out.exists()
+
 
 def test_unreachable_band_is_recognised_through_ray():
     """A worker's UnreachableBandError arrives wrapped in RayTaskError: still an impossible config, not retried."""
@@ -260,8 +281,10 @@ def test_inline_build_resume_and_config_guard(tmp_path):
     assert len(done) == 3 and {"probe_filter", "rollout_tokenize", "stats", "compress_write"} <= set(done[0]["timings"])
     assert events[-1]["event"] == "build_end"
 
+    (out / "build.json").write_text("{}")  # as an interrupt between the manifest and the marker's removal leaves
     again = build("--executor", "inline", out=out)  # the same command again: nothing to do, nothing touched
     assert again.exit_code == 0 and "already holds this dataset (3 shards" in again.output
+    assert not (out / "build.json").exists()
     assert len(list((out / "_logs").glob("*.jsonl"))) == 1
     other = build("--executor", "inline", "--seed", "1", out=out)  # never overwritten by accident
     assert other.exit_code == 1 and "already holds a finished dataset" in other.output

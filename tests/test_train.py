@@ -237,7 +237,7 @@ def test_rerun_with_other_run_settings_is_refused(tmp_path, corpus, capsys):
     train_text(str(corpus), run, **kw)
     assert "already complete" in capsys.readouterr().err
     changes = {
-        "corpus": ([str(corpus / "doc[0-7].txt")], {}),
+        "corpus_sha256": ([str(corpus / "doc[0-7].txt")], {}),
         "init": ([str(corpus)], {"init": None}),
         "transfer": ([str(corpus)], {"transfer": "attn"}),
         "reinit_layers": ([str(corpus)], {"reinit_layers": "1"}),
@@ -248,6 +248,8 @@ def test_rerun_with_other_run_settings_is_refused(tmp_path, corpus, capsys):
         with pytest.raises(ValueError, match=rf"other settings \(.*{field}: .* -> .*\).*another --out"):
             train_text(spec, run, **{**kw, **change})
     assert before == {name: (run / name).read_bytes() for name in before}
+    train_text([f"{corpus}/./"], run, **kw)  # the same documents, spelled differently: the same run
+    assert "already complete" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- transfer

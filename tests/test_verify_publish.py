@@ -208,12 +208,12 @@ def test_publish_rehash_repairs_a_shard_corrupt_in_place(tmp_path, s3_server, s3
     assert cheap.exit_code == 0 and "0 shards uploaded, 2 already present" in cheap.output  # default: size only
     assert cli("verify", dst, "--endpoint-url", s3_server).exit_code == 1
     rehashed = _publish(src, dst, opts, "--rehash")
-    assert rehashed.exit_code == 0 and "1 shards uploaded, 1 already present" in rehashed.output, rehashed.output
+    assert rehashed.exit_code == 0 and "1 shard uploaded, 1 already present" in rehashed.output, rehashed.output
     assert cli("verify", dst, "--endpoint-url", s3_server).exit_code == 0
 
     storage.write_atomic(fs, f"{root}/train/shard-000000.json", b'{"sha2')  # a damaged record at DST
     repaired = _publish(src, dst, opts)
-    assert repaired.exit_code == 0 and "1 shards uploaded, 1 already present" in repaired.output, repaired.output
+    assert repaired.exit_code == 0 and "1 shard uploaded, 1 already present" in repaired.output, repaired.output
 
 
 def _set(*keys_value):

@@ -90,7 +90,8 @@ def text_data_for(corpus, batch_size: int, context: int, seed: int, val_fraction
     source = text_data.TextBatches(text_data.token_stream(train_docs), batch_size, context, seed=seed)
     val = text_data.val_batches(text_data.token_stream(val_docs), eval_batch_size, context, eval_tokens)
     return source, val, {"documents": len(docs), "train_documents": len(train_docs), "val_documents": len(val_docs),
-                         "train_tokens": int(source.stream.numel()), "val_tokens": sum(int(x.numel()) for x, _ in val)}
+                         "train_tokens": int(source.stream.numel()), "val_tokens": sum(int(x.numel()) for x, _ in val),
+                         "sha256": text_data.documents_digest(docs)}
 
 
 def train_text(corpus, out_dir, *, model: str = "tiny", init: str | None = None, transfer="all",
@@ -109,7 +110,8 @@ def train_text(corpus, out_dir, *, model: str = "tiny", init: str | None = None,
                                              cfg.micro_batch_size or cfg.batch_size)
     net = build_model(text_model_config(state["model_config"] if state else model, context), seed=cfg.seed)
     report = transfer_weights(net, state["model"], transfer, reinit_layers) if state else None
-    run = {"stage": "text", "corpus": text_data.spec_list(corpus), "init": str(init) if init else None,
+    # the corpus by content, not as typed: ./c/ and c are one corpus, and files added to c make another
+    run = {"stage": "text", "corpus_sha256": corpus_info["sha256"], "init": str(Path(init).resolve()) if init else None,
            "transfer": report["parts"] if report else None,
            "reinit_layers": report["reinit_layers"] if report else None,
            "val_fraction": val_fraction, "eval_tokens": eval_tokens}
@@ -117,6 +119,6 @@ def train_text(corpus, out_dir, *, model: str = "tiny", init: str | None = None,
     metrics = fit(net, source, cfg, out_dir, val_batches=val, resume=resume, desc=desc, meta=run)
     if report is not None:  # after fit, which refuses a folder holding another run before anything is written
         (out_dir / "transfer.json").write_text(json.dumps(report, indent=2) + "\n")
-    return _summary(out_dir, "text", net, cfg, metrics, corpus=run["corpus"], corpus_info=corpus_info,
+    return _summary(out_dir, "text", net, cfg, metrics, corpus=text_data.spec_list(corpus), corpus_info=corpus_info,
                     init=run["init"], val_fraction=val_fraction, eval_tokens=eval_tokens,
                     transfer={"parts": run["transfer"], "reinit_layers": run["reinit_layers"]} if report else None)

@@ -18,6 +18,7 @@ Shape legend: B batch, T tokens per example.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import sysconfig
@@ -140,6 +141,15 @@ def _jsonl_text(line: bytes) -> bytes:
         shown = line.decode("utf-8").strip()
         raise ValueError("got: " + (shown if len(shown) <= 80 else shown[:77] + "..."))
     return record["text"].encode("utf-8")  # a lone surrogate ("\\ud800") raises here, reported with its line
+
+
+def documents_digest(docs: list[bytes]) -> str:
+    """sha256 over the documents in order, each prefixed by its length (so a boundary moved is a change too)."""
+    digest = hashlib.sha256()
+    for doc in docs:
+        digest.update(len(doc).to_bytes(8, "little"))
+        digest.update(doc)
+    return digest.hexdigest()
 
 
 def split_documents(docs: list[bytes], val_fraction: float = 0.05, seed: int = 0):
