@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,3 +115,9 @@ class RolloutSpec:
 
     def frame_index(self, t: int) -> int:
         return (t - self.burn_in) // self.frame_stride
+
+
+def triton_interpreting() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (TRITON_INTERPRET set, and not to 0): the Triton
+    backend then works on CPU tensors (CI's exactness tests), else it needs CUDA."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")

@@ -67,7 +67,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import GUMBEL_BITS, HASH_M1, HASH_M2, RolloutSpec
+from .common import GUMBEL_BITS, HASH_M1, HASH_M2, RolloutSpec, triton_interpreting
 from .reference import rollout_reference, rollout_tokens_reference  # noqa: F401  (the definition)
 
 _M1 = tl.constexpr(HASH_M1)
@@ -359,10 +359,6 @@ NEIGHBOURS = ("gather", "scratch")
 INTERPRET_MAX_TRAJECTORIES = 64
 
 
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 @functools.lru_cache(maxsize=16)
 def _noise_table(spec: RolloutSpec, device: str) -> torch.Tensor:
     return torch.as_tensor(spec.noise_table, dtype=torch.int32, device=device)
@@ -422,7 +418,7 @@ def tile_layout(height: int, width: int, batch: int, *, neighbours: str | None =
         ch = cells_per_row or SCRATCH_CELLS_PER_ROW
         _power_of_2("cells_per_row", ch)
         cpt = triton.cdiv(cells, ch)
-    if block_t is None and interpreting():
+    if block_t is None and triton_interpreting():
         block_t = min(INTERPRET_MAX_TRAJECTORIES, max(batch, 1))
         block_t = triton.next_power_of_2(block_t) if neighbours == "gather" else block_t
     elif block_t is None:
@@ -471,7 +467,7 @@ def _check(name: str, t: torch.Tensor, dtype: torch.dtype, ndim: int, device: to
 def _launch(w1_RKSC, w2_RCJ, w3_RJS, rule_B, states_BHW, keys_B, spec: RolloutSpec, *, write_tokens: bool,
             write_frames: bool, maxnreg: int | None = None, sparse_noise: bool = False, **layout_knobs):
     device = states_BHW.device
-    if device.type != "cuda" and not interpreting():
+    if device.type != "cuda" and not triton_interpreting():
         raise ValueError(f"the triton backend needs CUDA tensors (got {device}); set TRITON_INTERPRET=1 before "
                          "importing it to run on CPU, or use backend='numba' / 'torch'")
     b = states_BHW.shape[0]

@@ -39,6 +39,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 BUILD = "build.json"  # the config of a build in progress; removed when the manifest is written
 CARD_FILES = ("README.md", "preview.png", "complexity.png", "token-frequency.png")  # what nca_datagen.card writes
+OWNED_FOLDERS = (*SPLITS, "samples")  # a dataset folder's folders nca-datagen writes (plus _logs, never removed)
+OWNED_FILES = (BUILD, *CARD_FILES)  # ... and its files, besides manifest.json
 SHARD_FIELDS = ("path", "samples", "tokens", "bytes", "sha256")
 SEED_DERIVATION = ("numpy SeedSequence / integer hash of (seed, split id, rule id, sim index); "
                    "split ids: " + ", ".join(f"{s}={i}" for i, s in enumerate(SPLITS)))
@@ -96,7 +98,7 @@ def _entries(fs, root: str) -> list[str]:
         names = [storage.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)]
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return [n for n in names if n not in (*SPLITS, "samples", "_logs")]
+    return [n for n in names if n not in (*OWNED_FOLDERS, "_logs")]
 
 
 def _build_marker(config: DatasetConfig, settings: dict | None) -> dict:
@@ -130,7 +132,7 @@ def remove_dataset(fs, root: str) -> None:
     """Delete what nca-datagen writes in `root` (manifest, build marker, card, tables, split folders); keep the rest."""
     if storage.exists(fs, storage.join(root, MANIFEST)):
         storage_remove(fs, storage.join(root, MANIFEST))
-    for name in (BUILD, *CARD_FILES, "samples", *SPLITS):
+    for name in (*OWNED_FILES, *OWNED_FOLDERS):
         path = storage.join(root, name)
         if storage.exists(fs, path):
             storage_remove(fs, path)
@@ -265,13 +267,17 @@ def _structure_problem(manifest: dict) -> str | None:
     """The first field a reader needs that is missing or of the wrong type, else None (JSON edited by hand, or
     written by something else): readers then fail with this message, not a KeyError deep inside."""
     problem = _wrong_field(manifest, _TOP_FIELDS, "")
-    for split, info in ({} if problem else manifest["splits"]).items():
+    if problem:
+        return problem
+    for split, info in manifest["splits"].items():
         problem = _wrong_field(info, _SPLIT_FIELDS, f"splits.{split}.")
-        for i, shard in enumerate([] if problem else info["shards"]):
-            problem = problem or _wrong_field(shard, _SHARD_TYPES, f"splits.{split}.shards[{i}].")
         if problem:
             return problem
-    return problem
+        for i, shard in enumerate(info["shards"]):
+            problem = _wrong_field(shard, _SHARD_TYPES, f"splits.{split}.shards[{i}].")
+            if problem:
+                return problem
+    return None
 
 
 def _wrong_field(obj, fields: dict, where: str) -> str | None:

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from nca_datagen.kernels.common import RolloutSpec
+from nca_datagen.kernels.common import RolloutSpec, triton_interpreting
 from nca_datagen.rules import RuleTables
 
 BACKENDS = ("auto", "triton", "numba", "torch")
@@ -61,8 +61,7 @@ def resolve_backend(backend: str | None, device: str) -> str:
     backend = backend or os.environ.get("NCA_BACKEND", "auto")
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-    interpreted = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-    if backend == "triton" and not device.startswith("cuda") and not interpreted:
+    if backend == "triton" and not device.startswith("cuda") and not triton_interpreting():
         raise ValueError(f"backend 'triton' needs a CUDA device (this one is {device!r}); use numba or torch on "
                          "CPU, or set TRITON_INTERPRET=1 to run the kernel in Triton's interpreter")
     if backend != "auto":

@@ -430,13 +430,6 @@ def _hash_matches(fs, root: str, record: dict) -> bool:
     return digest.hexdigest() == record.get("sha256")
 
 
-def _has_content(fs, root: str) -> bool:
-    try:
-        return bool(fs.ls(root))
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-
-
 def _log_path(root: str, local: bool) -> Path:
     """Local outputs: OUT/_logs/build-<UTC time>.jsonl. Object stores: a local spool under ~/.cache, uploaded to
     OUT/_logs/ when the build ends (an append-only log does not suit objects written whole)."""
@@ -654,14 +647,15 @@ def build_command(ctx, **kw):
                      settings={"compression": kw["compression"]})
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    backend = None if kw["backend"] == "auto" else kw["backend"]
     try:
-        executor, device = _start(kw)
+        executor, device = _start(kw, backend)
     except KeyboardInterrupt:  # Ctrl-C while Ray starts: nothing is written yet (run_build answers its own)
         _shutdown_ray()
         click.echo("interrupted before any shard was built: nothing was written", err=True)
         raise SystemExit(128 + signal.SIGINT) from None
     opts = BuildOptions(out_url=kw["out"], compression=kw["compression"], storage_options=storage_options,
-                        backend=None if kw["backend"] == "auto" else kw["backend"], device=device,
+                        backend=backend, device=device,
                         overwrite=kw["overwrite"], quiet=kw["quiet"], max_attempts=kw["retries"] + 1,
                         command=_command_line(ctx))
     if not kw["quiet"]:
@@ -673,13 +667,13 @@ def build_command(ctx, **kw):
         raise click.ClickException(str(exc)) from None
 
 
-def _start(kw):
-    """The executor and its device, once the backend is known to run there."""
+def _start(kw, backend: str | None):
+    """The executor and its device, once `backend` is known to run there."""
     from nca_datagen.rollout import resolve_backend
 
     executor, device = _make_executor(kw)
     try:
-        resolve_backend(None if kw["backend"] == "auto" else kw["backend"], device)
+        resolve_backend(backend, device)
     except ValueError as exc:
         executor.close()
         raise click.BadParameter(str(exc), param_hint="--backend") from None

@@ -26,7 +26,7 @@ import click
 
 from nca_datagen import storage
 from nca_datagen.config import SPLITS
-from nca_datagen.manifest import BUILD, CARD_FILES, MANIFEST, dataset_root, read_json, read_manifest
+from nca_datagen.manifest import BUILD, MANIFEST, OWNED_FILES, OWNED_FOLDERS, dataset_root, read_json, read_manifest
 from nca_datagen.shards import ShardError, check_blob, record_name
 from nca_datagen.units import plural
 
@@ -152,7 +152,7 @@ def _owned(rel: str) -> bool:
     """Whether nca-datagen writes this path of a dataset folder (see nca_datagen.manifest): the split folders,
     samples/, the card files and build.json; not manifest.json (written last, by publish itself)."""
     folder, _, rest = rel.partition("/")
-    return rel in (BUILD, *CARD_FILES) or (bool(rest) and folder in (*SPLITS, "samples"))
+    return rel in OWNED_FILES or (bool(rest) and folder in OWNED_FOLDERS)
 
 
 @click.command("publish")
