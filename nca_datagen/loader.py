@@ -36,7 +36,6 @@ resuming past it is exact too.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import warnings
 from collections.abc import Iterator
@@ -46,7 +45,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from nca_datagen import storage
-from nca_datagen.manifest import dataset_root, read_manifest
+from nca_datagen.manifest import dataset_root, read_manifest, shards_digest
 from nca_datagen.shards import ShardError, iter_shard_samples
 from nca_datagen.tokenizer import training_example
 
@@ -80,7 +79,7 @@ class NCADataset(IterableDataset):
             raise ValueError(f"seed={seed}: must be >= 0")
         self.seed, self.shuffle, self.raw = int(seed), bool(shuffle), bool(raw)
         self.skip_bad_shards, self.shuffle_shards = bool(skip_bad_shards), int(shuffle_shards)
-        self.dataset_id = _dataset_id(self.shards)
+        self.dataset_id = shards_digest(self.shards)  # a saved position only fits the shards it was saved over
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # see "Epochs" above
         self._yielded: dict[int, int] = {}  # worker id -> samples yielded this epoch (in this process)
         self._resume: dict[int, int] = {}  # worker id -> samples to skip on the next pass
@@ -224,11 +223,6 @@ def _split_shards(manifest: dict, split: str, url) -> list[dict]:
     if split not in manifest["splits"]:
         raise ValueError(f"split {split!r} is not in {url}: it has {', '.join(manifest['splits'])}")
     return manifest["splits"][split]["shards"]
-
-
-def _dataset_id(shards: list[dict]) -> str:
-    """A short digest of the split's shard hashes: a saved position only fits the shards it was saved over."""
-    return hashlib.sha256("".join(shard["sha256"] for shard in shards).encode()).hexdigest()[:16]
 
 
 def _rank_and_world(rank, world_size) -> tuple[int, int]:

@@ -20,6 +20,7 @@ and atomically: a reader that sees a manifest sees every shard it names.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -288,6 +289,12 @@ def _wrong_field(obj, fields: dict, where: str) -> str | None:
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             return f"{where}{key} is {value!r}, expected {'an' if kind is int else 'a'} {kind.__name__}"
     return None
+
+
+def shards_digest(shards: list[dict]) -> str:
+    """A short digest of shard records' sha256s, in order: the identity of data by content, whatever folder or
+    bucket holds it (a deterministic rebuild gets the same digest; any other data, another)."""
+    return hashlib.sha256("".join(shard["sha256"] for shard in shards).encode()).hexdigest()[:16]
 
 
 def dataset_root(url: str, storage_options=None):

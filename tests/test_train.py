@@ -7,6 +7,7 @@ test_train_nca.py.
 import dataclasses
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -238,7 +239,7 @@ def test_rerun_with_other_run_settings_is_refused(tmp_path, corpus, capsys):
     assert "already complete" in capsys.readouterr().err
     changes = {
         "corpus_sha256": ([str(corpus / "doc[0-7].txt")], {}),
-        "init": ([str(corpus)], {"init": None}),
+        "init_sha256": ([str(corpus)], {"init": None}),
         "transfer": ([str(corpus)], {"transfer": "attn"}),
         "reinit_layers": ([str(corpus)], {"reinit_layers": "1"}),
         "val_fraction": ([str(corpus)], {"val_fraction": 0.2}),
@@ -250,6 +251,13 @@ def test_rerun_with_other_run_settings_is_refused(tmp_path, corpus, capsys):
     assert before == {name: (run / name).read_bytes() for name in before}
     train_text([f"{corpus}/./"], run, **kw)  # the same documents, spelled differently: the same run
     assert "already complete" in capsys.readouterr().err
+    moved = shutil.copytree(Path(init).parent, tmp_path / "moved")  # the same init elsewhere: the same run
+    train_text(str(corpus), run, **{**kw, "init": str(moved / "ckpt.pt")})
+    assert "already complete" in capsys.readouterr().err
+    other = train_text(str(corpus), tmp_path / "pre2", steps=3, batch_size=4, **FAST)["checkpoint"]
+    shutil.copyfile(other, moved / "ckpt.pt")  # another checkpoint in its place: another starting point
+    with pytest.raises(ValueError, match=r"init_sha256: \w+ -> \w+"):
+        train_text(str(corpus), run, **{**kw, "init": str(moved / "ckpt.pt")})
 
 
 # ---------------------------------------------------------------- transfer

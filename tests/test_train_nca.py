@@ -80,20 +80,23 @@ def test_nca_resume_continues_identically_through_the_loader_state(tmp_path, dat
     assert read_metrics(tmp_path / "whole") == read_metrics(tmp_path / "split")
 
 
-def test_nca_rerun_on_other_data_is_refused(tmp_path, dataset):
+def test_nca_run_is_identified_by_its_data_not_its_path(tmp_path, dataset):
+    """A moved copy of the same shards resumes the run; other data (another build in the folder) is refused."""
     kw = dict(steps=1, batch_size=2, val_sequences=2, **FAST)
     pretrain_nca(str(dataset), tmp_path / "run", **kw)
+    ckpt = (tmp_path / "run" / "ckpt.pt").read_bytes()
     copy = shutil.copytree(dataset, tmp_path / "copy")
-    with pytest.raises(ValueError, match=r"other settings \(data: .*data -> .*copy\)"):
-        pretrain_nca(str(copy), tmp_path / "run", **kw)
+    pretrain_nca(str(copy), tmp_path / "run", **kw)  # finished: nothing to do, nothing rewritten
+    assert (tmp_path / "run" / "ckpt.pt").read_bytes() == ckpt
     with pytest.raises(ValueError, match=r"val_sequences: 2 -> 4"):
         pretrain_nca(str(dataset), tmp_path / "run", **{**kw, "val_sequences": 4})
-    pretrain_nca(str(copy), tmp_path / "on-copy", **kw)
-    manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["provenance"]["created"] = "2000-01-01T00:00:00Z"  # as if rebuilt in the same folder
-    (copy / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match=r"data_created: .* -> 2000-01-01T00:00:00Z"):
-        pretrain_nca(str(copy), tmp_path / "on-copy", **kw)
+    result = CliRunner().invoke(main, ["build", "--complexity", "0.3:", "--tokens", "20K", "--seed", "1", *TINY_DATA,
+                                       "--out", str(copy), "--executor", "inline", "--quiet", "--overwrite"])  # rebuilt
+    assert result.exit_code == 0, result.output
+    old_id, new_id = dataset_info(str(dataset))["id"], dataset_info(str(copy))["id"]
+    assert old_id != new_id
+    with pytest.raises(ValueError, match=rf"data_id: {old_id} -> {new_id}"):
+        pretrain_nca(str(copy), tmp_path / "run", **kw)
 
 
 def test_sweep_datasets_are_rebuilt_or_refused_not_reused(tmp_path, dataset):

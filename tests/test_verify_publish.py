@@ -113,7 +113,8 @@ def test_interrupted_publish_leaves_no_manifest_and_resumes(tmp_path, s3_server,
 
     monkeypatch.setattr(publish_mod, "upload_shard", flaky_upload)
     result = cli("publish", src, dst, "--endpoint-url", s3_server)
-    assert result.exit_code == 1 and "Error: ConnectionError: network went away" in result.output  # no traceback
+    assert result.exit_code == 1 and "ConnectionError: network went away" in result.output  # no traceback
+    assert f"publishing {src} -> {dst} failed" in result.output
     assert not fs.exists(f"{root}/manifest.json")
     assert len(fs.glob(f"{root}/train/shard-*.tar.zst")) == 2
 
@@ -121,6 +122,15 @@ def test_interrupted_publish_leaves_no_manifest_and_resumes(tmp_path, s3_server,
     resumed = cli("publish", src, dst, "--endpoint-url", s3_server)
     assert resumed.exit_code == 0 and "2 shards uploaded, 2 already present" in resumed.output
     assert fs.exists(f"{root}/manifest.json")
+
+
+def test_publish_to_a_missing_bucket_names_it(tmp_path, s3_server):
+    src = str(tmp_path / "src")
+    make_dataset(src, {"train": 1})
+    result = cli("publish", src, "s3://no-such-bucket/nca", "--endpoint-url", s3_server)
+    assert result.exit_code == 1 and result.exception is not None and "Traceback" not in result.output
+    assert "publishing" in result.output and "s3://no-such-bucket/nca failed" in result.output
+    assert "bucket does not exist" in result.output
 
 
 def test_republishing_another_version_hides_the_old_manifest_first(tmp_path, s3_server, s3_bucket, monkeypatch):

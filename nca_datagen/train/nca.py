@@ -12,8 +12,9 @@ import torch
 
 
 def dataset_info(url: str) -> dict:
-    """Vocabulary size, sequence length, per-split sample and token counts, and when the dataset was built (a
-    rebuild in the same folder differs there), from its manifest."""
+    """Vocabulary size, sequence length, per-split sample and token counts, and the data's identity by content
+    (`id`: a digest of every shard's sha256, so a moved copy keeps it and a rebuild with other settings does not),
+    from its manifest."""
     from nca_datagen import manifest
 
     m = manifest.read_manifest(url)
@@ -22,7 +23,7 @@ def dataset_info(url: str) -> dict:
             "tokens_per_frame": layout["tokens_per_frame"],
             "samples": {split: s["samples"] for split, s in m["splits"].items()},
             "tokens": {split: s["tokens"] for split, s in m["splits"].items()},
-            "created": m.get("provenance", {}).get("created")}
+            "id": manifest.shards_digest([shard for split in m["splits"].values() for shard in split["shards"]])}
 
 
 class NCABatches:

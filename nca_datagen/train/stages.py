@@ -19,7 +19,7 @@ from pathlib import Path
 
 from nca_datagen.train import text as text_data
 from nca_datagen.train.model import ModelConfig, build_model, count_params, model_config
-from nca_datagen.train.trainer import TrainConfig, fit, load_checkpoint
+from nca_datagen.train.trainer import TrainConfig, checkpoint_digest, fit, load_checkpoint
 from nca_datagen.train.transfer import transfer_weights
 
 NCA_DEFAULTS = dict(lr=1e-4, schedule="linear", warmup=-1, weight_decay=0.0)
@@ -69,7 +69,7 @@ def pretrain_nca(data: str, out_dir, *, model: str = "tiny", val_sequences: int 
     val = nca_val_batches(data, cfg.micro_batch_size or cfg.batch_size, val_sequences) if val_sequences else None
     net = build_model(model_config(model, info["vocab_size"], info["seq_len"] - 2), seed=cfg.seed)
     metrics = fit(net, source, cfg, out_dir, val_batches=val, resume=resume, desc="nca",
-                  meta={"stage": "nca", "data": str(data), "data_created": info["created"], "size": model,
+                  meta={"stage": "nca", "data_id": info["id"], "size": model,
                         "val_sequences": val_sequences})
     return _summary(out_dir, "nca", net, cfg, metrics, data=str(data), size=model)
 
@@ -110,8 +110,10 @@ def train_text(corpus, out_dir, *, model: str = "tiny", init: str | None = None,
                                              cfg.micro_batch_size or cfg.batch_size)
     net = build_model(text_model_config(state["model_config"] if state else model, context), seed=cfg.seed)
     report = transfer_weights(net, state["model"], transfer, reinit_layers) if state else None
-    # the corpus by content, not as typed: ./c/ and c are one corpus, and files added to c make another
-    run = {"stage": "text", "corpus_sha256": corpus_info["sha256"], "init": str(Path(init).resolve()) if init else None,
+    # the corpus and the init checkpoint by content, not as typed: ./c/ and c are one corpus, files added to c
+    # make another, and a checkpoint replaced in place is another starting point
+    run = {"stage": "text", "corpus_sha256": corpus_info["sha256"],
+           "init_sha256": checkpoint_digest(init) if init else None,
            "transfer": report["parts"] if report else None,
            "reinit_layers": report["reinit_layers"] if report else None,
            "val_fraction": val_fraction, "eval_tokens": eval_tokens}
@@ -120,5 +122,6 @@ def train_text(corpus, out_dir, *, model: str = "tiny", init: str | None = None,
     if report is not None:  # after fit, which refuses a folder holding another run before anything is written
         (out_dir / "transfer.json").write_text(json.dumps(report, indent=2) + "\n")
     return _summary(out_dir, "text", net, cfg, metrics, corpus=text_data.spec_list(corpus), corpus_info=corpus_info,
-                    init=run["init"], val_fraction=val_fraction, eval_tokens=eval_tokens,
+                    init=str(Path(init).resolve()) if init else None, val_fraction=val_fraction,
+                    eval_tokens=eval_tokens,
                     transfer={"parts": run["transfer"], "reinit_layers": run["reinit_layers"]} if report else None)

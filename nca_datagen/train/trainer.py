@@ -23,6 +23,7 @@ Outputs in `out_dir`: `ckpt.pt` (written atomically), `metrics.jsonl` (one recor
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -185,6 +186,17 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if found != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not an nca-datagen training checkpoint (format {found!r})")
     return state
+
+
+def checkpoint_digest(path: str | os.PathLike) -> str:
+    """A short sha256 of a checkpoint file (or of the run folder's `ckpt.pt`): a run started from it is
+    identified by what it started from, so a checkpoint replaced in place is another run's starting point."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    with open(path / "ckpt.pt" if path.is_dir() else path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def read_metrics(out_dir: str | os.PathLike) -> list[dict]:
