@@ -16,6 +16,7 @@ must never fail the manifest write it is part of.
 
 from __future__ import annotations
 
+import io
 import warnings
 
 import numpy as np
@@ -278,6 +279,29 @@ def _size(b) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- figures
+
+
+def preload() -> None:
+    """Import and warm what the card and the manifest's tables use: matplotlib (~0.7 s on first use, more while it
+    builds its font cache), its Agg backend, pyarrow's Parquet writer, PIL's plugins. The build calls it in a
+    thread while Ray workers make the shards and the driver mostly waits, so those seconds leave the build's
+    closing step. Failures are left to the real use to report."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        from matplotlib.figure import Figure
+        from PIL import Image, ImageDraw, ImageFont  # noqa: F401
+
+        fig = Figure(figsize=(1, 1))
+        fig.text(0, 0, "warm")
+        fig.savefig(io.BytesIO(), format="png")
+        pq.write_table(pa.table({"x": [0]}), io.BytesIO(), compression="zstd")
+        Image.init()
+    except Exception:  # an optimisation only: draw_figures reports what is really wrong
+        pass
 
 
 def draw_figures(manifest: dict, fs=None, root: str | None = None) -> dict[str, tuple[str, bytes]]:

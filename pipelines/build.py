@@ -205,6 +205,10 @@ def _run_build(plan: BuildPlan, executor, opts: BuildOptions) -> dict:
     progress = BuildProgress(plan.total_shards, already_done=plan.total_shards - len(todo), quiet=opts.quiet)
     progress.message(f"building {len(todo)} of {plan.total_shards} shards on {executor.description}, "
                      f"backend {backend} on {opts.device}; log: {log_path}")
+    if executor.name == "ray" and todo:  # the driver mostly waits on Ray: import the card's libraries meanwhile
+        from nca_datagen.card import preload
+
+        threading.Thread(target=preload, name="card-preload", daemon=True).start()
     try:
         failed = _drive(executor, job, todo, records, progress, log, opts.max_attempts)
     except _Unreachable as exc:

@@ -301,8 +301,14 @@ def connect_ray(ray, address: str | None, workers: int | None, extra_cpus: int =
     common = dict(include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="ERROR")
     if address is None:
         # address="local" always starts a fresh instance: never join someone else's cluster by accident.
-        ray.init(address="local", num_cpus=(workers or os.cpu_count()) + extra_cpus,
-                 object_store_memory=LOCAL_OBJECT_STORE_BYTES, _node_ip_address="127.0.0.1", **common)
+        try:
+            ray.init(address="local", num_cpus=(workers or os.cpu_count()) + extra_cpus,
+                     object_store_memory=LOCAL_OBJECT_STORE_BYTES, _node_ip_address="127.0.0.1", **common)
+        except Exception as exc:  # e.g. "The current node timed out during startup" on an overloaded machine
+            with contextlib.suppress(Exception):
+                ray.shutdown()  # whatever part of it did start
+            raise ConnectionError(f"could not start a local Ray ({type(exc).__name__}: {str(exc).rstrip('.')}). "
+                                  f"On a busy machine, retry; --executor inline builds without Ray") from exc
         return
     if address != "auto" and not address.startswith("ray://"):
         _check_reachable(address)

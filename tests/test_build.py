@@ -176,6 +176,17 @@ def test_unreachable_ray_address(tmp_path):
     assert not out.exists()
 
 
+def test_a_local_ray_that_cannot_start_is_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "not-a-folder"))  # where Ray puts its sockets and logs
+    (tmp_path / "not-a-folder").write_text("")
+    out = tmp_path / "ds"
+    result = build("--workers", "1", out=out)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "Error: could not start a local Ray (NotADirectoryError" in result.output
+    assert "--executor inline builds without Ray" in result.output
+    assert not out.exists()
+
+
 def test_a_taken_output_is_refused_before_ray_starts(tmp_path, monkeypatch):
     """The output is checked first: given an unreachable cluster too, the output's refusal is what the user
     sees (before, Ray's start-up, ~6 s, came first), and the dataset is untouched."""

@@ -82,3 +82,26 @@ def test_card_survives_a_sparse_manifest(tmp_path):
     assert front_matter(text)["configs"][0]["data_files"] == [{"split": "val", "path": "val/*.tar"}]
     assert not list(tmp_path.glob("*.png"))
     assert render_card({}).startswith("---\n")
+
+
+def test_preload_imports_everything_the_card_draws_with(dataset):
+    """The build preloads the card's libraries while Ray makes shards: drawing then imports no new matplotlib,
+    pyarrow or PIL module (each one left out would be paid again in the build's closing step)."""
+    import subprocess
+    import sys
+
+    out, _ = dataset
+    code = f"""
+import sys
+from nca_datagen import card, manifest, storage
+card.preload()
+before = set(sys.modules)
+m = manifest.read_manifest({str(out)!r})
+card.draw_figures(m, *storage.filesystem({str(out)!r}))
+manifest.samples_table([{{"samples": 1, "path": "x", "columns": {{"key": ["k"], "sample": [0]}}}}])
+late = sorted(n for n in set(sys.modules) - before if n.split(".")[0] in ("matplotlib", "pyarrow", "PIL"))
+print(late)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", result.stdout
