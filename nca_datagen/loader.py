@@ -6,7 +6,7 @@ Order, for one split, rank and epoch, is a pure function of (seed, epoch, rank, 
 2. rank r takes shards r, r + world_size, ... of that order. Every rank must see the same number of samples or
    DDP hangs at the last step, so each rank stops at the smallest rank total: with equal shards (what
    `nca-datagen build` writes) that drops at most world_size - 1 shards per epoch, and a different few each epoch
-   because the permutation changes;
+   because the permutation changes (rank 0 warns once how many samples an epoch leaves out);
 3. DataLoader worker w of W takes every W-th shard of its rank's list, and reads them `shuffle_shards` at a time:
    the samples of such a window are permuted together by (seed, epoch, window), so a batch mixes rules of several
    shards instead of ten simulations of one rule. Memory: one window of compressed shards.
@@ -27,11 +27,12 @@ Resuming: `state_dict()` counts the positions this process has passed per worker
 `load_state_dict()` makes the next pass yield exactly the remaining samples, in the same order, and refuses a state
 from a loader with another seed, split, rank, world size, shuffle or dataset. `set_epoch` with the loaded epoch
 keeps that position (the usual `for epoch in range(start, n): ds.set_epoch(epoch)` loop resumes); another epoch
-starts afresh. Iterated in-process (num_workers=0) that is the whole story. With DataLoader workers the dataset
-runs in worker processes, so the main process's copy knows nothing of their progress: use a loader that snapshots
-per-worker dataset state (torchdata's `StatefulDataLoader` calls these two methods inside each worker); the resumed
-run must use the same number of workers. A shard skipped by `skip_bad_shards` still counts its positions, so
-resuming past it is exact too.
+starts afresh. Iterated in-process (num_workers=0) that is the whole story. With DataLoader workers the dataset runs
+in worker processes, so the main process's copy knows nothing of their progress: use a loader that snapshots per-
+worker dataset state (torchdata's `StatefulDataLoader` calls these two methods inside each worker); the resumed run
+must use the same number of workers. With a plain DataLoader and workers, `state_dict()` in the main process raises
+instead of returning a position that would silently restart the epoch. A shard skipped by `skip_bad_shards` still
+counts its positions, so resuming past it is exact too.
 """
 
 from __future__ import annotations
@@ -81,9 +82,11 @@ class NCADataset(IterableDataset):
         self.skip_bad_shards, self.shuffle_shards = bool(skip_bad_shards), int(shuffle_shards)
         self.dataset_id = shards_digest(self.shards)  # a saved position only fits the shards it was saved over
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # see "Epochs" above
+        self._iterated_in_workers = torch.zeros((), dtype=torch.int32).share_memory_()  # see state_dict
         self._yielded: dict[int, int] = {}  # worker id -> samples yielded this epoch (in this process)
         self._resume: dict[int, int] = {}  # worker id -> samples to skip on the next pass
         self._num_workers = 1
+        self._warn_left_out()
 
     # ------------------------------------------------------------------ position
     @property
@@ -100,6 +103,12 @@ class NCADataset(IterableDataset):
         self._epoch.fill_(int(epoch))
 
     def state_dict(self) -> dict:
+        if get_worker_info() is None and int(self._iterated_in_workers) and not self._yielded:
+            # a plain DataLoader's workers iterate copies: this process's copy knows nothing of their progress,
+            # and a state saying "nothing read" would silently restart the epoch on resume
+            raise ValueError("this dataset is read by DataLoader worker processes, so its position lives there: "
+                             "save state with torchdata's StatefulDataLoader (pip install torchdata; it asks each "
+                             "worker), or use num_workers=0")
         return {**self._identity(), "epoch": self.epoch, "num_workers": self._num_workers,
                 "yielded": {str(w): n for w, n in self._yielded.items()}}
 
@@ -129,6 +138,16 @@ class NCADataset(IterableDataset):
         return sum(take for _, take in self.rank_plan(self.epoch))
 
     # ------------------------------------------------------------------ plan
+    def _warn_left_out(self) -> None:
+        """Equal counts per rank leave out up to world_size - 1 shards an epoch: say so once (rank 0)."""
+        total = sum(shard["samples"] for shard in self.shards)
+        used = self.world_size * len(self)
+        if self.rank == 0 and used < total:
+            warnings.warn(f"split {self.split!r}: {len(self.shards)} shards over world_size={self.world_size}: each "
+                          f"epoch uses {used:,} of {total:,} samples ({1 - used / total:.0%} left out, other ones "
+                          f"each epoch when shuffled) so that every rank gets the same count; a multiple of "
+                          f"{self.world_size} equal shards uses them all", stacklevel=3)
+
     def rank_plan(self, epoch: int) -> list[tuple[int, int]]:
         """(shard position in the manifest, samples to take) for this rank and epoch, in reading order."""
         n = len(self.shards)
@@ -154,6 +173,8 @@ class NCADataset(IterableDataset):
             raise ValueError(f"resuming a state saved with {self._num_workers} DataLoader workers needs "
                              f"{self._num_workers} workers, not {num_workers}")
         self._num_workers = num_workers
+        if info is not None:
+            self._iterated_in_workers.fill_(1)
         skip = self._resume.pop(worker, 0)
         self._yielded[worker] = skip
         epoch = self.epoch  # read once: the pass keeps its order whatever set_epoch does meanwhile

@@ -1,6 +1,7 @@
 """Loader: rank x worker partitioning with equal counts, deterministic shuffling, exact resume, damaged shards."""
 
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -47,6 +48,7 @@ def test_training_example_masking(dataset):
 
 # 3 workers on a 2-core test machine: torch warns, the test only checks partitioning
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")
+@pytest.mark.filterwarnings("ignore:split 'train': 7 shards over world_size=2")
 def test_two_ranks_three_workers_partition_the_data(dataset):
     seen = [keys(NCADataset(dataset, rank=r, world_size=2, raw=True, seed=5), num_workers=3) for r in range(2)]
     assert len(seen[0]) == len(seen[1]) == 3 * N  # 7 shards: 3 each, one dropped this epoch
@@ -222,3 +224,26 @@ def test_user_errors(dataset, tmp_path):
         NCADataset(dataset).set_epoch(-1)
     with pytest.raises(ValueError, match="fewer than world_size=8"):
         NCADataset(dataset, rank=0, world_size=8)
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_state_of_a_plain_dataloader_with_workers_is_refused_not_wrong(dataset):
+    """Worker copies hold the position; the main process's copy would say "nothing read" and restart the epoch."""
+    ds = NCADataset(dataset, raw=True)
+    batches = iter(DataLoader(ds, batch_size=4, num_workers=2))
+    next(batches)
+    with pytest.raises(ValueError, match="StatefulDataLoader"):
+        ds.state_dict()
+    in_process = NCADataset(dataset, raw=True)
+    next(iter(in_process))
+    assert in_process.state_dict()["yielded"] == {"0": 1}  # iterated here: its own position is exact
+
+
+def test_rank_0_says_how_much_an_epoch_leaves_out(dataset):
+    left_out = r"7 shards over world_size=3: each epoch uses 24 of 28 samples \(14% left out"
+    with pytest.warns(UserWarning, match=left_out):
+        NCADataset(dataset, rank=0, world_size=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        NCADataset(dataset, rank=1, world_size=3)  # once, not once per rank
+        NCADataset(dataset, rank=0, world_size=1)  # nothing left out
