@@ -1,5 +1,8 @@
 """The dataset card: `README.md` with Hugging Face YAML front matter, plus PNG figures, beside `manifest.json`.
 
+The front matter names the shards in `configs` only when they are plain `.tar` (`--compression none`): Hugging
+Face's WebDataset reader cannot open `.tar.zst`, so for zstd shards the card says so instead.
+
 `write_card(fs, root, manifest)` is called by `manifest.write_manifest` once every shard is written and before
 `manifest.json` is. The text comes from the manifest alone and is defensive about its shape: a section whose
 keys are missing is left out rather than failing the build. Figures:
@@ -30,6 +33,9 @@ TAGS = ("synthetic", "cellular-automata", "nca", "pre-pre-training")
 PREVIEW_RULES = 6  # rows in the card's preview strip
 PREVIEW_FRAMES = 12  # frames per row (a full paper sequence has 27; 12 keep the picture readable)
 SAMPLE_LIMIT = 256  # samples read for the preview and token-frequency figures (~260K tokens at paper settings)
+# Where the card's code snippets say the dataset is: the reader substitutes their own (tests substitute theirs).
+DATASET_URL = "path/or/s3://url/to/this/dataset"
+DATASET_DIR = "path/to/this/dataset"  # Hugging Face `datasets` reads a local folder or a Hub repo, not s3://
 
 
 def write_card(fs, root: str, manifest: dict, *, figures: bool = True) -> list[str]:
@@ -78,7 +84,7 @@ def _front_matter(manifest: dict) -> str:
              "tags:", *(f"- {t}" for t in TAGS), f"pretty_name: {_pretty_name(manifest)}"]
     if samples:
         lines.append(f"size_categories:\n- {_size_category(samples)}")
-    if splits:
+    if plain_tar(splits):  # HF's WebDataset reader cannot open .tar.zst: pointing it there only fails later
         lines += ["configs:", "- config_name: default", "  data_files:"]
         for name, split in splits.items():
             lines += [f"  - split: {name}", f"    path: \"{name}/*{_shard_ext(split)}\""]
@@ -102,6 +108,12 @@ def _size_category(n: int) -> str:
 def _shard_ext(split: dict) -> str:
     paths = [s.get("path", "") for s in split.get("shards") or []] + [str(split.get("pattern", ""))]
     return ".tar.zst" if any(p.endswith(".tar.zst") for p in paths) else ".tar"
+
+
+def plain_tar(splits: dict) -> bool:
+    """Whether every split's shards are plain `.tar` (`--compression none`): the only shards Hugging Face
+    `datasets` and the Hub's viewer can read, so the only ones the front matter's `configs` name."""
+    return bool(splits) and all(_shard_ext(split) == ".tar" for split in splits.values())
 
 
 def _band_text(band: dict | None) -> str:
@@ -237,17 +249,38 @@ def _loading(splits: dict) -> str:
     url = url or f"{split}/shard-{{000000..{max(n - 1, 0):06d}}}{ext}"
     # webdataset opens `pipe:CMD` URLs by running CMD; brace patterns expand before that, one shard per URL
     wds_url = f"pipe:zstd -dc {url}" if ext == ".tar.zst" else url
-    return ("## Loading\n\nWith the project's loader (a torch `IterableDataset` that splits shards by rank and "
-            "worker, shuffles per epoch, resumes exactly, and yields the paper's `input_ids`/`labels`):\n\n"
+    return ("## Loading\n\nWith the project's loader, `NCADataset`: a torch `IterableDataset` that splits shards by "
+            "rank and worker, shuffles per epoch, resumes exactly, and yields the paper's `input_ids`/`labels`:\n\n"
+            "```python\nfrom nca_datagen.loader import NCADataset\n\n"
+            f"ds = NCADataset(\"{DATASET_URL}\", \"{split}\")\n"
+            "for sample in ds:\n"
+            "    input_ids, labels = sample[\"input_ids\"], sample[\"labels\"]  # int64; labels -100 on frame one\n"
+            "```\n\n"
+            "The raw sequences, in manifest order, each shard checked against its sha256:\n\n"
             "```python\nfrom nca_datagen.loader import iter_sequences\n\n"
-            f"for tokens in iter_sequences(\"path/or/s3://url/to/this/dataset\", split=\"{split}\"):\n"
+            f"for tokens in iter_sequences(\"{DATASET_URL}\", \"{split}\"):\n"
             "    ...  # one uint16 numpy array per sequence\n```\n\n"
-            "With stock [WebDataset](https://github.com/webdataset/webdataset) (it does not decompress zstd "
-            "itself, so `.tar.zst` shards go through a `pipe:` URL):\n\n"
-            f"```python\nimport webdataset as wds\n\nds = wds.WebDataset(\"{wds_url}\").decode()\n"
+            "With stock [WebDataset](https://github.com/webdataset/webdataset), from this folder (it does not "
+            "decompress zstd itself, so `.tar.zst` shards go through a `pipe:` URL):\n\n"
+            "```python\nimport webdataset as wds\n\n"
+            f"ds = wds.WebDataset(\"{wds_url}\", shardshuffle=False).decode()\n"
             "for sample in ds:\n    tokens = sample[\"tokens.npy\"]  # uint16 array, the whole sequence\n"
             "    meta = sample[\"json\"]  # rule id, simulation, gzip ratios\n```\n\n"
+            f"{_hugging_face(splits, split)}\n\n"
             "Inspect the dataset from the command line: `nca-datagen inspect PATH_OR_URL`.")
+
+
+def _hugging_face(splits: dict, split: str) -> str:
+    """How Hugging Face `datasets` reads this dataset: through the front matter's `configs` (plain tar only)."""
+    if not plain_tar(splits):
+        return ("Hugging Face `datasets` and the Hub's dataset viewer read only plain-tar WebDataset shards, not these "
+                "zstd-compressed ones: build with `nca-datagen build ... --compression none` to load it with "
+                "`load_dataset`.")
+    return ("With Hugging Face `datasets` (the front matter above names the shards; the Hub's viewer reads the same):"
+            "\n\n```python\nfrom datasets import load_dataset\n\n"
+            f"ds = load_dataset(\"{DATASET_DIR}\", split=\"{split}\")  # or the dataset's Hub repo id\n"
+            "for sample in ds:\n"
+            "    tokens, meta = sample[\"tokens.npy\"], sample[\"json\"]  # list of ints, dict\n```")
 
 
 def _provenance(manifest: dict) -> str:

@@ -27,8 +27,9 @@ import numpy as np
 
 from nca_datagen.complexity import PRESETS, Band, bytes_gzip_ratio, gzip_ratio
 from nca_datagen.palette import colourise, palette
-from nca_datagen.storage import storage_flags
+from nca_datagen.storage import storage_flags, storage_options_from_flags
 
+SEED_MAX = 2**64 - 1  # the recipe's seed is a uint64 (SeedSequence entropy); `build --seed` takes the same range
 VERDICT_TEXT = {"kept": "kept", "too_simple": "too simple", "too_complex": "too complex"}
 # Text colours for verdict labels: Okabe-Ito bluish green / blue / vermillion (distinct for colour-blind readers,
 # and the words are printed too, so colour is never the only cue).
@@ -193,6 +194,28 @@ def png_bytes(img) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=True)
     return buf.getvalue()
+
+
+def image_bytes(images, fmt: str) -> bytes:
+    """The bytes `save_image` writes for `images` in format `fmt` ("PNG" or "GIF")."""
+    buf = io.BytesIO()
+    save_image(images, buf, fmt=fmt)
+    return buf.getvalue()
+
+
+def write_output(url: str, data: bytes, storage_options: dict | None = None) -> str:
+    """Write `data` to a local path or s3:// URL through the storage layer (atomic; local parent folders are
+    made); returns the name to print: a local path as given, an object's s3:// URL.
+
+    Storage failures (a missing bucket, no credentials) become one line naming the URL, not a traceback."""
+    from nca_datagen import storage
+
+    try:
+        fs, path = storage.filesystem(url, storage_options)
+        storage.write_atomic(fs, path, data)
+    except (ValueError, *storage.errors()) as exc:
+        raise click.ClickException(f"cannot write {url}: {exc}") from exc
+    return url if storage.is_local(fs) else storage.url_of(fs, path)
 
 
 # ------------------------------------------------------------------------------------------ histograms
@@ -389,7 +412,8 @@ def _parse_band(ctx, param, value):
 @click.option("--complexity", "band", default="50%+", show_default=True, callback=_parse_band,
               help="Band to judge rules by: 50%+, 30-40%, 0.5:1.0, or a preset (web, math, code).")
 @click.option("--rules", default=8, show_default=True, type=click.IntRange(1, 64), help="Rules (rows) to draw.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Run seed of the recipe.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, SEED_MAX),
+              help="Run seed of the recipe.")
 @click.option("--split", default="train", show_default=True, type=click.Choice(["train", "val"]))
 @click.option("--grid", default="12x12", show_default=True, callback=_parse_grid, help="Cells, HxW.")
 @click.option("--states", default=10, show_default=True, type=int, help="Alphabet size (at most 16 can be drawn).")
@@ -404,8 +428,10 @@ def _parse_band(ctx, param, value):
               help="Rollout backend [default: NCA_BACKEND or auto].")
 @click.option("--device", default=None, help="auto, cpu or cuda [default: NCA_DEVICE or auto].")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
-              help="Output file: .png (one row per rule) or .gif (animated, rules side by side).")
-def preview_command(band, rules, seed, split, grid, states, patch, frames, only_kept, scale, backend, device, out):
+              help="Output file or s3:// URL: .png (one row per rule) or .gif (animated, rules side by side).")
+@storage_flags
+def preview_command(band, rules, seed, split, grid, states, patch, frames, only_kept, scale, backend, device, out,
+                    endpoint_url, profile, s3_checksums):
     """Draw sampled candidate rules of a complexity band, labelled with gzip ratio and verdict.
 
     Rules are probed exactly as the filter does; each row is a rule's probe trajectory, frames left to right.
@@ -432,16 +458,16 @@ def preview_command(band, rules, seed, split, grid, states, patch, frames, only_
     title = preview_title(config, shown)
     auto = (4 if suffix == ".png" else 6) * 12 // max(12, max(n.grid))
     scale = scale or max(1, auto)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".png":
-        save_image(render_strip(rows, states, scale=scale, title=title, first_step=n.burn_in,
-                                stride=n.frame_stride), out)
+        data = image_bytes(render_strip(rows, states, scale=scale, title=title, first_step=n.burn_in,
+                                        stride=n.frame_stride), "PNG")
     else:
-        save_image(render_gif_frames(rows, states, scale=scale, title=title, first_step=n.burn_in,
-                                     stride=n.frame_stride), out)
+        data = image_bytes(render_gif_frames(rows, states, scale=scale, title=title, first_step=n.burn_in,
+                                             stride=n.frame_stride), "GIF")
+    written = write_output(out, data, storage_options_from_flags(endpoint_url, profile, s3_checksums))
     verdicts = {v: sum(r.verdict == v for r in rows) for v in VERDICT_TEXT}
-    click.echo(f"wrote {out}: {len(rows)} rules ({', '.join(f'{c} {VERDICT_TEXT[v]}' for v, c in verdicts.items())})"
-               f", band {config.band}, {shown} frames")
+    counts = ", ".join(f"{c} {VERDICT_TEXT[v]}" for v, c in verdicts.items())
+    click.echo(f"wrote {written}: {len(rows)} rules ({counts}), band {config.band}, {shown} frames")
 
 
 def rebin(counts, factor: int) -> np.ndarray:
@@ -516,19 +542,20 @@ def display_factor(n_bins: int, lo: float, hi: float, band: Band | None) -> int:
 @click.argument("url")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of tables.")
 @click.option("--out-dir", type=click.Path(file_okay=False), default=None,
-              help="Also write the complexity histograms as PNGs here (one for all splits, one per split).")
+              help="Also write the complexity histograms as PNGs here, a folder or s3:// prefix (one for all "
+                   "splits, one per split).")
 @storage_flags
 def inspect_command(url, as_json, out_dir, endpoint_url, profile, s3_checksums):
     """Show a dataset's recipe, totals, acceptance and complexity histograms (local folder or s3:// URL)."""
     from nca_datagen.manifest import read_manifest
-    from nca_datagen.storage import storage_options_from_flags
 
+    options = storage_options_from_flags(endpoint_url, profile, s3_checksums)
     try:
-        manifest = read_manifest(url, storage_options_from_flags(endpoint_url, profile, s3_checksums))
+        manifest = read_manifest(url, options)
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     summary = inspect_summary(manifest, url)
-    written = write_histogram_pngs(manifest, out_dir) if out_dir else []
+    written = write_histogram_pngs(manifest, out_dir, options) if out_dir else []
     if as_json:
         summary["figures"] = written
         click.echo(json.dumps(summary, indent=1, default=str))
@@ -536,12 +563,15 @@ def inspect_command(url, as_json, out_dir, endpoint_url, profile, s3_checksums):
     _print_inspect(summary, _band_of(manifest), written)
 
 
-def write_histogram_pngs(manifest: dict, out_dir: str) -> list[str]:
-    """complexity.png (all splits) and complexity-SPLIT.png under `out_dir`; returns the paths."""
+def write_histogram_pngs(manifest: dict, out_dir: str, storage_options: dict | None = None) -> list[str]:
+    """complexity.png (all splits) and complexity-SPLIT.png under `out_dir` (a folder or s3:// prefix); returns
+    what was written, as `write_output` names it."""
     from nca_datagen.card import merged_histograms
+    from nca_datagen.storage import join
 
     band = _band_of(manifest)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    if "://" not in out_dir:  # a local folder exists afterwards even when no split has histograms
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
     jobs = [("complexity.png", merged_histograms(manifest), "all splits")]
     jobs += [(f"complexity-{name}.png", s.get("histograms") or {}, f"{name} split")
              for name, s in (manifest.get("splits") or {}).items()]
@@ -549,9 +579,9 @@ def write_histogram_pngs(manifest: dict, out_dir: str) -> list[str]:
     for fname, hists, what in jobs:
         if not hists:
             continue
-        path = str(Path(out_dir) / fname)
-        plot_histograms(hists, band, title=f"gzip ratio, {what}").savefig(path)
-        written.append(path)
+        fig = plot_histograms(hists, band, title=f"gzip ratio, {what}")
+        name = join(out_dir, fname) if "://" in out_dir else str(Path(out_dir) / fname)  # local: named as before
+        written.append(write_output(name, figure_png(fig), storage_options))
     return written
 
 

@@ -3,6 +3,8 @@ a sparse manifest."""
 
 import importlib.util
 import io
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ import yaml
 from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 
-from nca_datagen.card import first_kept_rules, read_samples, render_card, write_card
+from nca_datagen.card import DATASET_DIR, DATASET_URL, first_kept_rules, read_samples, render_card, write_card
 from nca_datagen.config import DatasetConfig, NCAConfig
 
 # Datasets for the tests are built with the compiled CPU path when it is installed: after its one-time compile
@@ -20,16 +22,30 @@ BUILD_BACKEND = "numba" if importlib.util.find_spec("numba") else "torch"
 TINY = DatasetConfig(nca=NCAConfig(frames=4), rules_per_shard=2, sims_per_rule=2)
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
+HF_SENTENCE = "Hugging Face `datasets` and the Hub's dataset viewer read only plain-tar WebDataset shards"
+
+
+def build(out: Path, compression: str, figures: bool = True):
     """A finished two-shard dataset: `write_manifest` writes the card as part of it."""
     from nca_datagen.generate import generate_shard
     from nca_datagen.manifest import write_manifest
     from nca_datagen.shards import write_shard
 
-    out = tmp_path_factory.mktemp("ds")
-    recs = {"train": [write_shard(generate_shard(TINY, "train", i, backend=BUILD_BACKEND), str(out)) for i in range(2)]}
-    return out, write_manifest(str(out), TINY, recs, provenance={})
+    recs = {"train": [write_shard(generate_shard(TINY, "train", i, backend=BUILD_BACKEND), str(out),
+                                  compression=compression) for i in range(2)]}
+    return out, write_manifest(str(out), TINY, recs, provenance={}, figures=figures)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """zstd shards, the default."""
+    return build(tmp_path_factory.mktemp("ds"), "zstd")
+
+
+@pytest.fixture(scope="module")
+def plain_dataset(tmp_path_factory):
+    """Plain .tar shards (`--compression none`), the kind Hugging Face `datasets` reads; no figures (not tested)."""
+    return build(tmp_path_factory.mktemp("plain"), "none", figures=False)
 
 
 def front_matter(text: str) -> dict:
@@ -49,7 +65,7 @@ def test_card_front_matter_tables_and_figures(dataset):
     meta = front_matter(text)
     assert meta["task_categories"] == ["text-generation"]
     assert set(meta["tags"]) >= {"synthetic", "cellular-automata", "nca", "pre-pre-training"}
-    assert meta["configs"][0]["data_files"] == [{"split": "train", "path": "train/*.tar.zst"}]
+    assert "configs" not in meta  # zstd shards: Hugging Face's WebDataset reader cannot open them
     train = manifest["splits"]["train"]
     assert f"| train | 2 | {train['samples']} | {train['tokens']:,} |" in text  # split, shards, sequences, tokens
     c = train["counts"]
@@ -60,6 +76,55 @@ def test_card_front_matter_tables_and_figures(dataset):
         assert f"]({name})" in text  # embedded beside README.md
         img = png(out / name)
         assert img.format == "PNG" and min(img.size) > 50
+
+
+def test_zstd_card_names_no_hugging_face_configs_and_says_why(dataset):
+    out, _ = dataset
+    text = (out / "README.md").read_text()
+    assert "configs" not in front_matter(text)
+    assert HF_SENTENCE in text and "`nca-datagen build ... --compression none`" in text
+    assert "load_dataset(" not in text
+
+
+def test_plain_tar_card_points_hugging_face_at_the_shards(plain_dataset, tmp_path, monkeypatch):
+    """The front matter's configs make `load_dataset(folder)` read every sample of every split."""
+    out, manifest = plain_dataset
+    text = (out / "README.md").read_text()
+    assert front_matter(text)["configs"] == [{"config_name": "default",
+                                              "data_files": [{"split": "train", "path": "train/*.tar"}]}]
+    assert HF_SENTENCE not in text
+    hf_offline(monkeypatch, tmp_path)
+    from datasets import load_dataset
+
+    ds = load_dataset(str(out), split="train")
+    assert len(ds) == manifest["splits"]["train"]["samples"]
+    assert len(ds[0]["tokens.npy"]) == manifest["sequence"]["seq_len"]
+
+
+def hf_offline(monkeypatch, tmp_path):
+    """Hugging Face libraries without the network, caching under tmp_path (read when `datasets` is imported)."""
+    for name, value in (("HF_HOME", str(tmp_path / "hf")), ("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1")):
+        monkeypatch.setenv(name, value)
+
+
+@pytest.mark.parametrize("which", ["dataset", "plain_dataset"], ids=["zstd", "plain-tar"])
+def test_card_code_snippets_run(request, which, tmp_path, monkeypatch):
+    """Every python block of the card runs as printed against its own dataset (its placeholder replaced by the
+    dataset's path), reads samples, and warns about nothing (webdataset warns unless shardshuffle is given)."""
+    out, _ = request.getfixturevalue(which)
+    blocks = re.findall(r"```python\n(.*?)```", (out / "README.md").read_text(), re.S)
+    assert len(blocks) == (3 if which == "dataset" else 4)  # NCADataset, iter_sequences, webdataset (+ datasets)
+    monkeypatch.chdir(out)  # the webdataset snippet names the shards relative to the dataset folder
+    hf_offline(monkeypatch, tmp_path)
+    for code in blocks:
+        scope: dict = {}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            exec(compile(code.replace(DATASET_URL, str(out)).replace(DATASET_DIR, str(out)), "card", "exec"), scope)
+        # webdataset 1.0.2 leaves plain-tar shard files for the garbage collector to close: a ResourceWarning,
+        # which Python's default filters hide. Anything else (its shardshuffle UserWarning) would reach the user.
+        assert not [str(w.message) for w in caught if not issubclass(w.category, ResourceWarning)], code
+        assert {"input_ids", "tokens"} & set(scope), code  # the loop body ran: samples were read
 
 
 def test_card_preview_shows_the_first_rules_by_sim_0(dataset):

@@ -139,15 +139,62 @@ def test_readme_preview_commands_reproduce_docs(tmp_path, name):
 
 
 def test_preview_gif_and_errors(tmp_path):
-    out = tmp_path / "p.gif"
+    out = tmp_path / "new" / "p.gif"  # the missing folder is made
     args = ["preview", "--complexity", "0.3:0.6", "--rules", "2", "--grid", "6x6", "--frames", "3", "--out", str(out)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"wrote {out}: 2 rules"), result.output
     assert Image.open(out).n_frames == 3
     bad = CliRunner().invoke(main, ["preview", "--states", "17", "--out", str(tmp_path / "x.png")])
     assert bad.exit_code != 0 and "at most 16 states" in bad.output
     bad = CliRunner().invoke(main, ["preview", "--out", str(tmp_path / "x.jpg")])
     assert bad.exit_code != 0 and ".png or .gif" in bad.output
+
+
+def test_preview_seed_takes_builds_range(tmp_path):
+    """--seed takes what `build --seed` does, 0..2**64-1; one past it is a usage error, not an OverflowError."""
+    out = tmp_path / "p.png"
+    args = ["preview", "--complexity", "0.3:0.6", "--rules", "1", "--grid", "6x6", "--frames", "2", "--out", str(out)]
+    bad = CliRunner().invoke(main, [*args, "--seed", str(2**64)])
+    assert bad.exit_code == 2 and isinstance(bad.exception, SystemExit), bad.output
+    assert "18446744073709551616 is not in the range 0<=x<=18446744073709551615" in bad.output
+    top = CliRunner().invoke(main, [*args, "--seed", str(2**64 - 1)])
+    assert top.exit_code == 0, top.output
+    assert out.exists()
+
+
+def s3_object(s3_server: str, url: str) -> bytes:
+    """The bytes of the object at s3://BUCKET/KEY, read with plain boto3 (not the code under test)."""
+    import boto3
+
+    bucket, key = url.removeprefix("s3://").split("/", 1)
+    return boto3.client("s3", endpoint_url=s3_server).get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+@pytest.mark.parametrize("name,endpoint", [("p.png", "flag"), ("p.gif", "env")])
+def test_preview_writes_to_s3(tmp_path, monkeypatch, s3_server, s3_bucket, name, endpoint):
+    """--out s3://... lands in the bucket (and nowhere local), and "wrote" names the object's URL; the endpoint
+    comes from --endpoint-url or from AWS_ENDPOINT_URL."""
+    monkeypatch.chdir(tmp_path)
+    url = f"{s3_bucket}/figs/{name}"
+    args = ["preview", "--complexity", "0.3:0.6", "--rules", "2", "--grid", "6x6", "--frames", "3", "--out", url]
+    if endpoint == "flag":
+        args += ["--endpoint-url", s3_server]
+    else:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"wrote {url}: 2 rules"), result.output
+    img = png(s3_object(s3_server, url))
+    assert img.format == name[-3:].upper() and getattr(img, "n_frames", 1) == (3 if name.endswith("gif") else 1)
+    assert list(tmp_path.iterdir()) == []  # no ./s3:/bucket/... folder
+
+
+def test_preview_to_a_missing_bucket_is_one_line(s3_server):
+    result = CliRunner().invoke(main, ["preview", "--rules", "1", "--grid", "6x6", "--frames", "2", "--complexity",
+                                       "0.3:0.6", "--out", "s3://no-such-bucket/p.png", "--endpoint-url", s3_server])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "cannot write s3://no-such-bucket/p.png" in result.output
 
 
 # -------------------------------------------------------------------------------------------------- inspect
@@ -168,7 +215,8 @@ def dataset(tmp_path_factory):
 
 def test_inspect_reports_the_manifest_totals(dataset, tmp_path):
     url, manifest = dataset
-    result = CliRunner().invoke(main, ["inspect", url, "--json", "--out-dir", str(tmp_path)])
+    figs = tmp_path / "new" / "figs"  # missing folders are made
+    result = CliRunner().invoke(main, ["inspect", url, "--json", "--out-dir", str(figs)])
     assert result.exit_code == 0, result.output
     got = json.loads(result.output)
     assert got["totals"] == manifest["totals"]
@@ -176,9 +224,8 @@ def test_inspect_reports_the_manifest_totals(dataset, tmp_path):
         assert got["splits"][split]["samples"] == s["samples"] and got["splits"][split]["counts"] == s["counts"]
     assert sum(got["histograms"]["candidates"]["counts"]) == sum(s["counts"]["candidates"]
                                                                for s in manifest["splits"].values())
-    assert sorted(Path(p).name for p in got["figures"]) == ["complexity-train.png", "complexity-val.png",
-                                                            "complexity.png"]
-    assert png(tmp_path / "complexity.png").size[0] > 300
+    assert got["figures"] == [str(figs / n) for n in ("complexity.png", "complexity-train.png", "complexity-val.png")]
+    assert png(figs / "complexity.png").size[0] > 300
 
     text = CliRunner().invoke(main, ["inspect", url])
     assert text.exit_code == 0, text.output
@@ -186,6 +233,23 @@ def test_inspect_reports_the_manifest_totals(dataset, tmp_path):
     assert f"│ total │      {t['num_shards']} │" in text.output.replace("┃", "│")
     assert f"{t['samples']:,}" in text.output and f"{t['tokens']:,}" in text.output
     assert "probe gzip ratio of candidate rules" in text.output
+
+
+def test_inspect_writes_figures_to_s3(dataset, tmp_path, monkeypatch, s3_server, s3_bucket):
+    """--out-dir s3://... puts the PNGs in the bucket (and nowhere local); the output names their URLs."""
+    url, _ = dataset
+    monkeypatch.chdir(tmp_path)
+    figs = f"{s3_bucket}/figs"
+    expect = [f"{figs}/complexity.png", f"{figs}/complexity-train.png", f"{figs}/complexity-val.png"]
+    result = CliRunner().invoke(main, ["inspect", url, "--json", "--out-dir", figs, "--endpoint-url", s3_server])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["figures"] == expect
+    for fig in expect:
+        assert png(s3_object(s3_server, fig)).size[0] > 300
+    text = CliRunner().invoke(main, ["inspect", url, "--out-dir", f"{figs}/", "--endpoint-url", s3_server])
+    assert text.exit_code == 0, text.output
+    assert all(f"wrote {fig}\n" in text.output for fig in expect), text.output
+    assert list(tmp_path.iterdir()) == []  # no ./s3:/bucket/... folder
 
 
 def test_inspect_refuses_a_folder_without_a_dataset(tmp_path):
