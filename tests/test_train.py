@@ -373,6 +373,13 @@ def _one_line_errors():
         pytest.param([*text, "--context", "0"], "--context", id="context-0"),
         pytest.param([*text, "--val-fraction", "1"], "--val-fraction", id="val-fraction-1"),
         pytest.param([*text, "--eval-tokens", "-1"], "--eval-tokens", id="eval-tokens-negative"),
+        pytest.param([*text, "--warmup", "-5"], "--warmup", id="warmup-negative"),
+        pytest.param([*text, "--lr", "0"], "--lr", id="lr-0"),
+        pytest.param([*text, "--seed", "-1"], "--seed", id="seed-negative"),
+        pytest.param(["sweep", "--text", "{corpus}", "--out", "{tmp}/sw", "--tokens", "0"], "--tokens",
+                     id="sweep-tokens-0"),
+        pytest.param(["sweep", "--text", "{corpus}", "--out", "{tmp}/sw", "--tokens", "1.5"], "whole",
+                     id="sweep-tokens-1.5"),
         pytest.param([*text, "--transfer", "bogus"], "choose 'all', 'none'", id="transfer"),
         pytest.param([*text, "--reinit-layers", "x"], "block indices", id="reinit-layers"),
         pytest.param([*text, "--device", "cuda"], "no CUDA GPU", id="cuda-without-gpu", marks=no_gpu),
@@ -398,6 +405,85 @@ def test_cli_user_errors_are_one_line(tmp_path, corpus, args, expected):
     assert result.exit_code in (1, 2) and isinstance(result.exception, SystemExit), (result.exception, result.output)
     error = [line for line in result.output.splitlines() if line.startswith("Error")]
     assert len(error) == 1 and expected in error[0], result.output
+
+
+@pytest.mark.parametrize("flag", [["--transfer", "attn"], ["--transfer", "all"], ["--reinit-layers", "0"]],
+                         ids=["transfer-attn", "transfer-all", "reinit-layers"])
+def test_text_refuses_transfer_flags_without_init(tmp_path, corpus, flag):
+    """Without --init there is nothing to transfer: an explicit flag is a usage error, not silently ignored."""
+    from nca_datagen.cli import main
+
+    result = CliRunner().invoke(main, ["train", "text", str(corpus), "--out", str(tmp_path / "t"), *flag])
+    assert result.exit_code == 2, result.output
+    error = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(error) == 1 and "--init" in error[0] and flag[0] in error[0], result.output
+    assert not (tmp_path / "t").exists()
+
+
+def _help(command: str, option: str) -> str:
+    """The help text of one option of `train COMMAND`."""
+    from nca_datagen.train.cli import train_group
+
+    return next(p.help for p in train_group.commands[command].params if p.name == option)
+
+
+def test_help_states_each_commands_real_defaults():
+    for command in ("compare", "sweep"):  # compare validates ~20 times by default, not only at the end
+        assert "default: --steps // 20" in _help(command, "eval_every")
+        assert "default: 5e-4" in _help(command, "lr")
+    for command in ("nca", "text"):
+        assert "default or 0: only after the last step" in _help(command, "eval_every")
+    assert "default: 1e-4" in _help("nca", "lr") and "default: 5e-4" in _help("text", "lr")
+    assert "default: 5% of --steps" in _help("text", "warmup") and "default: the whole budget" in _help("nca", "warmup")
+
+
+def test_sweep_takes_token_counts_and_says_when_no_band_beat_scratch(tmp_path, monkeypatch):
+    from nca_datagen.cli import main
+
+    asked = {}
+
+    def fake_sweep(text, out, *, tokens, **kw):
+        asked["tokens"] = tokens
+        return {"best_band": "50%+", "bands": [{"band": "20-30%", "nca_val_ppl": 140.0, "ppl_change": 0.05},
+                                               {"band": "50%+", "nca_val_ppl": 130.0, "ppl_change": 0.038}]}
+
+    monkeypatch.setattr("nca_datagen.train.compare.sweep", fake_sweep)
+    args = ["train", "sweep", "--text", "stdlib", "--out", str(tmp_path), "--tokens", "100K"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert asked["tokens"] == 100_000
+    assert "3.80% higher (worse) perplexity than scratch" in result.output
+    assert "no band beat scratch; closest: 50%+" in result.output and "best band" not in result.output, result.output
+    assert "+" not in result.output.replace("50%+", ""), result.output
+
+
+def test_compare_wording_says_better_or_worse():
+    from nca_datagen.train.compare import _title, best_band_text
+
+    curve = [(0, 3.0), (10, 2.0)]
+    worse = summarize({"final_val_loss": 2.0}, {"final_val_loss": 2.03}, curve, curve)
+    better = summarize({"final_val_loss": 2.0}, {"final_val_loss": 1.97}, curve, curve)
+    assert "3.0% higher (worse) perplexity than scratch" in _title(worse) and "+" not in _title(worse)
+    assert "3.0% lower (better) perplexity than scratch" in _title(better)
+    assert best_band_text([{"band": "30-40%", "ppl_change": -0.031}], "30-40%") == \
+        "best band: 30-40% (3.10% lower (better) perplexity than scratch)"
+
+
+def test_compare_summary_says_better_or_worse(capsys):
+    from nca_datagen.train.cli import _echo_report
+
+    curve = [(0, 3.0), (10, 2.0)]
+    _echo_report(summarize({"final_val_loss": 2.0}, {"final_val_loss": 2.029}, curve, curve))
+    out = capsys.readouterr().out
+    assert "2.94% higher (worse) perplexity than scratch" in out and "+" not in out, out
+    _echo_report(summarize({"final_val_loss": 2.0}, {"final_val_loss": 1.97}, curve, curve))
+    assert "2.96% lower (better) perplexity than scratch" in capsys.readouterr().out
+
+
+def test_train_config_refuses_negative_warmup_other_than_whole_budget():
+    TrainConfig(warmup=-1)  # -1: warm up over the whole budget
+    with pytest.raises(ValueError, match="warmup"):
+        TrainConfig(warmup=-5)
 
 
 def test_train_package_never_imports_the_generator():

@@ -11,39 +11,83 @@ import json
 import shlex
 
 import click
+from click.core import ParameterSource
 
 from nca_datagen.train.model import SIZES
+from nca_datagen.train.stages import NCA_DEFAULTS, TEXT_DEFAULTS, TEXT_WARMUP_FRACTION
 from nca_datagen.train.transfer import parse_layers, parse_parts
+from nca_datagen.units import CountType
 
 POSITIVE = click.IntRange(min=1)
+AT_END = "default or 0: only after the last step"
 
 
-def _common(fn):
-    """Options every stage shares (they map onto `TrainConfig` fields)."""
+class PositiveCount(CountType):
+    """A count with K/M/B suffixes, as `build --tokens` takes it (10K, 1.5M), that must be at least 1."""
+
+    def convert(self, value, param, ctx):
+        count = super().convert(value, param, ctx)
+        if count < 1:
+            self.fail(f"{value!r} is not positive: give a count >= 1, e.g. 200K", param, ctx)
+        return count
+
+
+def _exp(x: float) -> str:
+    """1e-4 as people write it (not 0.0001 or 1e-04)."""
+    return f"{x:.0e}".replace("e-0", "e-")
+
+
+def _stage_help(stage: str) -> dict[str, str]:
+    """--lr, --warmup and --eval-every help with the real defaults of one command ("nca", "text", "compare"),
+    read from stages.py so they cannot drift. compare and sweep pass these to their text runs only; their
+    pre-pre-training keeps the NCA recipe."""
+    text_warmup = f"default: {TEXT_WARMUP_FRACTION:.0%} of --steps, at least 1"
+    if stage == "nca":
+        return {"lr": f"Peak learning rate (default: {_exp(NCA_DEFAULTS['lr'])}).",
+                "warmup": "Warmup steps (default: the whole budget, the paper's NCA schedule).",
+                "eval_every": f"Validate every N steps ({AT_END})."}
+    if stage == "text":
+        return {"lr": f"Peak learning rate (default: {_exp(TEXT_DEFAULTS['lr'])}).",
+                "warmup": f"Warmup steps ({text_warmup}).",
+                "eval_every": f"Validate every N steps ({AT_END})."}
+    return {"lr": f"Peak learning rate of the text runs (default: {_exp(TEXT_DEFAULTS['lr'])}; pre-pre-training "
+                  f"uses {_exp(NCA_DEFAULTS['lr'])}).",
+            "warmup": f"Warmup steps of the text runs ({text_warmup}).",
+            # 20 points draw the curve the speed-up is read from; each costs --eval-tokens of validation
+            "eval_every": "Validate the text runs every N steps (default: --steps // 20, at least 1, so about 20 "
+                          "points per curve, each reading --eval-tokens; 0: only after the last step)."}
+
+
+def _common(stage: str):
+    """Options every stage shares (they map onto `TrainConfig` fields); help states `stage`'s defaults."""
+    helps = _stage_help(stage)
     options = [
         click.option("--steps", type=POSITIVE, default=100, show_default=True, help="Optimizer steps."),
         click.option("--batch-size", type=POSITIVE, default=8, show_default=True, help="Sequences per step."),
         click.option("--micro-batch-size", type=POSITIVE, default=None,
                      help="Sequences per forward/backward (gradient accumulation; default: the batch)."),
-        click.option("--lr", type=float, default=None, help="Peak learning rate (default: the stage's)."),
-        click.option("--warmup", type=int, default=None,
-                     help="Warmup steps (nca default: the whole budget; text: 5% of steps)."),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help=helps["lr"]),
+        click.option("--warmup", type=click.IntRange(min=0), default=None, help=helps["warmup"]),
         click.option("--model", type=click.Choice(list(SIZES)), default="tiny", show_default=True,
                      help="Named model size."),
-        click.option("--seed", type=int, default=0, show_default=True),
+        # numpy's generators, which order the data, take no negative seed
+        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
         click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N"),
         click.option("--compile/--no-compile", default=False, show_default=True, help="torch.compile the model."),
-        click.option("--eval-every", type=click.IntRange(min=0), default=None,
-                     help="Validate every N steps (default or 0: at the end)."),
+        click.option("--eval-every", type=click.IntRange(min=0), default=None, help=helps["eval_every"]),
         click.option("--ckpt-every", type=click.IntRange(min=0), default=None,
                      help="Checkpoint every N steps (default or 0: at the end)."),
         click.option("--tracker", type=click.Choice(["tensorboard", "wandb"]), default=None,
                      help="Also log to TensorBoard or W&B (must be installed)."),
         click.option("--quiet", is_flag=True, help="No progress bar."),
     ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+
+    def decorate(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
 
 
 def _train_kwargs(kw: dict) -> dict:
@@ -95,7 +139,7 @@ def train_group():
 @train_group.command("nca")
 @click.argument("data")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (ckpt.pt, metrics).")
-@_common
+@_common("nca")
 def nca_command(data, out, **kw):
     """Pre-pre-train on the NCA dataset DATA (folder or manifest URL): Adam 1e-4, linear warmup."""
     from nca_datagen.train.stages import pretrain_nca
@@ -105,23 +149,38 @@ def nca_command(data, out, **kw):
     click.echo(json.dumps({k: summary[k] for k in ("final_loss", "final_val_loss", "params", "checkpoint")}))
 
 
+def _refuse_transfer_without_init(ctx: click.Context, init: str | None) -> None:
+    """--transfer / --reinit-layers typed without --init choose parts of nothing: a usage error, where they used to
+    be ignored silently. Only the typed flag is refused (their defaults are fine), and only here: compare's text
+    runs always have an init."""
+    typed = [f"--{name.replace('_', '-')}" for name in ("transfer", "reinit_layers")
+             if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)]
+    if typed and not init:
+        flags = " and ".join(typed)
+        raise click.UsageError(f"{flags} given without --init: they choose what is kept from an --init checkpoint; "
+                               f"add --init CHECKPOINT, or drop {flags} to train from scratch")
+
+
 @train_group.command("text")
 @click.argument("corpus", nargs=-1, required=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder.")
 @click.option("--init", default=None, help="NCA checkpoint to start from (default: from scratch).")
 @click.option("--transfer", default="all", show_default=True, callback=_checked_by(parse_parts),
-              help="Parts kept from --init: all | none | comma list of attn, mlp, norm (e.g. attn,norm).")
+              help="Parts kept from --init (only with --init): all | none | comma list of attn, mlp, norm "
+                   "(e.g. attn,norm).")
 @click.option("--reinit-layers", default="", callback=_checked_by(parse_layers),
-              help="Blocks kept in no part, e.g. 0,3.")
+              help="Blocks kept in no part, e.g. 0,3 (only with --init).")
 @_text_options
-@_common
-def text_command(corpus, out, init, transfer, reinit_layers, context, val_fraction, eval_tokens, **kw):
+@_common("text")
+@click.pass_context
+def text_command(ctx, corpus, out, init, transfer, reinit_layers, context, val_fraction, eval_tokens, **kw):
     """Train a byte-level language model on CORPUS (files, folders, globs, .jsonl, or `stdlib`).
 
     With --init the block shape comes from the checkpoint (--model is ignored); embedding and head are fresh.
     """
     from nca_datagen.train.stages import train_text
 
+    _refuse_transfer_without_init(ctx, init)
     model = kw.pop("model")
     summary = train_text(list(corpus), out, model=model, init=init, transfer=transfer, reinit_layers=reinit_layers,
                          context=context, val_fraction=val_fraction, eval_tokens=eval_tokens, **_train_kwargs(kw))
@@ -145,19 +204,19 @@ def _compare_options(fn):
 
 
 def _echo_report(report: dict) -> None:
-    from nca_datagen.train.compare import speedup_text
+    from nca_datagen.train.compare import change_text, speedup_text
 
     speedup = speedup_text(report)
     click.echo(f"scratch: val loss {report['scratch_val_loss']:.4f}  ppl {report['scratch_val_ppl']:.4f}")
     click.echo(f"NCA    : val loss {report['nca_val_loss']:.4f}  ppl {report['nca_val_ppl']:.4f}  "
-               f"({report['ppl_change']:+.2%} ppl)  speed-up {speedup}")
+               f"({change_text(report['ppl_change'])})  speed-up {speedup}")
 
 
 @train_group.command("compare")
 @click.option("--nca", "nca", required=True, help="NCA dataset (pre-pre-trained on first) or checkpoint.")
 @_compare_options
 @_text_options
-@_common
+@_common("compare")
 def compare_command(nca, text, out, nca_steps, nca_batch_size, transfer, reinit_layers, context, val_fraction,
                     eval_tokens, **kw):
     """Scratch vs NCA-initialised on the same text, steps and seed: final loss, perplexity, speed-up, PNG.
@@ -178,16 +237,17 @@ def compare_command(nca, text, out, nca_steps, nca_batch_size, transfer, reinit_
 @train_group.command("sweep")
 @click.option("--bands", default=",".join(("20-30%", "30-40%", "40-50%", "50%+")), show_default=True,
               help="Complexity bands, comma separated.")
-@click.option("--tokens", type=POSITIVE, default=200_000, show_default=True,
-              help="NCA tokens built per band (rounded up to whole shards).")
+@click.option("--tokens", type=PositiveCount(), default="200K", show_default=True,
+              help="NCA tokens built per band, as `build --tokens` takes them: 200K, 1.5M (rounded up to whole "
+                   "shards).")
 @click.option("--build-args", default="", help="More `nca-datagen build` options, quoted: '--grid 8 --frames 12'.")
 @_compare_options
 @_text_options
-@_common
+@_common("compare")
 def sweep_command(bands, tokens, build_args, text, out, nca_steps, nca_batch_size, transfer, reinit_layers, context,
                   val_fraction, eval_tokens, **kw):
     """Build a small dataset per complexity band, pre-pre-train on each, compare on your corpus."""
-    from nca_datagen.train.compare import sweep
+    from nca_datagen.train.compare import best_band_text, change_text, sweep
 
     model = kw.pop("model")
     result = sweep(list(text), out, bands=[b.strip() for b in bands.split(",") if b.strip()], tokens=tokens,
@@ -196,5 +256,5 @@ def sweep_command(bands, tokens, build_args, text, out, nca_steps, nca_batch_siz
                    reinit_layers=reinit_layers, context=context, val_fraction=val_fraction, eval_tokens=eval_tokens,
                    **_train_kwargs(kw))
     for row in result["bands"]:
-        click.echo(f"{row['band']:>8}: val ppl {row['nca_val_ppl']:.4f} ({row['ppl_change']:+.2%} vs scratch)")
-    click.echo(f"best band: {result['best_band']}; wrote {out}/sweep.json and {out}/sweep.png")
+        click.echo(f"{row['band']:>8}: val ppl {row['nca_val_ppl']:.4f} ({change_text(row['ppl_change'])})")
+    click.echo(f"{best_band_text(result['bands'], result['best_band'])}; wrote {out}/sweep.json and {out}/sweep.png")

@@ -67,6 +67,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps={self.steps}, batch_size={self.batch_size}: both must be >= 1")
+        if self.warmup < -1:
+            raise ValueError(f"warmup={self.warmup}: give steps >= 0, or -1 for the whole budget")
         micro = self.micro_batch_size or self.batch_size
         if self.batch_size % micro:
             raise ValueError(f"batch_size={self.batch_size} is not a multiple of micro_batch_size={micro}")
