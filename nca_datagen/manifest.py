@@ -40,7 +40,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 BUILD = "build.json"  # the config of a build in progress; removed when the manifest is written
 CARD_FILES = ("README.md", "preview.png", "complexity.png", "token-frequency.png")  # what nca_datagen.card writes
-OWNED_FOLDERS = (*SPLITS, "samples")  # a dataset folder's folders nca-datagen writes (plus _logs, never removed)
+LOGS = "_logs"  # the build's event logs (diagnostics of the machine that built it: never removed, never published)
+OWNED_FOLDERS = (*SPLITS, "samples")  # a dataset folder's folders nca-datagen writes (plus LOGS)
 OWNED_FILES = (BUILD, *CARD_FILES)  # ... and its files, besides manifest.json
 SHARD_FIELDS = ("path", "samples", "tokens", "bytes", "sha256")
 SEED_DERIVATION = ("numpy SeedSequence / integer hash of (seed, split id, rule id, sim index); "
@@ -99,7 +100,7 @@ def _entries(fs, root: str) -> list[str]:
         names = [storage.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)]
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return [n for n in names if n not in (*OWNED_FOLDERS, "_logs")]
+    return [n for n in names if n not in (*OWNED_FOLDERS, LOGS)]
 
 
 def _build_marker(config: DatasetConfig, settings: dict | None) -> dict:
@@ -132,15 +133,11 @@ def config_diff(old, new, prefix: str = "") -> list[str]:
 def remove_dataset(fs, root: str) -> None:
     """Delete what nca-datagen writes in `root` (manifest, build marker, card, tables, split folders); keep the rest."""
     if storage.exists(fs, storage.join(root, MANIFEST)):
-        storage_remove(fs, storage.join(root, MANIFEST))
+        storage.remove(fs, storage.join(root, MANIFEST))
     for name in (*OWNED_FILES, *OWNED_FOLDERS):
         path = storage.join(root, name)
         if storage.exists(fs, path):
-            storage_remove(fs, path)
-
-
-def storage_remove(fs, path: str) -> None:
-    fs.rm(path, recursive=True)
+            storage.remove(fs, path)
 
 
 def write_manifest(out_url: str, config: DatasetConfig, records: dict[str, list[dict]], provenance: dict,
@@ -173,7 +170,7 @@ def write_manifest(out_url: str, config: DatasetConfig, records: dict[str, list[
     write_card(fs, root, manifest, figures=figures)
     storage.write_atomic(fs, storage.join(root, MANIFEST), _json_bytes(manifest))
     if storage.exists(fs, storage.join(root, BUILD)):
-        storage_remove(fs, storage.join(root, BUILD))
+        storage.remove(fs, storage.join(root, BUILD))
     return manifest
 
 
@@ -337,10 +334,10 @@ def _check_complete(fs, root: str, split: str, recs: list[dict]) -> None:
 def remove_stale_shards(fs, root: str, split: str, n: int) -> None:
     """Delete shards/records numbered >= n left by an earlier, larger build, so the pattern matches the files."""
     folder = storage.join(root, split)
-    for path in fs.glob(storage.join(folder, "shard-*")):
-        digits = path.rsplit("/", 1)[-1][len("shard-"):].split(".", 1)[0]
-        if digits.isdigit() and int(digits) >= n:
-            storage_remove(fs, path)
+    for name in storage.listing(fs, folder):  # not a glob: the folder's own name may hold [, * or ?
+        digits = name[len("shard-"):].split(".", 1)[0]
+        if name.startswith("shard-") and digits.isdigit() and int(digits) >= n:
+            storage.remove(fs, storage.join(folder, name))
 
 
 def _add_hist(total: dict | None, h: dict) -> dict:

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import os
 import posixpath
+import shutil
 import sys
 import uuid
 
 import click
 
 CHECKSUM_MODES = ("when_supported", "when_required")
+GLOB_CHARS = "*?["  # what fsspec's path expansion reads as a pattern
 _OUR_KEYS = ("endpoint_url", "profile", "key", "secret", "token", "region", "anon", "checksums")
 
 
@@ -32,7 +34,10 @@ def filesystem(url: str, storage_options: dict | None = None):
     """(fs, root): an fsspec filesystem and the path of `url` inside it (no scheme, no trailing slash)."""
     url = str(url)
     if url.startswith("s3://") or url.startswith("s3a://"):
-        return _s3(storage_options), url.split("://", 1)[1].rstrip("/")
+        path = url.split("://", 1)[1].rstrip("/")
+        if "//" in path or not path:
+            raise ValueError(f"{url}: an empty bucket or path segment ('//'); write s3://bucket/prefix")
+        return _s3(storage_options), path
     if "://" in url and not url.startswith("file://"):
         raise ValueError(f"{url}: unsupported URL scheme; use a local path, file:// or s3://bucket/prefix")
     from fsspec.implementations.local import LocalFileSystem
@@ -69,6 +74,28 @@ def write_atomic(fs, path: str, data: bytes) -> None:
                 os.remove(tmp)
     else:
         fs.pipe_file(path, data)  # one PUT (or a multipart upload completed at the end): atomic
+
+
+def remove(fs, paths: str | list[str]) -> None:
+    """Delete files, and folders with everything under them, by their literal names. fsspec's `rm` would read
+    `[`, `*` and `?` as glob patterns, and they are legal in folder names and object keys (s3://b/run[2] failed
+    with "FileNotFoundError: []"): local paths go through os/shutil, and on object stores keys that look like
+    globs are deleted one by one (the rest in fsspec's batched delete)."""
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    if is_local(fs):
+        for path in paths:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            elif os.path.lexists(path):
+                os.remove(path)
+        return
+    keys = [key for path in paths for key in (fs.find(path) if fs.isdir(path) else [path])]
+    globby = [key for key in keys if any(c in key for c in GLOB_CHARS)]
+    plain = [key for key in keys if key not in globby]
+    if plain:
+        fs.rm(plain)
+    for key in globby:
+        fs.rm_file(key)
 
 
 def read_bytes(fs, path: str) -> bytes:

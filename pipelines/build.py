@@ -24,6 +24,7 @@ import math
 import os
 import shlex
 import signal
+import tempfile
 import threading
 import time
 from collections import deque
@@ -280,15 +281,16 @@ def _remove_abandoned(fs, root: str, existed: bool, log_path: Path) -> None:
     empty folders it made (a user's files in a folder that existed stay)."""
     from nca_datagen import storage
     from nca_datagen.config import SPLITS
+    from nca_datagen.manifest import LOGS
 
     if not existed:
         if storage.exists(fs, root):
-            fs.rm(root, recursive=True)
+            storage.remove(fs, root)
         return
     _remove_marker(fs, root)
     if storage.is_local(fs):  # object stores have no empty folders, and their log is a local spool
         log_path.unlink(missing_ok=True)
-        for name in ("_logs", *SPLITS):
+        for name in (LOGS, *SPLITS):
             with contextlib.suppress(OSError):  # only an empty one
                 os.rmdir(os.path.join(root, name))
 
@@ -435,20 +437,31 @@ def _hash_matches(fs, root: str, record: dict) -> bool:
 
 
 def _log_path(root: str, local: bool) -> Path:
-    """Local outputs: OUT/_logs/build-<UTC time>.jsonl. Object stores: a local spool under ~/.cache, uploaded to
-    OUT/_logs/ when the build ends (an append-only log does not suit objects written whole)."""
+    """Local outputs: OUT/_logs/build-<UTC time>.jsonl. Object stores: a local spool under ~/.cache (the system's
+    temporary folder when that cannot be written: a read-only HOME), uploaded to OUT/_logs/ when the build ends
+    (an append-only log does not suit objects written whole)."""
+    from nca_datagen.manifest import LOGS
+
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}"
     if local:
-        return Path(root) / "_logs" / f"build-{stamp}.jsonl"
+        return Path(root) / LOGS / f"build-{stamp}.jsonl"
+    name = Path(hashlib.sha256(root.encode()).hexdigest()[:12]) / f"build-{stamp}.jsonl"
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nca-datagen" / "logs"
-    return cache / hashlib.sha256(root.encode()).hexdigest()[:12] / f"build-{stamp}.jsonl"
+    try:
+        (cache / name).parent.mkdir(parents=True, exist_ok=True)
+        if os.access((cache / name).parent, os.W_OK):
+            return cache / name
+    except OSError:
+        pass
+    return Path(tempfile.gettempdir()) / "nca-datagen-logs" / name
 
 
 def _upload_log(fs, root: str, log_path: Path, local: bool) -> None:
     if not local:
         from nca_datagen import storage
+        from nca_datagen.manifest import LOGS
 
-        fs.put_file(str(log_path), storage.join(root, "_logs", log_path.name))
+        fs.put_file(str(log_path), storage.join(root, LOGS, log_path.name))
 
 
 def _provenance(opts, executor, backend, progress) -> dict:
@@ -708,8 +721,7 @@ def _remove_marker(fs, root: str) -> None:
     from nca_datagen import storage
     from nca_datagen.manifest import BUILD
 
-    with contextlib.suppress(FileNotFoundError):
-        fs.rm(storage.join(root, BUILD))
+    storage.remove(fs, storage.join(root, BUILD))  # nothing there: nothing to do
 
 
 def _command_line(ctx) -> str:

@@ -6,11 +6,14 @@ all that is checked for a shard already there (its record and one listing; no sh
 damaged in place at DST, same size, is not noticed. `--rehash` also re-reads and re-hashes each such shard and
 re-uploads it when it differs; it is the repair after `verify` reports a BAD shard at DST. Each uploaded shard is
 checked against the manifest before upload (a corrupt source is never published) and re-read and re-hashed
-after it. `manifest.json` goes last; if DST held the manifest of another dataset version it is deleted first,
+after it. A DST that holds a finished dataset with other data (other shard hashes) is replaced only with
+`--overwrite`, as `build` asks; the same data with another manifest (a deterministic rebuild) needs no flag.
+`manifest.json` goes last; if DST held the manifest of another dataset version it is deleted first,
 so an interrupted publish leaves no visible manifest naming shards that are not there yet. Just before it, the
 files nca-datagen owns at DST (split folders, samples/, the card, build.json) that this dataset does not have
 are deleted, so an older dataset's shards cannot outlive it there; any other file under DST is left alone.
-SRC and DST must not overlap (one inside the other would copy the dataset into itself).
+SRC and DST must not overlap (one inside the other would copy the dataset into itself). The build's event log
+(`_logs/`, this machine's diagnostics with its local paths) is not published.
 
 The trade-off: everything streams through this machine (no server-side copy between different stores), one
 shard in memory at a time; shards are small, so that is cheap, and it is what makes the hash checks exact.
@@ -26,14 +29,26 @@ import click
 
 from nca_datagen import storage
 from nca_datagen.config import SPLITS
-from nca_datagen.manifest import BUILD, MANIFEST, OWNED_FILES, OWNED_FOLDERS, dataset_root, read_json, read_manifest
+from nca_datagen.manifest import (
+    BUILD,
+    LOGS,
+    MANIFEST,
+    OWNED_FILES,
+    OWNED_FOLDERS,
+    dataset_root,
+    read_json,
+    read_manifest,
+    shards_digest,
+)
 from nca_datagen.shards import ShardError, check_blob, record_name
 from nca_datagen.units import plural
 
 
-def publish(src: str, dst: str, storage_options: dict | None = None, *, rehash: bool = False, echo=print) -> dict:
+def publish(src: str, dst: str, storage_options: dict | None = None, *, rehash: bool = False,
+            overwrite: bool = False, echo=print) -> dict:
     """Copy the dataset at `src` to `dst`; returns {"uploaded", "skipped", "files"} (shards, shards, other files).
-    `rehash`: re-hash the shards DST already holds instead of trusting their record and size."""
+    `rehash`: re-hash the shards DST already holds instead of trusting their record and size. `overwrite`:
+    replace a finished dataset with other data at DST (refused otherwise)."""
     sfs, sroot = dataset_root(src, storage_options)
     dfs, droot = storage.filesystem(dst, storage_options)
     check_no_overlap(sfs, sroot, dfs, droot)
@@ -41,7 +56,9 @@ def publish(src: str, dst: str, storage_options: dict | None = None, *, rehash: 
     manifest_bytes = storage.read_bytes(sfs, storage.join(sroot, MANIFEST))
     dst_manifest = storage.join(droot, MANIFEST)
     if storage.exists(dfs, dst_manifest) and storage.read_bytes(dfs, dst_manifest) != manifest_bytes:
-        dfs.rm(dst_manifest)  # it describes another version: hide it until every new shard is in place
+        if not overwrite:
+            _refuse_other_data(dst, storage.read_bytes(dfs, dst_manifest), manifest)
+        storage.remove(dfs, dst_manifest)  # another version's: hidden until every new shard is in place
     stats = {"uploaded": 0, "skipped": 0, "files": 0}
     shard_files = set()
     for split, info in manifest["splits"].items():
@@ -56,6 +73,23 @@ def publish(src: str, dst: str, storage_options: dict | None = None, *, rehash: 
     _remove_unpublished(dfs, droot, published=shard_files | set(others))
     storage.write_atomic(dfs, dst_manifest, manifest_bytes)
     return stats
+
+
+def _refuse_other_data(dst: str, old_manifest: bytes, manifest: dict) -> None:
+    """ValueError unless DST's manifest lists the same shards (a rebuild of the same data may differ only in
+    provenance): replacing another published dataset takes --overwrite."""
+    try:
+        old = json.loads(old_manifest)
+        same = _all_shards_digest(old) == _all_shards_digest(manifest)
+    except (ValueError, KeyError, TypeError, AttributeError):  # not a dataset manifest
+        same = False
+    if not same:
+        raise ValueError(f"{dst} holds another finished dataset (its manifest.json lists other shards); pass "
+                         f"--overwrite to replace it, or publish to another prefix")
+
+
+def _all_shards_digest(manifest: dict) -> str:
+    return shards_digest([shard for split in manifest["splits"].values() for shard in split["shards"]])
 
 
 def check_no_overlap(sfs, sroot: str, dfs, droot: str) -> None:
@@ -122,7 +156,7 @@ def _other_files(sfs, sroot: str) -> list[str]:
     prefix = len(sroot.rstrip("/")) + 1
     rels = [path[prefix:] for path in sorted(sfs.find(sroot))]
     return [rel for rel in rels if rel not in (MANIFEST, BUILD) and ".tmp-" not in rel
-            and rel.split("/", 1)[0] not in SPLITS]
+            and rel.split("/", 1)[0] not in (*SPLITS, LOGS)]
 
 
 def _copy_other_files(sfs, sroot, dfs, droot, rels: list[str]) -> int:
@@ -145,7 +179,7 @@ def _remove_unpublished(dfs, droot: str, published: set[str]) -> None:
     prefix = len(droot.rstrip("/")) + 1
     stale = [path for path in dfs.find(droot) if _owned(path[prefix:]) and path[prefix:] not in published]
     if stale:
-        dfs.rm(stale)
+        storage.remove(dfs, stale)
 
 
 def _owned(rel: str) -> bool:
@@ -158,15 +192,17 @@ def _owned(rel: str) -> bool:
 @click.command("publish")
 @click.argument("src")
 @click.argument("dst")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a finished dataset with other data at DST (without it, publish refuses).")
 @click.option("--rehash", is_flag=True,
               help="Re-read and re-hash every shard DST already holds (default: trust its record and size), "
                    "re-uploading those that differ: repairs a shard `verify` reports BAD at DST.")
 @storage.storage_flags
-def publish_command(src, dst, rehash, endpoint_url, profile, s3_checksums):
+def publish_command(src, dst, overwrite, rehash, endpoint_url, profile, s3_checksums):
     """Copy the finished dataset at SRC to DST (e.g. a folder to s3://bucket/prefix), manifest last."""
     opts = storage.storage_options_from_flags(endpoint_url, profile, s3_checksums)
     try:
-        stats = publish(src, dst, opts, rehash=rehash, echo=click.echo)
+        stats = publish(src, dst, opts, rehash=rehash, overwrite=overwrite, echo=click.echo)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     except storage.errors() as exc:  # a missing bucket, permissions, credentials, an endpoint that went away

@@ -3,6 +3,7 @@ that loads through `NCADataset`, and the README's main command run exactly as wr
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -419,3 +420,20 @@ def test_build_to_s3(s3_bucket, s3_server, tmp_path, monkeypatch):
     logs = fs.ls(storage.join(root, "_logs"))
     assert len(logs) == 1 and logs[0].endswith(".jsonl")
     assert list((tmp_path / "cache" / "nca-datagen" / "logs").rglob("*.jsonl"))
+
+
+def test_build_to_s3_with_an_unwritable_cache_spools_the_log_in_tmp(s3_bucket, s3_server, tmp_path, monkeypatch):
+    """A read-only HOME (here: a cache "folder" that is a file) must not stop an s3:// build: the event log's
+    local spool falls back to the temporary folder, and the log still lands in the bucket."""
+    from nca_datagen import storage
+
+    (tmp_path / "cache").write_text("not a folder")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # what TMPDIR sets (read once per process)
+    (tmp_path / "tmp").mkdir()
+    url = f"{s3_bucket}/nca/ro-home"
+    result = build("--executor", "inline", "--endpoint-url", s3_server, out=url)
+    assert result.exit_code == 0, result.output
+    fs, root = storage.filesystem(url, {"endpoint_url": s3_server})
+    assert len(fs.ls(storage.join(root, "_logs"))) == 1
+    assert list((tmp_path / "tmp" / "nca-datagen-logs").rglob("*.jsonl"))

@@ -48,7 +48,7 @@ def test_training_example_masking(dataset):
 
 # 3 workers on a 2-core test machine: torch warns, the test only checks partitioning
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")
-@pytest.mark.filterwarnings("ignore:split 'train': 7 shards over world_size=2")
+@pytest.mark.filterwarnings("ignore:.*7 shards over world_size=2")
 def test_two_ranks_three_workers_partition_the_data(dataset):
     seen = [keys(NCADataset(dataset, rank=r, world_size=2, raw=True, seed=5), num_workers=3) for r in range(2)]
     assert len(seen[0]) == len(seen[1]) == 3 * N  # 7 shards: 3 each, one dropped this epoch

@@ -78,3 +78,34 @@ def test_missing_bucket_is_a_clear_error(s3_server):
 
     with pytest.raises(ValueError, match=r"cannot write to s3://no-such-bucket-here/ds.*bucket name"):
         prepare_output("s3://no-such-bucket-here/ds", FAKE, storage_options={"endpoint_url": s3_server})
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_glob_characters_in_a_path_are_literal(tmp_path, request, where):
+    """[, * and ? are legal in folder names and object keys; fsspec's rm reads them as patterns."""
+    from click.testing import CliRunner
+
+    from nca_datagen.cli import main
+
+    if where == "s3":
+        server = request.getfixturevalue("s3_server")
+        out, flags = f"{request.getfixturevalue('s3_bucket')}/run[2]*?", ["--endpoint-url", server]
+    else:
+        out, flags = str(tmp_path / "run[2]*?"), []
+    tiny = ["--complexity", "0.3:", "--grid", "6", "--states", "3", "--frames", "4", "--sims-per-rule", "2",
+            "--samples-per-shard", "8",
+            "--tokens", "500", "--executor", "inline", "--quiet", "--out", out, *flags]
+    first = CliRunner().invoke(main, ["build", *tiny])
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(main, ["build", *tiny, "--seed", "1", "--overwrite"])  # removes the first one
+    assert again.exit_code == 0, again.output
+    assert read_manifest(out, {"endpoint_url": server} if where == "s3" else None)["config"]["seed"] == 1
+    fs, root = storage.filesystem(out, {"endpoint_url": server} if where == "s3" else None)
+    assert not storage.exists(fs, storage.join(root, "build.json"))
+    assert CliRunner().invoke(main, ["verify", out, *flags]).exit_code == 0
+
+
+def test_an_empty_segment_in_an_s3_url_is_refused():
+    for url in ("s3://bucket//x", "s3://bucket/a//b", "s3://"):
+        with pytest.raises(ValueError, match="empty bucket or path segment"):
+            storage.filesystem(url)

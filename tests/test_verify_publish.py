@@ -139,7 +139,7 @@ def test_republishing_another_version_hides_the_old_manifest_first(tmp_path, s3_
     assert cli("publish", str(tmp_path / "v1"), dst, "--endpoint-url", s3_server).exit_code == 0
     make_dataset(str(tmp_path / "v2"), {"train": 3}, config=dataclasses.replace(REAL, seed=9))
     monkeypatch.setattr(publish_mod, "upload_shard", lambda *a: (_ for _ in ()).throw(ConnectionError("down")))
-    cli("publish", str(tmp_path / "v2"), dst, "--endpoint-url", s3_server)
+    cli("publish", str(tmp_path / "v2"), dst, "--endpoint-url", s3_server, "--overwrite")
     fs, root = storage.filesystem(dst, opts)
     assert not fs.exists(f"{root}/manifest.json")
 
@@ -178,7 +178,11 @@ def test_publishing_another_dataset_removes_the_old_ones_files(tmp_path, request
         storage.write_atomic(fs, f"{root}/{rel}", data)
 
     make_dataset(str(tmp_path / "v2"), {"train": 1}, compression="none")  # no val, .tar instead of .tar.zst
-    result = _publish(tmp_path / "v2", dst, opts)
+    refused = _publish(tmp_path / "v2", dst, opts)
+    assert refused.exit_code == 1 and "holds another finished dataset" in refused.output
+    endpoint = ["--endpoint-url", opts["endpoint_url"]] if opts else []
+    assert "--overwrite" in refused.output and cli("verify", dst, *endpoint).exit_code == 0  # v1 untouched
+    result = _publish(tmp_path / "v2", dst, opts, "--overwrite")
     assert result.exit_code == 0, result.output
     fs.invalidate_cache()
     left = sorted(p[len(root) + 1:] for p in fs.find(root))
@@ -186,6 +190,22 @@ def test_publishing_another_dataset_removes_the_old_ones_files(tmp_path, request
                            "train/shard-000000.tar", *theirs])
     assert all(storage.read_bytes(fs, f"{root}/{rel}") == data for rel, data in theirs.items())
     assert cli("verify", dst, *(["--endpoint-url", opts["endpoint_url"]] if opts else [])).exit_code == 0
+
+
+def test_republishing_the_same_data_needs_no_flag_and_logs_stay_home(tmp_path):
+    make_dataset(str(tmp_path / "v1"), {"train": 2})
+    (tmp_path / "v1" / "_logs").mkdir()
+    (tmp_path / "v1" / "_logs" / "build-1.jsonl").write_text('{"out": "/home/me/data"}\n')
+    dst = str(tmp_path / "dst")
+    assert cli("publish", str(tmp_path / "v1"), dst).exit_code == 0
+    assert not (tmp_path / "dst" / "_logs").exists()  # this machine's diagnostics are not part of the data
+    manifest = json.loads((tmp_path / "v1" / "manifest.json").read_text())
+    manifest["provenance"] = {**manifest.get("provenance", {}), "created": "2000-01-01T00:00:00Z"}  # a rebuild
+    (tmp_path / "v1" / "manifest.json").write_text(json.dumps(manifest))
+    result = cli("publish", str(tmp_path / "v1"), dst)
+    assert result.exit_code == 0, result.output
+    published = json.loads((tmp_path / "dst" / "manifest.json").read_text())
+    assert published["provenance"]["created"] == "2000-01-01T00:00:00Z"
 
 
 @pytest.mark.parametrize("src, dst", [("x", "x/mirror"), ("x", "x"), ("x/manifest.json", "x/"), ("x", "."),
