@@ -80,6 +80,7 @@ class BuildProgress:
         self.stage_seconds: dict[str, float] = {}
         self.failures = 0
         self._t0 = time.monotonic()
+        self.shards_seconds: float | None = None  # the shard phase's length, once `close` ends it
         self._todo = total_shards - already_done
         self._next_line = 0.1
         self._live = not quiet and self.console.is_terminal
@@ -99,7 +100,10 @@ class BuildProgress:
 
     @property
     def tokens_per_s(self) -> float:
-        return self.tokens / self.elapsed if self.elapsed > 0 else 0.0
+        """Tokens built per second of the shard phase (live until `close`, then frozen there): the build's
+        speed, apart from the fixed costs around it (Ray's start, the manifest and the card)."""
+        seconds = self.shards_seconds if self.shards_seconds is not None else self.elapsed
+        return self.tokens / seconds if seconds > 0 else 0.0
 
     @property
     def acceptance(self) -> float:
@@ -143,6 +147,8 @@ class BuildProgress:
                                f"ETA {format_duration(self.eta())}", highlight=False, soft_wrap=True)
 
     def close(self) -> None:
+        if self.shards_seconds is None:
+            self.shards_seconds = self.elapsed
         if self._bar is not None:
             self._bar.stop()
             self._bar = None

@@ -254,8 +254,15 @@ def _run_build(plan: BuildPlan, executor, opts: BuildOptions) -> dict:
         log.emit("shards_done", seconds=progress.elapsed)
         provenance = _provenance(opts, executor, backend, progress)
         ordered = {split: [records[split][i] for i in range(n)] for split, n in plan.shards.items()}
-        result = manifest.write_manifest(opts.out_url, config, ordered, provenance,
-                                         storage_options=opts.storage_options)
+        try:
+            result = manifest.write_manifest(opts.out_url, config, ordered, provenance,
+                                             storage_options=opts.storage_options)
+        except storage.errors() as exc:  # a full disk, a lost endpoint: name the step, keep the shards
+            log.emit("manifest_failed", error=f"{type(exc).__name__}: {exc}")
+            raise click.ClickException(
+                f"every shard is complete, but writing the manifest and card to {opts.out_url} failed "
+                f"({type(exc).__name__}: {exc}). Fix the cause and rerun the same command: it only writes "
+                f"them") from exc
         log.emit("build_end", seconds=progress.elapsed, tokens_built=progress.tokens,
                  tokens_per_s=progress.tokens_per_s, stage_seconds=progress.stage_seconds)
         log.close()
@@ -481,16 +488,18 @@ def _summary(plan, opts, progress, result, log_path) -> None:
     from nca_datagen.progress import stage_split, summary_table
 
     built_s = progress.elapsed
+    rate = f"{format_count(progress.tokens_per_s)} tokens/s"
     line = (f"done: {plural(plan.total_shards, 'shard')}, {format_count(plan.total_tokens)} tokens in {opts.out_url} "
-            f"({format_duration(built_s)}, {format_count(progress.tokens_per_s)} tokens/s)")
+            f"({format_duration(built_s)} with the manifest and card; {rate} while making shards)")
     if opts.quiet:
         click.echo(line)
         return
     rows = [(s.split, f"{s.rules:,} rules x {plan.config.sims_per_rule} sims = {s.sequences:,} sequences, "
                       f"{format_count(s.tokens)} tokens, {plural(s.shards, 'shard')}") for s in plan.splits if s.shards]
     rows += [
-        ("built now", f"{format_count(progress.tokens)} tokens in {format_duration(built_s)} "
-                      f"({format_count(progress.tokens_per_s)} tokens/s)"),
+        ("built now", f"{format_count(progress.tokens)} tokens: shards in {format_duration(progress.shards_seconds)} "
+                      f"({rate}), then manifest and card in "
+                      f"{format_duration(built_s - progress.shards_seconds)}"),
         ("acceptance", "-" if not progress.candidates else
          f"{progress.acceptance:.1%} of {progress.candidates:,} candidate rules (band {plan.config.band})"),
         ("stages", stage_split(progress.stage_seconds)),
@@ -837,6 +846,16 @@ def _planned_gpus(kw) -> int:
     return kw["gpus"] or visible_gpus()
 
 
+def _rounding_note(plan: BuildPlan) -> str | None:
+    """A word when whole shards make a split much larger than asked (small budgets: 200K -> one 513K shard)."""
+    grown = [s for s in plan.splits if s.shards and s.tokens > 1.5 * max(s.tokens_requested, 1)]
+    if not grown:
+        return None
+    asked = ", ".join(f"{s.split} {format_count(s.tokens_requested)} -> {format_count(s.tokens)}" for s in grown)
+    return (f"whole shards of {plan.config.samples_per_shard:,} sequences round the budget up ({asked}); "
+            f"a smaller --samples-per-shard rounds less")
+
+
 def _print_plan(plan: BuildPlan, kw, brief: bool = False) -> None:
     from nca_datagen.progress import summary_table
 
@@ -848,6 +867,8 @@ def _print_plan(plan: BuildPlan, kw, brief: bool = False) -> None:
     if brief:
         click.echo("plan: " + "; ".join(f"{s.split} {plural(s.shards, 'shard')} ({format_count(s.tokens)} tokens)"
                                          for s in plan.splits if s.shards) + f" -> {kw['out']}", err=True)
+        if note := _rounding_note(plan):
+            click.echo(f"note: {note}", err=True)
         return
     cpus = kw["workers"] or os.cpu_count() or 1
     gpus = _planned_gpus(kw)
@@ -862,6 +883,8 @@ def _print_plan(plan: BuildPlan, kw, brief: bool = False) -> None:
                            + (f"{gpus} GPU(s)" if gpus else f"{cpus} CPU worker(s)")),
         ("output", f"{kw['out']} (dry run: nothing written)"),
     ]
+    if note := _rounding_note(plan):
+        rows.append(("note", note))
     from rich.console import Console
 
     Console().print(summary_table("nca-datagen build plan", rows))

@@ -77,6 +77,15 @@ def test_plan_rounds_up_to_whole_shards():
     assert plan.splits[0].tokens == 3 * 4 * 152
 
 
+def test_a_budget_rounded_up_a_lot_is_pointed_out(tmp_path):
+    result = CliRunner().invoke(main, ["build", "--tokens", "300K", "--out", str(tmp_path / "ds"), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "whole shards of 500 sequences round the budget up (train 300K -> 513K, val 37.5K -> 513K)" in " ".join(
+        line.strip("│ ") for line in result.output.splitlines())
+    result = CliRunner().invoke(main, ["build", "--tokens", "20M", "--out", str(tmp_path / "ds"), "--dry-run"])
+    assert "round the budget up" not in result.output  # 20M -> 20.5M, 2.5M -> 2.57M val: not worth a word
+
+
 def test_dry_run_prints_plan_and_writes_nothing(tmp_path):
     out = tmp_path / "ds"
     result = CliRunner().invoke(main, ["build", "--preset", "paper", "--out", str(out), "--dry-run"])
@@ -223,6 +232,30 @@ def test_unreachable_band_in_an_existing_folder_leaves_it_as_it_was(tmp_path):
     assert build("--complexity", "0.5:1.0", "--executor", "inline", out=out).exit_code == 0
 
 
+def test_a_storage_error_while_the_manifest_is_written_names_the_step(tmp_path, monkeypatch):
+    """A full disk after the last shard: one line naming the manifest step; the rerun writes only the manifest."""
+    import errno
+
+    from nca_datagen import manifest
+
+    real = manifest.samples_table
+
+    def disk_full(recs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(manifest, "samples_table", disk_full)
+    out = tmp_path / "ds"
+    result = build("--executor", "inline", out=out)
+    assert result.exit_code == 1
+    assert "every shard is complete, but writing the manifest and card to" in result.output
+    assert "No space left on device" in result.output and not (out / "manifest.json").exists()
+    shards = shard_bytes(out)
+    monkeypatch.setattr(manifest, "samples_table", real)
+    again = build("--executor", "inline", out=out)
+    assert again.exit_code == 0, again.output
+    assert (out / "manifest.json").exists() and shard_bytes(out) == shards
+
+
 def test_interrupt_while_the_manifest_is_written(tmp_path, monkeypatch):
     """Ctrl-C after the last shard: exit 130 with the usual message (not click's 'Aborted!'), no manifest, and the
     rerun only writes the manifest."""
@@ -292,6 +325,11 @@ def test_inline_build_resume_and_config_guard(tmp_path):
     done = [e for e in events if e["event"] == "shard_done"]
     assert len(done) == 3 and {"probe_filter", "rollout_tokenize", "stats", "compress_write"} <= set(done[0]["timings"])
     assert events[-1]["event"] == "build_end"
+    # one speed, of the shard phase, in the summary and the log alike (the manifest and card are timed apart)
+    shards_done, end = events[-2], events[-1]
+    assert shards_done["event"] == "shards_done"
+    assert end["tokens_per_s"] == pytest.approx(end["tokens_built"] / shards_done["seconds"], rel=0.05)
+    assert "with the manifest and card; " in first.output and " tokens/s while making shards)" in first.output
 
     (out / "build.json").write_text("{}")  # as an interrupt between the manifest and the marker's removal leaves
     again = build("--executor", "inline", out=out)  # the same command again: nothing to do, nothing touched
