@@ -24,7 +24,6 @@ import math
 import os
 import shlex
 import signal
-import tempfile
 import threading
 import time
 from collections import deque
@@ -444,23 +443,15 @@ def _hash_matches(fs, root: str, record: dict) -> bool:
 
 
 def _log_path(root: str, local: bool) -> Path:
-    """Local outputs: OUT/_logs/build-<UTC time>.jsonl. Object stores: a local spool under ~/.cache (the system's
-    temporary folder when that cannot be written: a read-only HOME), uploaded to OUT/_logs/ when the build ends
-    (an append-only log does not suit objects written whole)."""
+    """Local outputs: OUT/_logs/build-<UTC time>.jsonl. Object stores: a local spool (`storage.cache_folder`),
+    uploaded to OUT/_logs/ when the build ends (an append-only log does not suit objects written whole)."""
+    from nca_datagen import storage
     from nca_datagen.manifest import LOGS
 
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}"
     if local:
         return Path(root) / LOGS / f"build-{stamp}.jsonl"
-    name = Path(hashlib.sha256(root.encode()).hexdigest()[:12]) / f"build-{stamp}.jsonl"
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nca-datagen" / "logs"
-    try:
-        (cache / name).parent.mkdir(parents=True, exist_ok=True)
-        if os.access((cache / name).parent, os.W_OK):
-            return cache / name
-    except OSError:
-        pass
-    return Path(tempfile.gettempdir()) / "nca-datagen-logs" / name
+    return storage.cache_folder("logs") / hashlib.sha256(root.encode()).hexdigest()[:12] / f"build-{stamp}.jsonl"
 
 
 def _upload_log(fs, root: str, log_path: Path, local: bool) -> None:
@@ -661,6 +652,14 @@ def build_command(ctx, **kw):
     if kw["dry_run"]:
         _print_plan(plan, kw)
         return
+    from nca_datagen.storage import exclusive
+
+    with exclusive(kw["out"], storage_options, doing="build"):  # a second build here fails at once
+        _build(ctx, kw, plan, storage_options)
+
+
+def _build(ctx, kw, plan: BuildPlan, storage_options) -> None:
+    """The build command once the output is this process's: a no-op, or Ray (or inline) and `run_build`."""
     from nca_datagen.manifest import check_output
 
     if not kw["overwrite"] and _already_built(plan, kw["out"], kw["compression"], storage_options):

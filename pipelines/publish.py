@@ -202,7 +202,8 @@ def publish_command(src, dst, overwrite, rehash, endpoint_url, profile, s3_check
     """Copy the finished dataset at SRC to DST (e.g. a folder to s3://bucket/prefix), manifest last."""
     opts = storage.storage_options_from_flags(endpoint_url, profile, s3_checksums)
     try:
-        stats = publish(src, dst, opts, rehash=rehash, overwrite=overwrite, echo=click.echo)
+        with storage.exclusive(dst, opts, doing="publish"):  # two publishes to one DST would mix datasets
+            stats = publish(src, dst, opts, rehash=rehash, overwrite=overwrite, echo=click.echo)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     except storage.errors() as exc:  # a missing bucket, permissions, credentials, an endpoint that went away

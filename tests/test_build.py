@@ -197,6 +197,19 @@ def test_a_local_ray_that_cannot_start_is_one_clear_line(tmp_path, monkeypatch):
     assert not out.exists()
 
 
+def test_a_second_build_into_the_same_output_fails_at_once(tmp_path):
+    """Two builds with other settings into one folder would mix their shards: this machine's lock refuses the
+    second before it writes anything (in-process here: flock locks conflict across open files of one process)."""
+    from nca_datagen import storage
+
+    out = tmp_path / "ds"
+    with storage.exclusive(str(out) + "/", doing="build"):  # the same place, spelled differently
+        result = build("--executor", "inline", out=out)
+    assert result.exit_code == 1 and f"{out} is being written by nca-datagen build (pid " in result.output
+    assert not out.exists()
+    assert build("--executor", "inline", out=out).exit_code == 0  # the lock went with its holder
+
+
 def test_a_taken_output_is_refused_before_ray_starts(tmp_path, monkeypatch):
     """The output is checked first: given an unreachable cluster too, the output's refusal is what the user
     sees (before, Ray's start-up, ~6 s, came first), and the dataset is untouched."""
@@ -474,4 +487,4 @@ def test_build_to_s3_with_an_unwritable_cache_spools_the_log_in_tmp(s3_bucket, s
     assert result.exit_code == 0, result.output
     fs, root = storage.filesystem(url, {"endpoint_url": s3_server})
     assert len(fs.ls(storage.join(root, "_logs"))) == 1
-    assert list((tmp_path / "tmp" / "nca-datagen-logs").rglob("*.jsonl"))
+    assert list((tmp_path / "tmp" / "nca-datagen" / "logs").rglob("*.jsonl"))

@@ -208,6 +208,31 @@ def test_republishing_the_same_data_needs_no_flag_and_logs_stay_home(tmp_path):
     assert published["provenance"]["created"] == "2000-01-01T00:00:00Z"
 
 
+def test_a_publish_to_a_destination_being_written_fails_until_the_writer_dies(tmp_path):
+    """The lock is the kernel's: a writer killed with SIGKILL leaves no stale lock behind."""
+    import subprocess
+    import sys
+
+    make_dataset(str(tmp_path / "src"), {"train": 1})
+    dst = str(tmp_path / "dst")
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import time
+from nca_datagen import storage
+with storage.exclusive({dst!r}, doing="publish"):
+    print("held", flush=True)
+    time.sleep(120)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        busy = cli("publish", str(tmp_path / "src"), dst)
+        assert busy.exit_code == 1 and f"is being written by nca-datagen publish (pid {holder.pid})" in busy.output
+        assert not (tmp_path / "dst").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert cli("publish", str(tmp_path / "src"), dst).exit_code == 0
+
+
 @pytest.mark.parametrize("src, dst", [("x", "x/mirror"), ("x", "x"), ("x/manifest.json", "x/"), ("x", "."),
                                       ("x", "x/../x/sub")])
 def test_publish_refuses_a_destination_overlapping_the_source(tmp_path, monkeypatch, src, dst):
