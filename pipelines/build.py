@@ -279,7 +279,10 @@ def _run_build(plan: BuildPlan, executor, opts: BuildOptions) -> dict:
 
 
 def _signal_number(exc: KeyboardInterrupt) -> int:
-    return exc.signum if isinstance(exc, _Terminated) else signal.SIGINT
+    if isinstance(exc, _Terminated):
+        return exc.signum
+    # Ray's blocking calls (ray.wait, ray.get) turn any KeyboardInterrupt raised inside them into a plain one
+    return _Terminated.received or signal.SIGINT
 
 
 def _remove_abandoned(fs, root: str, existed: bool, log_path: Path) -> None:
@@ -315,6 +318,8 @@ class _Unreachable(Exception):
 class _Terminated(KeyboardInterrupt):
     """SIGTERM (`kill`, a batch scheduler, a container stopping), stopped the way Ctrl-C stops a build."""
 
+    received: int | None = None  # the signal the handler saw, for when Ray re-raised it as a plain KeyboardInterrupt
+
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
@@ -328,8 +333,10 @@ def _terminate_as_interrupt():
         return
 
     def handler(signum, frame):
+        _Terminated.received = signum
         raise _Terminated(signum)
 
+    _Terminated.received = None
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield

@@ -211,9 +211,7 @@ class RayExecutor:
                  device: str = "auto", actors_per_gpu: int = 4, generator_actors: int | None = None):
         """`generator_actors` (tests only) runs the GPU pipeline — generator actors feeding CPU writer tasks — with
         that many actors holding no GPU, so the pipeline's plumbing is exercised on a CPU-only machine."""
-        import ray
-
-        self.ray = ray
+        self.ray = ray = import_ray()
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self._started_here = self.address is None
         connect_ray(ray, self.address, workers, extra_cpus=_local_actor_cpus(device, gpus, actors_per_gpu)
@@ -277,10 +275,10 @@ class RayExecutor:
         return out
 
     def cancel(self) -> None:
-        for ref in list(self._pending):
-            # KeyboardInterrupt in the task; writes are atomic, so nothing partial stays. Best effort: shutdown follows
-            with contextlib.suppress(Exception):
-                self.ray.cancel(ref)
+        """Forget the shards in flight; `close` stops them. No `ray.cancel`: racing a task that is finishing, it
+        can abort the driver inside Ray (`Check failed` in task_manager.cc, exit 1). Stopping is left to the
+        end of the job: a local Ray's shutdown ends its workers, and on a joined cluster the raylets kill the
+        workers leased to a job once its driver disconnects. Writes are atomic, so nothing partial stays."""
         self._pending.clear()
 
     def close(self) -> None:
@@ -291,6 +289,18 @@ class RayExecutor:
                     self.ray.kill(actor)
             self.ray.shutdown()
         self._actors = []
+
+
+def import_ray():
+    """Ray, imported with its C++ failure-signal handler off (read when Ray loads, so before the first import).
+    That handler covers SIGTERM, and `ray.shutdown` resets it to the default action: a SIGTERM while the manifest
+    is written (Ray shuts down meanwhile) killed the driver outright, without the "interrupted" line (6 of 10
+    such runs). Without it the build's own SIGTERM handler stays in force; the cost is Ray's C++ stack trace on a
+    segfault in its own processes, which inherit the setting."""
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+    import ray
+
+    return ray
 
 
 def connect_ray(ray, address: str | None, workers: int | None, extra_cpus: int = 0) -> None:

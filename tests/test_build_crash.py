@@ -116,7 +116,9 @@ def test_sigkill_then_rerun_matches_uninterrupted(tmp_path, reference, executor,
     (signal.SIGINT, ("--executor", "inline"), 2),  # stops inside the hanging shard; 0 and 1 are done
     (signal.SIGTERM, ("--executor", "inline"), 2),  # `kill`, a scheduler: handled like Ctrl-C
     pytest.param(signal.SIGINT, ("--workers", "2"), 4, marks=pytest.mark.slow),  # local Ray: all but the hang
-], ids=["inline", "inline-sigterm", "ray"])
+    # the driver waits in ray.wait, which re-raises the handler's exception as a plain KeyboardInterrupt
+    pytest.param(signal.SIGTERM, ("--workers", "2"), 4, marks=pytest.mark.slow),
+], ids=["inline", "inline-sigterm", "ray", "ray-sigterm"])
 def test_ctrl_c_and_sigterm_stop_cleanly(tmp_path, signum, executor, complete):
     out = tmp_path / "ds"
     code, output = start_and_wait(out, signum, executor, complete)

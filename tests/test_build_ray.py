@@ -154,3 +154,25 @@ def test_a_cpu_worker_never_imports_torch(tmp_path):
                           cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["10", "False", "1"], done.stdout
+
+
+def test_sigterm_still_reaches_the_driver_after_ray_shuts_down(tmp_path):
+    """The build shuts Ray down while it writes the manifest; a SIGTERM then must still raise in the driver
+    (Ray's C++ failure-signal handler used to reset SIGTERM to "terminate" on shutdown: exit -15, no message)."""
+    code = (
+        "import os, signal\n"
+        "from nca_datagen.pipelines.build import _terminate_as_interrupt\n"
+        "from nca_datagen.pipelines.executors import RayExecutor\n"
+        "executor = RayExecutor(workers=1, device='cpu')\n"
+        "with _terminate_as_interrupt():\n"
+        "    executor.close()\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        signal.sigtimedwait([], 2)\n"
+        "    except KeyboardInterrupt as exc:\n"
+        "        print('raised', type(exc).__name__, flush=True)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_DISABLE_FAILURE_SIGNAL_HANDLER")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.strip() == "raised _Terminated", (done.returncode, done.stderr[-2000:])
