@@ -28,6 +28,7 @@ import numpy as np
 from nca_datagen.complexity import PRESETS, Band, bytes_gzip_ratio, gzip_ratio
 from nca_datagen.palette import colourise, palette
 from nca_datagen.storage import storage_flags, storage_options_from_flags
+from nca_datagen.units import plural
 
 SEED_MAX = 2**64 - 1  # the recipe's seed is a uint64 (SeedSequence entropy); `build --seed` takes the same range
 VERDICT_TEXT = {"kept": "kept", "too_simple": "too simple", "too_complex": "too complex"}
@@ -467,7 +468,7 @@ def preview_command(band, rules, seed, split, grid, states, patch, frames, only_
     written = write_output(out, data, storage_options_from_flags(endpoint_url, profile, s3_checksums))
     verdicts = {v: sum(r.verdict == v for r in rows) for v in VERDICT_TEXT}
     counts = ", ".join(f"{c} {VERDICT_TEXT[v]}" for v, c in verdicts.items())
-    click.echo(f"wrote {written}: {len(rows)} rules ({counts}), band {config.band}, {shown} frames")
+    click.echo(f"wrote {written}: {plural(len(rows), 'rule')} ({counts}), band {config.band}, {shown} frames")
 
 
 def rebin(counts, factor: int) -> np.ndarray:

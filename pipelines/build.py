@@ -487,8 +487,9 @@ def _summary(plan, opts, progress, result, log_path) -> None:
 
     built_s = progress.elapsed
     rate = f"{format_count(progress.tokens_per_s)} tokens/s"
+    made = f"{rate} while making shards" if progress.tokens else "every shard was already there"
     line = (f"done: {plural(plan.total_shards, 'shard')}, {format_count(plan.total_tokens)} tokens in {opts.out_url} "
-            f"({format_duration(built_s)} with the manifest and card; {rate} while making shards)")
+            f"({format_duration(built_s)} with the manifest and card; {made})")
     if opts.quiet:
         click.echo(line)
         return

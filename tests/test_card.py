@@ -93,6 +93,7 @@ def test_plain_tar_card_points_hugging_face_at_the_shards(plain_dataset, tmp_pat
     assert front_matter(text)["configs"] == [{"config_name": "default",
                                               "data_files": [{"split": "train", "path": "train/*.tar"}]}]
     assert HF_SENTENCE not in text
+    assert "`pipe:`" not in text  # plain-tar shards need no decompressing pipe, and the card does not say they do
     hf_offline(monkeypatch, tmp_path)
     from datasets import load_dataset
 

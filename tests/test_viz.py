@@ -145,6 +145,8 @@ def test_preview_gif_and_errors(tmp_path):
     assert result.exit_code == 0, result.output
     assert result.output.startswith(f"wrote {out}: 2 rules"), result.output
     assert Image.open(out).n_frames == 3
+    one = CliRunner().invoke(main, [*args[:4], "1", *args[5:]])
+    assert one.output.startswith(f"wrote {out}: 1 rule ("), one.output
     bad = CliRunner().invoke(main, ["preview", "--states", "17", "--out", str(tmp_path / "x.png")])
     assert bad.exit_code != 0 and "at most 16 states" in bad.output
     bad = CliRunner().invoke(main, ["preview", "--out", str(tmp_path / "x.jpg")])
