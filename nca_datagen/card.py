@@ -321,9 +321,9 @@ def preload() -> None:
     thread while Ray workers make the shards and the driver mostly waits, so those seconds leave the build's
     closing step. Failures are left to the real use to report."""
     try:
-        import matplotlib
+        from nca_datagen.viz import matplotlib_agg
 
-        matplotlib.use("Agg", force=False)
+        matplotlib_agg()
         import pyarrow as pa
         import pyarrow.parquet as pq
         from matplotlib.figure import Figure

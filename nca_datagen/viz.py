@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ import numpy as np
 
 from nca_datagen.complexity import PRESETS, Band, bytes_gzip_ratio, gzip_ratio
 from nca_datagen.palette import colourise, palette
-from nca_datagen.storage import storage_flags, storage_options_from_flags
+from nca_datagen.storage import cache_folder, storage_flags, storage_options_from_flags
 from nca_datagen.units import plural
 
 SEED_MAX = 2**64 - 1  # the recipe's seed is a uint64 (SeedSequence entropy); `build --seed` takes the same range
@@ -228,14 +229,31 @@ def _hist_arrays(h: dict):
     return counts, edges
 
 
+def matplotlib_agg():
+    """matplotlib with its Agg backend (files only, no display). Its config and font-cache folder defaults to
+    ~/.config/matplotlib; where that cannot be written (a read-only HOME) matplotlib warns twice in the user's
+    output and makes a throwaway one each run, so it then gets nca-datagen's cache folder (MPLCONFIGDIR)."""
+    if "MPLCONFIGDIR" not in os.environ:
+        default = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "matplotlib"
+        try:
+            default.mkdir(parents=True, exist_ok=True)
+            writable = os.access(default, os.W_OK)
+        except OSError:
+            writable = False
+        if not writable:
+            os.environ["MPLCONFIGDIR"] = str(cache_folder("matplotlib"))
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    return matplotlib
+
+
 def plot_histograms(histograms: dict, band: Band | None, *, title: str = ""):
     """A matplotlib Figure: candidate vs kept probe ratios (rules), and per-sample ratios, band edges marked.
 
     `histograms` maps "candidates" / "kept" / "samples" to {lo, hi, counts}; missing entries are skipped.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+    matplotlib_agg()
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -279,9 +297,7 @@ def _all_below(histograms: dict, keys, x: float) -> bool:
 
 def plot_rank_frequency(tokens: np.ndarray, vocab: int | None = None, *, title: str = ""):
     """A matplotlib Figure: token frequency against rank on log-log axes, with a Zipf (slope -1) guide."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+    matplotlib_agg()
     from matplotlib.figure import Figure
 
     _, counts = np.unique(np.asarray(tokens).ravel(), return_counts=True)

@@ -3,6 +3,7 @@
 import importlib.util
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -283,3 +284,21 @@ def _png_bytes(img) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_matplotlib_under_a_read_only_home_stays_quiet(tmp_path):
+    """matplotlib warned twice ("mkdir -p failed ... set MPLCONFIGDIR") in the user's output when HOME could not
+    be written; it now gets nca-datagen's cache folder (here the temporary folder's, as HOME is a file)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "home").write_text("not a folder")
+    env = {k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")}
+    env.update(HOME=str(tmp_path / "home"), TMPDIR=str(tmp_path))
+    code = ("import io\nfrom nca_datagen.viz import matplotlib_agg\nmatplotlib_agg()\n"
+            "from matplotlib.figure import Figure\nfig = Figure()\nfig.text(0, 0, 'x')\n"
+            "fig.savefig(io.BytesIO(), format='png')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "MPLCONFIGDIR" not in done.stderr and "mkdir" not in done.stderr, done.stderr
+    assert (tmp_path / "nca-datagen" / "matplotlib").is_dir()
