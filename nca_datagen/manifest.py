@@ -169,8 +169,7 @@ def write_manifest(out_url: str, config: DatasetConfig, records: dict[str, list[
     }
     write_card(fs, root, manifest, figures=figures)
     storage.write_atomic(fs, storage.join(root, MANIFEST), _json_bytes(manifest))
-    if storage.exists(fs, storage.join(root, BUILD)):
-        storage.remove(fs, storage.join(root, BUILD))
+    storage.remove_files(fs, [storage.join(root, BUILD)])
     return manifest
 
 
@@ -288,6 +287,11 @@ def _wrong_field(obj, fields: dict, where: str) -> str | None:
     return None
 
 
+def dataset_digest(manifest: dict) -> str:
+    """`shards_digest` over every split's shards: which data a manifest describes, whatever else it says."""
+    return shards_digest([shard for split in manifest["splits"].values() for shard in split["shards"]])
+
+
 def shards_digest(shards: list[dict]) -> str:
     """A short digest of shard records' sha256s, in order: the identity of data by content, whatever folder or
     bucket holds it (a deterministic rebuild gets the same digest; any other data, another)."""
@@ -334,10 +338,12 @@ def _check_complete(fs, root: str, split: str, recs: list[dict]) -> None:
 def remove_stale_shards(fs, root: str, split: str, n: int) -> None:
     """Delete shards/records numbered >= n left by an earlier, larger build, so the pattern matches the files."""
     folder = storage.join(root, split)
+    stale = []
     for name in storage.listing(fs, folder):  # not a glob: the folder's own name may hold [, * or ?
         digits = name[len("shard-"):].split(".", 1)[0]
         if name.startswith("shard-") and digits.isdigit() and int(digits) >= n:
-            storage.remove(fs, storage.join(folder, name))
+            stale.append(storage.join(folder, name))
+    storage.remove_files(fs, stale)
 
 
 def _add_hist(total: dict | None, h: dict) -> dict:

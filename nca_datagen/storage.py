@@ -131,26 +131,32 @@ def write_atomic(fs, path: str, data: bytes) -> None:
         fs.pipe_file(path, data)  # one PUT (or a multipart upload completed at the end): atomic
 
 
-def remove(fs, paths: str | list[str]) -> None:
-    """Delete files, and folders with everything under them, by their literal names. fsspec's `rm` would read
-    `[`, `*` and `?` as glob patterns, and they are legal in folder names and object keys (s3://b/run[2] failed
-    with "FileNotFoundError: []"): local paths go through os/shutil, and on object stores keys that look like
-    globs are deleted one by one (the rest in fsspec's batched delete)."""
-    paths = [paths] if isinstance(paths, str) else list(paths)
+def remove(fs, path: str) -> None:
+    """Delete a file, or a folder with everything under it, by its literal name (see `remove_files`)."""
+    if is_local(fs):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
+        return
+    remove_files(fs, fs.find(path) if fs.isdir(path) else [path])
+
+
+def remove_files(fs, paths: list[str]) -> None:
+    """Delete these files (missing ones are no error) by their literal names. fsspec's `rm` would read `[`, `*`
+    and `?` as glob patterns, and they are legal in folder names and object keys (s3://b/run[2] failed with
+    "FileNotFoundError: []"): local files go through os, and on object stores keys that look like globs are
+    deleted one by one, the rest in fsspec's batched delete."""
     if is_local(fs):
         for path in paths:
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path)
-            elif os.path.lexists(path):
+            with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
         return
-    keys = [key for path in paths for key in (fs.find(path) if fs.isdir(path) else [path])]
-    globby = [key for key in keys if any(c in key for c in GLOB_CHARS)]
-    plain = [key for key in keys if key not in globby]
-    if plain:
+    globby = {path for path in paths if any(c in path for c in GLOB_CHARS)}
+    if plain := [path for path in paths if path not in globby]:
         fs.rm(plain)
-    for key in globby:
-        fs.rm_file(key)
+    for path in globby:
+        fs.rm_file(path)
 
 
 def read_bytes(fs, path: str) -> bytes:

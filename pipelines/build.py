@@ -737,7 +737,7 @@ def _remove_marker(fs, root: str) -> None:
     from nca_datagen import storage
     from nca_datagen.manifest import BUILD
 
-    storage.remove(fs, storage.join(root, BUILD))  # nothing there: nothing to do
+    storage.remove_files(fs, [storage.join(root, BUILD)])  # nothing there: nothing to do
 
 
 def _command_line(ctx) -> str:

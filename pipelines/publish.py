@@ -35,10 +35,10 @@ from nca_datagen.manifest import (
     MANIFEST,
     OWNED_FILES,
     OWNED_FOLDERS,
+    dataset_digest,
     dataset_root,
     read_json,
     read_manifest,
-    shards_digest,
 )
 from nca_datagen.shards import ShardError, check_blob, record_name
 from nca_datagen.units import plural
@@ -55,10 +55,11 @@ def publish(src: str, dst: str, storage_options: dict | None = None, *, rehash: 
     manifest = read_manifest(src, storage_options)
     manifest_bytes = storage.read_bytes(sfs, storage.join(sroot, MANIFEST))
     dst_manifest = storage.join(droot, MANIFEST)
-    if storage.exists(dfs, dst_manifest) and storage.read_bytes(dfs, dst_manifest) != manifest_bytes:
+    old_manifest = storage.read_bytes(dfs, dst_manifest) if storage.exists(dfs, dst_manifest) else manifest_bytes
+    if old_manifest != manifest_bytes:
         if not overwrite:
-            _refuse_other_data(dst, storage.read_bytes(dfs, dst_manifest), manifest)
-        storage.remove(dfs, dst_manifest)  # another version's: hidden until every new shard is in place
+            _refuse_other_data(dst, old_manifest, manifest)
+        storage.remove_files(dfs, [dst_manifest])  # another version's: hidden until every new shard is in place
     stats = {"uploaded": 0, "skipped": 0, "files": 0}
     shard_files = set()
     for split, info in manifest["splits"].items():
@@ -79,17 +80,12 @@ def _refuse_other_data(dst: str, old_manifest: bytes, manifest: dict) -> None:
     """ValueError unless DST's manifest lists the same shards (a rebuild of the same data may differ only in
     provenance): replacing another published dataset takes --overwrite."""
     try:
-        old = json.loads(old_manifest)
-        same = _all_shards_digest(old) == _all_shards_digest(manifest)
+        same = dataset_digest(json.loads(old_manifest)) == dataset_digest(manifest)
     except (ValueError, KeyError, TypeError, AttributeError):  # not a dataset manifest
         same = False
     if not same:
         raise ValueError(f"{dst} holds another finished dataset (its manifest.json lists other shards); pass "
                          f"--overwrite to replace it, or publish to another prefix")
-
-
-def _all_shards_digest(manifest: dict) -> str:
-    return shards_digest([shard for split in manifest["splits"].values() for shard in split["shards"]])
 
 
 def check_no_overlap(sfs, sroot: str, dfs, droot: str) -> None:
@@ -178,8 +174,7 @@ def _remove_unpublished(dfs, droot: str, published: set[str]) -> None:
     dfs.invalidate_cache(droot)
     prefix = len(droot.rstrip("/")) + 1
     stale = [path for path in dfs.find(droot) if _owned(path[prefix:]) and path[prefix:] not in published]
-    if stale:
-        storage.remove(dfs, stale)
+    storage.remove_files(dfs, stale)
 
 
 def _owned(rel: str) -> bool:

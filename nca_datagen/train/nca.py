@@ -23,7 +23,7 @@ def dataset_info(url: str) -> dict:
             "tokens_per_frame": layout["tokens_per_frame"],
             "samples": {split: s["samples"] for split, s in m["splits"].items()},
             "tokens": {split: s["tokens"] for split, s in m["splits"].items()},
-            "id": manifest.shards_digest([shard for split in m["splits"].values() for shard in split["shards"]])}
+            "id": manifest.dataset_digest(m)}
 
 
 class NCABatches:
