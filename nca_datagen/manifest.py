@@ -169,8 +169,13 @@ def write_manifest(out_url: str, config: DatasetConfig, records: dict[str, list[
     }
     write_card(fs, root, manifest, figures=figures)
     storage.write_atomic(fs, storage.join(root, MANIFEST), _json_bytes(manifest))
-    storage.remove_files(fs, [storage.join(root, BUILD)])
+    remove_build_marker(fs, root)
     return manifest
+
+
+def remove_build_marker(fs, root: str) -> None:
+    """Remove the build marker (build.json), if there is one: the dataset at `root` is no build in progress."""
+    storage.remove_files(fs, [storage.join(root, BUILD)])  # nothing there: nothing to do
 
 
 def sequence_layout(config: DatasetConfig) -> dict:

@@ -64,13 +64,13 @@ def test_bench_build_times_a_real_build(tmp_path):
 def test_dry_run_estimates_follow_the_committed_build_benchmark():
     """`--dry-run`'s speed and size constants stay within reach of what bench_build last measured (45M tokens,
     2 cores): an estimate drifting off its measurement fails here instead of misleading users."""
-    from nca_datagen.pipelines import build
+    from nca_datagen.pipelines import plan
 
     result = json.loads((ROOT / "benchmarks/results/build-40M.json").read_text())
     rows = {r["run"]: r for r in result["rows"]}
     per_worker = [rows["ray 1 worker"]["steady_tok_s"], rows["ray 2 workers"]["steady_tok_s"] / 2]
-    assert all(0.6 < build.EST_TOKENS_PER_S_PER_CPU / rate < 1.5 for rate in per_worker), per_worker
+    assert all(0.6 < plan.EST_TOKENS_PER_S_PER_CPU / rate < 1.5 for rate in per_worker), per_worker
     fixed = [r["startup_s"] + r["first_shard_s"] + r["finish_s"] for r in rows.values() if r["run"].startswith("ray")]
-    assert all(0.6 < build.EST_STARTUP_S / s < 1.5 for s in fixed), fixed
+    assert all(0.6 < plan.EST_STARTUP_S / s < 1.5 for s in fixed), fixed
     measured = result["meta"]["compressed_bytes_per_token"]
-    assert 0.9 < build.EST_BYTES_PER_TOKEN["zstd"] / measured < 1.1, measured
+    assert 0.9 < plan.EST_BYTES_PER_TOKEN["zstd"] / measured < 1.1, measured

@@ -50,7 +50,8 @@ def test_format_count():
 
 
 def test_paper_preset_plans_exactly_the_papers_rules():
-    from nca_datagen.pipelines.build import _apply_paper_preset, dataset_config, plan_build
+    from nca_datagen.pipelines.build import _apply_paper_preset
+    from nca_datagen.pipelines.plan import dataset_config, plan_build
 
     class Ctx:  # every option at its default
         def get_parameter_source(self, name):
@@ -68,7 +69,7 @@ def test_paper_preset_plans_exactly_the_papers_rules():
 
 
 def test_plan_rounds_up_to_whole_shards():
-    from nca_datagen.pipelines.build import dataset_config, plan_build
+    from nca_datagen.pipelines.plan import dataset_config, plan_build
 
     config = dataset_config(grid=(12, 12), states=10, patch=2, frames=4, burn_in=10, temperature=1e-4,
                             band=Band.parse("50%+"), seed=0, sims_per_rule=2, samples_per_shard=4)
@@ -317,7 +318,7 @@ def test_unreachable_band_is_recognised_through_ray():
     from ray.exceptions import RayTaskError
 
     from nca_datagen.generate import UnreachableBandError
-    from nca_datagen.pipelines.build import _cause_text, _is
+    from nca_datagen.pipelines.driver import _cause_text, _is
 
     cause = UnreachableBandError("train shard 0: band (0.9, 1) kept 0 of 2000 candidate rules")
     wrapped = RayTaskError("run_shard", "Traceback (most recent call last): ...", cause).as_instanceof_cause()

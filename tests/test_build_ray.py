@@ -123,8 +123,9 @@ def test_ray_address_flag_joins_the_cluster(cluster, tmp_path):
 def test_generator_actor_pipeline_on_cpu(tmp_path):
     """The GPU layout (generator actors -> CPU writer tasks) with CPU-only actors: same bytes as inline."""
     from nca_datagen.complexity import Band
-    from nca_datagen.pipelines.build import BuildOptions, dataset_config, plan_build, run_build
+    from nca_datagen.pipelines.driver import BuildOptions, run_build
     from nca_datagen.pipelines.executors import InlineExecutor, RayExecutor
+    from nca_datagen.pipelines.plan import dataset_config, plan_build
 
     config = dataset_config(grid=(12, 12), states=10, patch=2, frames=4, burn_in=10, temperature=1e-4,
                             band=Band.parse("50%+"), seed=0, sims_per_rule=2, samples_per_shard=4)
@@ -161,7 +162,7 @@ def test_sigterm_still_reaches_the_driver_after_ray_shuts_down(tmp_path):
     (Ray's C++ failure-signal handler used to reset SIGTERM to "terminate" on shutdown: exit -15, no message)."""
     code = (
         "import os, signal\n"
-        "from nca_datagen.pipelines.build import _terminate_as_interrupt\n"
+        "from nca_datagen.pipelines.driver import _terminate_as_interrupt\n"
         "from nca_datagen.pipelines.executors import RayExecutor\n"
         "executor = RayExecutor(workers=1, device='cpu')\n"
         "with _terminate_as_interrupt():\n"

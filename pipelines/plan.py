@@ -1,0 +1,119 @@
+"""The build plan: token budgets -> whole rules -> whole shards, and the estimates `--dry-run` prints.
+
+Tokens are counted as stored: every sequence contributes its full `seq_len` tokens (1026 at the paper's
+settings: 27 frames x 38). The paper's "164M" counts the 1024 input tokens a sequence feeds the model
+(16,000 rules x 10 sims x 1024 = 163.84M); the same data is 164.16M stored tokens, which is what `--preset paper`
+asks for, so it plans exactly 16,000 x 10 training and 2,000 x 10 validation sequences. A budget becomes whole
+rules (each `sims_per_rule` sequences), rules become whole shards (`samples_per_shard / sims_per_rule` rules
+each); the shard count rounds up and every shard is full, because a shard's content is a function of
+(config, split, index) alone. The trade-off: a small budget rounds up a lot (`rounding_note` says so).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from nca_datagen.units import format_count
+
+# Estimates for --dry-run. Speed: benchmarks/bench_build.py at 45M tokens on a shared 2-core Xeon (numba backend,
+# paper config, 50%+ band; results/build-40M.json) measured 1.4-1.6M stored tokens/s per worker in steady state;
+# the GPU figure is the design target (paper dataset in < 10 s on an H200), not a measurement. Size: one
+# 200-sequence 50%+ shard at the default zstd level (3) is 1.69 bytes/token (50%+ rules are near-incompressible by
+# design; a 30-40% band gives ~0.94); plain tar is 4.04 (two 512-byte tar headers and the JSON member per
+# sequence). Fixed costs on that machine: Ray start-up ~6 s, first shard ~2 s, manifest, card and shutdown ~3-4 s.
+EST_TOKENS_PER_S_PER_CPU = 1.4e6
+EST_TOKENS_PER_S_PER_GPU = 16e6
+EST_STARTUP_S = 12.0
+EST_BYTES_PER_TOKEN = {"zstd": 1.69, "none": 4.04}
+PAPER = {"train_rules": 16_000, "val_rules": 2_000, "sims_per_rule": 10, "band": "50%+"}
+DEFAULT_VAL_FRACTION = 0.125  # the paper's 2,000 validation rules per 16,000 training rules
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    split: str
+    tokens_requested: int
+    rules: int  # whole shards' worth, >= what the budget needs
+    shards: int
+    sequences: int
+    tokens: int  # stored tokens the split will hold
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    config: object  # DatasetConfig
+    splits: tuple[SplitPlan, ...]
+
+    @property
+    def shards(self) -> dict[str, int]:
+        return {s.split: s.shards for s in self.splits if s.shards}
+
+    @property
+    def total_shards(self) -> int:
+        return sum(s.shards for s in self.splits)
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(s.tokens for s in self.splits)
+
+    def estimated_bytes(self, compression: str) -> int:
+        return int(self.total_tokens * EST_BYTES_PER_TOKEN[compression])
+
+    def estimated_seconds(self, cpus: int, gpus: int = 0) -> float:
+        rate = gpus * EST_TOKENS_PER_S_PER_GPU if gpus else max(cpus, 1) * EST_TOKENS_PER_S_PER_CPU
+        return EST_STARTUP_S + self.total_tokens / rate
+
+
+def plan_build(config, tokens: int, val_tokens: int | None = None, val_fraction: float | None = None) -> BuildPlan:
+    """Turn token budgets into whole rules and whole shards (see the module docstring for the counting)."""
+    if val_tokens is not None and val_fraction is not None:
+        raise ValueError("give --val-tokens or --val-fraction, not both")
+    if val_fraction is not None and not 0 <= val_fraction < 1:
+        raise ValueError(f"--val-fraction {val_fraction}: choose 0 <= fraction < 1 (paper: 0.125)")
+    if tokens <= 0:
+        raise ValueError("--tokens must be positive: how many training tokens to generate, e.g. 2M")
+    if val_tokens is None:
+        val_tokens = round(tokens * (DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction))
+    return BuildPlan(config, (_split_plan(config, "train", tokens), _split_plan(config, "val", val_tokens)))
+
+
+def _split_plan(config, split: str, tokens: int) -> SplitPlan:
+    seq_len = config.nca.seq_len
+    rules_needed = math.ceil(tokens / (seq_len * config.sims_per_rule))
+    shards = math.ceil(rules_needed / config.rules_per_shard)
+    rules = shards * config.rules_per_shard
+    sequences = rules * config.sims_per_rule
+    return SplitPlan(split, tokens, rules, shards, sequences, sequences * seq_len)
+
+
+def dataset_config(*, grid, states, patch, frames, burn_in, temperature, band, seed, sims_per_rule,
+                   samples_per_shard, seq_len=None):
+    """Build (and validate) the DatasetConfig from CLI values; ValueError names the option to fix."""
+    from nca_datagen.config import DatasetConfig, NCAConfig
+
+    if samples_per_shard % sims_per_rule:
+        raise ValueError(f"--samples-per-shard {samples_per_shard} is not a multiple of --sims-per-rule "
+                         f"{sims_per_rule}: a shard holds whole rules; try "
+                         f"{max(1, round(samples_per_shard / sims_per_rule)) * sims_per_rule}")
+    nca = NCAConfig(grid=grid, states=states, patch=patch, burn_in=burn_in, temperature=temperature)
+    if seq_len is not None:
+        if seq_len % nca.tokens_per_frame:
+            raise ValueError(f"--seq-len {seq_len} is not a multiple of the {nca.tokens_per_frame} tokens per frame "
+                             f"({nca.patches_per_frame} patches + 2 delimiters): try "
+                             f"{max(1, round(seq_len / nca.tokens_per_frame)) * nca.tokens_per_frame}")
+        frames = seq_len // nca.tokens_per_frame
+    nca = replace(nca, frames=frames)
+    return DatasetConfig(nca=nca, band=band, seed=seed, sims_per_rule=sims_per_rule,
+                         rules_per_shard=samples_per_shard // sims_per_rule)
+
+
+def rounding_note(plan: BuildPlan) -> str | None:
+    """A word when whole shards make a split much larger than asked (small budgets: 200K -> one 513K shard)."""
+    grown = [s for s in plan.splits if s.shards and s.tokens > 1.5 * max(s.tokens_requested, 1)]
+    if not grown:
+        return None
+    asked = ", ".join(f"{s.split} {format_count(s.tokens_requested)} -> {format_count(s.tokens)}" for s in grown)
+    return (f"whole shards of {plan.config.samples_per_shard:,} sequences round the budget up ({asked}); "
+            f"a smaller --samples-per-shard rounds less")
+
