@@ -73,7 +73,7 @@ def render_card(manifest: dict, images: dict[str, str] | None = None) -> str:
     if "token-frequency.png" in images:
         parts.append(f"![{images['token-frequency.png']}](token-frequency.png)\n\n"
                      f"*{images['token-frequency.png']}*")
-    parts += [_format(cfg), _loading(splits), _provenance(manifest), _citation()]
+    parts += [_format(manifest.get("sequence") or {}), _loading(splits), _provenance(manifest), _citation()]
     return "\n\n".join(p for p in parts if p).rstrip() + "\n"
 
 
@@ -117,10 +117,9 @@ def plain_tar(splits: dict) -> bool:
 
 
 def _band_text(band: dict | None) -> str:
-    if not band:
-        return "?"
-    lo, hi = float(band.get("lo", 0.0)), float(band.get("hi", 1.0))
-    return f"{lo * 100:g}%+" if hi >= 1.0 else f"{lo * 100:g}-{hi * 100:g}%"
+    from nca_datagen.complexity import Band
+
+    return Band.from_dict({"lo": 0.0, "hi": 1.0, **band}).label if band else "?"
 
 
 def _intro(cfg: dict) -> str:
@@ -231,14 +230,21 @@ def _acceptance(splits: dict, cfg: dict) -> str:
             f"|---|---|---|---|---|\n" + "\n".join(rows))
 
 
-def _format(cfg: dict) -> str:
+def _format(sequence: dict) -> str:
+    """The shard layout and the training example, cut from this dataset's own sequence length."""
+    seq_len = sequence.get("seq_len")
+    example = ""
+    if seq_len and seq_len > 2:
+        context = seq_len - 2  # the paper's 1024 of 1026: the loader's default context
+        example = (f" A training example, as in the paper and `NCADataset`: input = seq[0:{context}], target = "
+                   f"seq[1:{context + 1}], with the first frame's targets ignored (-100).")
     return ("## Format\n\nEach split folder holds WebDataset shards (`shard-000000.tar.zst`, ...: a tar compressed "
             "as a whole with zstd; `.tar` when written with `--compression none`). Per sample:\n\n"
-            "- `KEY.tokens.npy`: the full token sequence, uint16\n"
-            "- `KEY.json`: rule id, simulation index, the sequence's gzip ratio and its rule's probe ratio\n\n"
+            f"- `KEY.tokens.npy`: the full token sequence{f' ({seq_len:,} tokens)' if seq_len else ''}, uint16\n"
+            "- `KEY.json`: rule id, simulation index, the sequence's gzip ratio, its rule's probe ratio, the cell "
+            "change rate and the number of colours in the last frame\n\n"
             "`manifest.json` holds the full recipe, per-shard sha256, totals, acceptance counts and histograms; "
-            "it is written last, so it never names a missing shard. The paper trains on input = seq[0:1024], "
-            "target = seq[1:1025], with the first frame's targets ignored (-100).")
+            "it is written last, so it never names a missing shard." + example)
 
 
 def _loading(splits: dict) -> str:
@@ -346,7 +352,7 @@ def draw_figures(manifest: dict, fs=None, root: str | None = None) -> dict[str, 
     if hists:
         out["complexity.png"] = _optional(
             "complexity.png", "gzip ratio of candidate and kept rules (probe trajectory) and of the kept sequences; "
-            "dashed lines mark the band edges", lambda: _complexity_png(hists, _band(manifest)))
+            "dashed lines mark the band edges", lambda: _complexity_png(hists, manifest))
     got = _optional("samples", "", lambda: read_samples(fs, root, manifest)) if fs is not None else None
     if got:
         cfg, split, samples = got
@@ -369,13 +375,6 @@ def _optional(name: str, caption: str, make):
         warnings.warn(f"dataset card: skipped {name} ({type(exc).__name__}: {exc})", stacklevel=3)
         return None
     return (caption, result) if caption else result
-
-
-def _band(manifest: dict):
-    from nca_datagen.complexity import Band
-
-    band = (manifest.get("config") or {}).get("band")
-    return Band.from_dict(band) if band else None
 
 
 def merged_histograms(manifest: dict) -> dict:
@@ -424,10 +423,10 @@ def first_kept_rules(samples, rules: int) -> list[tuple[int, float, np.ndarray]]
     return [(rule, ratio, tokens) for rule, ratio, tokens, _ in best.values()]
 
 
-def _complexity_png(hists: dict, band) -> bytes:
-    from nca_datagen.viz import figure_png, plot_histograms
+def _complexity_png(hists: dict, manifest: dict) -> bytes:
+    from nca_datagen.viz import band_of, figure_png, plot_histograms
 
-    return figure_png(plot_histograms(hists, band, title="gzip ratio, all splits"))
+    return figure_png(plot_histograms(hists, band_of(manifest), title="gzip ratio, all splits"))
 
 
 def _preview_png(cfg, split: str, rows) -> bytes:

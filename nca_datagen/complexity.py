@@ -35,7 +35,12 @@ def gzip_ratio(tokens: np.ndarray) -> float:
 
 def bytes_gzip_ratio(raw: bytes) -> float:
     """len(gzip.compress(raw, 9, mtime=0)) / len(raw), without building the gzip container."""
-    return (len(zlib.compress(raw, 9, wbits=-15)) + GZIP_OVERHEAD) / len(raw)
+    return gzip_size(raw) / len(raw)
+
+
+def gzip_size(raw: bytes) -> int:
+    """len(gzip.compress(raw, 9, mtime=0)): raw deflate plus the container's fixed 18 bytes."""
+    return len(zlib.compress(raw, 9, wbits=-15)) + GZIP_OVERHEAD
 
 
 def patch_tokens(seq_L: np.ndarray, tokens_per_frame: int) -> np.ndarray:
@@ -94,6 +99,11 @@ class Band:
             return "too_simple"
         return "too_complex" if ratio >= self.hi else "kept"
 
+    @property
+    def label(self) -> str:
+        """The percent form users type and the paper uses: `50%+` (no upper edge) or `30-40%`."""
+        return f"{self.lo * 100:g}%+" if self.hi >= 1.0 else f"{self.lo * 100:g}-{self.hi * 100:g}%"
+
     def to_dict(self) -> dict:
         return {"lo": self.lo, "hi": self.hi}
 
@@ -109,13 +119,6 @@ def histogram(values: np.ndarray, bins: int = 50) -> dict:
     """A fixed-edge histogram on [0, 1] (edges shared by every shard, so counts add up across shards)."""
     counts, _ = np.histogram(np.asarray(values, dtype=np.float64), bins=bins, range=(0.0, 1.0))
     return {"lo": 0.0, "hi": 1.0, "counts": counts.tolist()}
-
-
-def token_entropy_bits(tokens: np.ndarray) -> float:
-    """Shannon entropy (bits/token) of the empirical token distribution."""
-    _, counts = np.unique(tokens, return_counts=True)
-    p = counts / counts.sum()
-    return float(-(p * np.log2(p)).sum()) if len(p) > 1 else 0.0
 
 
 def grid_stats(grids_NFHW: np.ndarray) -> dict[str, np.ndarray]:

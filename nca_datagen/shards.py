@@ -85,12 +85,12 @@ def sample_key(split: str, shard_index: int, sample: int) -> str:
 
 def shard_bytes(data, compression: str = DEFAULT_COMPRESSION, level: int = DEFAULT_LEVEL, columns=None) -> bytes:
     """The exact bytes of a shard (a pure function of `data`, `compression` and `level`)."""
+    _suffix(compression)  # an unknown compression fails before the tar is built
     tar = _tar_bytes(data, columns or sample_columns(data))
     if compression == "none":
         return tar
     import zstandard
 
-    _suffix(compression)
     return zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True).compress(tar)
 
 
@@ -142,15 +142,6 @@ def sample_columns(data) -> dict[str, list]:
         assert values.shape == (n,), (name, values.shape, n)
         cols[name] = [_plain(v) for v in values.tolist()]
     return cols
-
-
-def read_shard_record(out_url: str, split: str, index: int, storage_options: dict | None = None) -> dict | None:
-    """The record of a finished shard, or None if the record or its shard is missing or the size disagrees."""
-    fs, root = storage.filesystem(out_url, storage_options)
-    record = load_record(fs, root, split, index)
-    if record is None or storage.size(fs, storage.join(root, record["path"])) != record["bytes"]:
-        return None
-    return record
 
 
 def load_record(fs, root: str, split: str, index: int) -> dict | None:
@@ -271,7 +262,10 @@ def _group_samples(members, name: str):
 def _sample(key: str, parts: dict, name: str):
     if set(parts) != {"json", "tokens.npy"}:
         raise ShardError(f"{name}: sample {key} has members {sorted(parts)}, expected json and tokens.npy")
-    return key, _load_npy(parts["tokens.npy"], name), json.loads(parts["json"])
+    try:
+        return key, _load_npy(parts["tokens.npy"], name), json.loads(parts["json"])
+    except Exception as exc:  # numpy's header parser raises SyntaxError and tokenize.TokenError, not only ValueError
+        raise ShardError(f"{name}: sample {key} is unreadable ({type(exc).__name__}: {exc})") from exc
 
 
 def _load_npy(data: bytes, name: str) -> np.ndarray:

@@ -26,7 +26,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from nca_datagen.complexity import PRESETS, Band, bytes_gzip_ratio, gzip_ratio
+from nca_datagen.complexity import PRESETS, Band, bytes_gzip_ratio, gzip_ratio, gzip_size
 from nca_datagen.palette import colourise, palette
 from nca_datagen.storage import cache_folder, storage_flags, storage_options_from_flags
 from nca_datagen.units import plural
@@ -508,7 +508,8 @@ def inspect_summary(manifest: dict, url: str) -> dict:
             "provenance": manifest.get("provenance")}
 
 
-def _band_of(manifest: dict) -> Band | None:
+def band_of(manifest: dict) -> Band | None:
+    """The band a dataset was filtered to (None for a manifest without a recipe)."""
     band = (manifest.get("config") or {}).get("band")
     return Band.from_dict(band) if band else None
 
@@ -577,7 +578,7 @@ def inspect_command(url, as_json, out_dir, endpoint_url, profile, s3_checksums):
         summary["figures"] = written
         click.echo(json.dumps(summary, indent=1, default=str))
         return
-    _print_inspect(summary, _band_of(manifest), written)
+    _print_inspect(summary, band_of(manifest), written)
 
 
 def write_histogram_pngs(manifest: dict, out_dir: str, storage_options: dict | None = None) -> list[str]:
@@ -586,7 +587,7 @@ def write_histogram_pngs(manifest: dict, out_dir: str, storage_options: dict | N
     from nca_datagen.card import merged_histograms
     from nca_datagen.storage import join
 
-    band = _band_of(manifest)
+    band = band_of(manifest)
     if "://" not in out_dir:  # a local folder exists afterwards even when no split has histograms
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     jobs = [("complexity.png", merged_histograms(manifest), "all splits")]
@@ -706,7 +707,7 @@ def measure_corpus(docs: list[bytes], chunk: int = CHUNK_TOKENS, max_chunks: int
     rng = np.random.default_rng(0)  # the ceiling of this encoding: uniformly random bytes, same measure
     ceiling = float(np.mean([gzip_ratio(rng.integers(0, 256, chunk, dtype=np.uint8)) for _ in range(64)]))
     total = sum(len(d) for d in docs)
-    whole = sum(len(_deflate(d)) + 18 for d in docs) / total
+    whole = sum(gzip_size(d) for d in docs) / total
     mean = float(as_tokens.mean())
     return {
         "documents": len(docs), "bytes": total, "chunk_tokens": chunk, "chunks": len(chunks),
@@ -714,12 +715,6 @@ def measure_corpus(docs: list[bytes], chunk: int = CHUNK_TOKENS, max_chunks: int
         "random_byte_token_ratio": ceiling,
         "nca_scale_estimate": mean / ceiling * NCA_RANDOM_CEILING,
     }
-
-
-def _deflate(data: bytes) -> bytes:
-    import zlib
-
-    return zlib.compress(data, 9, wbits=-15)
 
 
 def _stats(x: np.ndarray) -> dict:
@@ -795,8 +790,7 @@ def _print_complexity(r: dict) -> None:
         bands.add_column(col)
     for (lo, hi), share in PAPER_BAND_SHARES:
         here = "◀ your corpus" if lo < est <= hi or (lo == 0 and est <= hi) else ""
-        name = f"{lo * 100:g}%+" if hi >= 1 else f"{lo * 100:g}-{hi * 100:g}%"
-        bands.add_row(name, f"{share:.1%}", PAPER_BEST.get((lo, hi), ""), here)
+        bands.add_row(Band(lo, hi).label, f"{share:.1%}", PAPER_BEST.get((lo, hi), ""), here)
     console.print(bands)
     console.print("The paper's recommendations: web text and math 50%+, code 30-40% (presets: "
                   + ", ".join(f"--complexity {k} = {v}" for k, v in PRESETS.items()) + ").\n"

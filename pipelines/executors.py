@@ -116,9 +116,7 @@ def write_generated(job: ShardJob, data) -> ShardResult:
     level = shards.DEFAULT_LEVEL if job.level is None else job.level
     record = shards.write_shard(data, job.out_url, compression=job.compression, level=level,
                                 storage_options=job.storage_options)
-    timings = dict(data.timings)
-    timings.update(record.get("timings", {}) if isinstance(record.get("timings"), dict) else {})
-    timings.setdefault("compress_write", time.perf_counter() - t0)
+    timings = {**data.timings, "compress_write": time.perf_counter() - t0}
     inject_fault(job, data.split, data.shard_index, written=True)
     return ShardResult(record=record, timings=timings, node=_node_name(), pid=os.getpid(),
                        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

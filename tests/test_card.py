@@ -72,6 +72,7 @@ def test_card_front_matter_tables_and_figures(dataset):
     assert f"| train | {c['candidates']} | {c['kept']} (" in text
     assert "50%+" in text and "arxiv.org/abs/2603.10055" in text
     assert "train/shard-{000000..000001}.tar.zst" in text  # the webdataset example uses the manifest's pattern
+    assert "input = seq[0:150], target = seq[1:151]" in text  # 4 frames x 38 = 152 tokens, not the paper's 1026
     for name in ("complexity.png", "preview.png", "token-frequency.png"):
         assert f"]({name})" in text  # embedded beside README.md
         img = png(out / name)

@@ -7,12 +7,13 @@ import pytest
 
 from nca_datagen.complexity import (
     Band,
+    bytes_gzip_ratio,
     grid_stats,
     gzip_ratio,
+    gzip_size,
     histogram,
     patch_tokens,
     sequence_ratios,
-    token_entropy_bits,
 )
 from nca_datagen.config import NCAConfig
 from nca_datagen.tokenizer import encode_patches
@@ -82,18 +83,29 @@ def test_band_is_open_interval_with_reasons():
     assert Band.from_dict(band.to_dict()) == band
 
 
+@pytest.mark.parametrize("text,label", [("50%+", "50%+"), ("0.5:1.0", "50%+"), ("code", "30-40%"), (":0.1", "0-10%"),
+                                        ("0.35:0.425", "35-42.5%")])
+def test_band_label_is_the_percent_form(text, label):
+    assert Band.parse(text).label == label and Band.parse(label) == Band.parse(text)
+
+
+def test_gzip_size_is_the_gzip_container_without_building_it():
+    raw = bytes(range(256)) * 7 + b"nca" * 100
+    assert gzip_size(raw) == len(gzip.compress(raw, 9, mtime=0))
+    assert bytes_gzip_ratio(raw) == gzip_size(raw) / len(raw)
+
+
 def test_histogram_has_fixed_edges():
     h = histogram(np.array([0.0, 0.49, 0.51, 0.99]), bins=2)
     assert h == {"lo": 0.0, "hi": 1.0, "counts": [2, 2]}
 
 
-def test_grid_stats_and_entropy():
+def test_grid_stats():
     frames = np.zeros((2, 3, 4, 4), dtype=np.uint8)
     frames[1, 1:, 0, :2] = [1, 2]  # second sequence: 2 of 16 cells change once, in 1 of 2 transitions
     stats = grid_stats(frames)
     assert stats["cell_change_rate"].tolist() == [0.0, 2 / 32]
     assert stats["colors_last_frame"].tolist() == [1, 3]
-    assert token_entropy_bits(np.array([1, 1, 2, 2])) == 1.0 and token_entropy_bits(np.array([5])) == 0.0
 
 
 def test_sequence_ratio_uses_the_probe_window():

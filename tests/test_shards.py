@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import zstandard
 
+from nca_datagen import storage
 from nca_datagen.config import DatasetConfig, NCAConfig
 from nca_datagen.generate import generate_shard
 from nca_datagen.shards import (
     ShardError,
     iter_shard_samples,
-    read_shard_record,
+    load_record,
     record_name,
     shard_bytes,
     shard_name,
@@ -39,7 +40,7 @@ def test_shard_names():
 def test_round_trip(tmp_path, data, compression):
     record = write_shard(data, str(tmp_path), compression=compression)
     assert (tmp_path / record["path"]).stat().st_size == record["bytes"]
-    assert read_shard_record(str(tmp_path), "train", 0) == record
+    assert load_record(*storage.filesystem(str(tmp_path)), "train", 0) == record
     assert record["samples"] == data.num_samples and record["tokens"] == data.tokens_NL.size
     assert record["counts"] == data.counts
     assert sum(record["histograms"]["candidates"]["counts"]) == len(data.candidate_ratio_M)
@@ -91,16 +92,6 @@ def test_same_data_same_bytes(tmp_path, data):
     assert (tmp_path / "a" / rec).read_bytes() == (tmp_path / "b" / rec).read_bytes()
 
 
-def test_record_is_none_when_shard_missing_or_short(tmp_path, data):
-    assert read_shard_record(str(tmp_path), "train", 0) is None
-    record = write_shard(data, str(tmp_path))
-    path = tmp_path / record["path"]
-    path.write_bytes(path.read_bytes()[:-10])
-    assert read_shard_record(str(tmp_path), "train", 0) is None
-    path.unlink()
-    assert read_shard_record(str(tmp_path), "train", 0) is None
-
-
 @pytest.mark.parametrize("damage", ["truncate", "bitflip"])
 def test_damaged_shard_is_named(tmp_path, data, damage):
     record = write_shard(data, str(tmp_path))
@@ -114,6 +105,28 @@ def test_damaged_shard_is_named(tmp_path, data, damage):
     with pytest.raises(ShardError, match=r"shard-000000.tar.zst"):
         list(iter_shard_samples(str(path), expected_sha256=record["sha256"], expected_bytes=record["bytes"]))
     with pytest.raises(ShardError, match=r"shard-000000.tar.zst"):  # without a hash, zstd/tar notice it themselves
+        list(iter_shard_samples(str(path)))
+
+
+@pytest.mark.parametrize("member, payload", [
+    ("tokens.npy", lambda npy: npy.replace(b"(4,)", b"(4, ")),  # numpy's parser: tokenize.TokenError
+    ("tokens.npy", lambda npy: npy.replace(b"'<u2'", b"'<u2")),  # SyntaxError
+    ("json", lambda npy: b"{not json"),
+])
+def test_unparseable_member_is_a_shard_error(tmp_path, member, payload):
+    """A member whose bytes do not parse is a ShardError naming the shard, whatever numpy or json raise."""
+    buf, npy = io.BytesIO(), io.BytesIO()
+    np.save(npy, np.arange(4, dtype=np.uint16))
+    members = {"tokens.npy": npy.getvalue(), "json": b"{}"}
+    members[member] = payload(members["tokens.npy"])
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for suffix in ("json", "tokens.npy"):
+            info = tarfile.TarInfo(f"k0.{suffix}")
+            info.size = len(members[suffix])
+            tar.addfile(info, io.BytesIO(members[suffix]))
+    path = tmp_path / "shard-000000.tar"
+    path.write_bytes(buf.getvalue())
+    with pytest.raises(ShardError, match=r"shard-000000.tar: sample k0 is unreadable"):
         list(iter_shard_samples(str(path)))
 
 

@@ -15,7 +15,7 @@ from shard_fixtures import FAKE, fake_shard, make_dataset
 from nca_datagen import storage
 from nca_datagen.loader import NCADataset
 from nca_datagen.manifest import read_manifest
-from nca_datagen.shards import read_shard_record, write_shard
+from nca_datagen.shards import load_record, write_shard
 
 
 def test_filesystem_urls(tmp_path):
@@ -43,8 +43,8 @@ def test_write_shards_and_manifest_to_s3_with_endpoint_from_env(s3_server, s3_bu
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
     url = f"{s3_bucket}/ds"
     record = write_shard(fake_shard("train", 0), url)
-    assert read_shard_record(url, "train", 0) == record
-    assert read_shard_record(url, "train", 1) is None
+    assert load_record(*storage.filesystem(url), "train", 0) == record
+    assert load_record(*storage.filesystem(url), "train", 1) is None
     manifest = make_dataset(url, {"train": 2})
     assert read_manifest(url + "/manifest.json") == manifest
     keys = sorted(item["key"] for item in NCADataset(url, raw=True))

@@ -211,6 +211,14 @@ def test_text_training_lowers_loss_and_checkpoint_round_trips(tmp_path, corpus):
     assert torch.equal(model(x), again(x))
 
 
+def test_validation_follows_eval_every_whatever_log_every_is(tmp_path, corpus):
+    """eval_every=5 with log_every=3 validates at 5 and 10 too (it used to validate only where both divide)."""
+    train_text(str(corpus), tmp_path / "run", steps=12, batch_size=4, eval_every=5, log_every=3, **FAST)
+    metrics = read_metrics(tmp_path / "run")
+    assert [m["step"] for m in metrics if "val_loss" in m] == [0, 5, 10, 12]
+    assert [m["step"] for m in metrics] == [0, 3, 5, 6, 9, 10, 12]
+
+
 def test_resume_continues_the_loss_curve_identically(tmp_path, corpus):
     kw = dict(steps=8, batch_size=4, micro_batch_size=2, lr=3e-3, eval_every=4, **FAST)
     train_text(str(corpus), tmp_path / "whole", **kw)

@@ -286,7 +286,13 @@ def _png_bytes(img) -> bytes:
     return buf.getvalue()
 
 
-def test_matplotlib_under_a_read_only_home_stays_quiet(tmp_path):
+@pytest.mark.parametrize("code", [
+    "import io\nfrom nca_datagen.viz import matplotlib_agg\nmatplotlib_agg()\nfrom matplotlib.figure import Figure\n"
+    "fig = Figure()\nfig.text(0, 0, 'x')\nfig.savefig(io.BytesIO(), format='png')\n",
+    "import io\nfrom nca_datagen.train.compare import plot_curves\n"  # the trainer's compare and sweep plots
+    "plot_curves({'scratch': [(0, 3.0), (1, 2.0)]}, io.BytesIO(), 'title')\n",
+], ids=["viz", "compare"])
+def test_matplotlib_under_a_read_only_home_stays_quiet(tmp_path, code):
     """matplotlib warned twice ("mkdir -p failed ... set MPLCONFIGDIR") in the user's output when HOME could not
     be written; it now gets nca-datagen's cache folder (here the temporary folder's, as HOME is a file)."""
     import subprocess
@@ -295,9 +301,6 @@ def test_matplotlib_under_a_read_only_home_stays_quiet(tmp_path):
     (tmp_path / "home").write_text("not a folder")
     env = {k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")}
     env.update(HOME=str(tmp_path / "home"), TMPDIR=str(tmp_path))
-    code = ("import io\nfrom nca_datagen.viz import matplotlib_agg\nmatplotlib_agg()\n"
-            "from matplotlib.figure import Figure\nfig = Figure()\nfig.text(0, 0, 'x')\n"
-            "fig.savefig(io.BytesIO(), format='png')\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "MPLCONFIGDIR" not in done.stderr and "mkdir" not in done.stderr, done.stderr

@@ -80,22 +80,20 @@ def speedup_text(report: dict, short: bool = False) -> str:
 
 
 def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path, title: str) -> None:
-    import matplotlib.pyplot as plt
-
-    fig = curves_figure(curves, title)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    curves_figure(curves, title).savefig(path, dpi=120)
 
 
 def curves_figure(curves: dict[str, list[tuple[int, float]]], title: str):
-    """Validation loss against step, one line per curve; whole steps on the x axis."""
-    import matplotlib
+    """Validation loss against step, one line per curve; whole steps on the x axis. A plain matplotlib Figure
+    (no pyplot: nothing to close, and a notebook's backend is left as it was)."""
+    from nca_datagen.viz import matplotlib_agg
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    matplotlib_agg()  # Agg, and a writable config folder under a read-only HOME
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for label, curve in curves.items():
         if curve:
             ax.plot(*zip(*curve, strict=True), marker="o", markersize=3, label=label)

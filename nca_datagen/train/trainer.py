@@ -247,8 +247,8 @@ def fit(model, source, cfg: TrainConfig, out_dir, *, val_batches=None, meta: dic
 
     With `resume` and a `ckpt.pt` in `out_dir`, continue from it (one line on stderr says so), provided the same
     run wrote it: the same `meta` and RESUME_FIELDS, else ValueError. `val_batches` (a list of batches) is
-    evaluated after the last step and, with `eval_every`, before the first (a record with step 0 and no
-    training loss) and every `eval_every` steps.
+    evaluated after step `cfg.steps` (not when `stop_at` ends the run sooner) and, with `eval_every`, before the
+    first step (a record with step 0 and no training loss) and every `eval_every` steps, whatever `log_every` is.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -284,10 +284,12 @@ def fit(model, source, cfg: TrainConfig, out_dir, *, val_batches=None, meta: dic
             loss = train_step(run_model, optimizer, x_BT, y_BT, cfg.micro_batch_size, cfg.grad_clip, device)
             step += 1
             last = step == end
-            if step % cfg.log_every == 0 or last:
+            validate = val_batches is not None and (step == cfg.steps or bool(cfg.eval_every
+                                                                               and step % cfg.eval_every == 0))
+            if step % cfg.log_every == 0 or last or validate:  # a validation point is always logged
                 record = {"step": step, "loss": float(loss), "lr": lr, "tokens": step * x_BT.numel()}
                 tokens_per_s = x_BT.numel() / (time.perf_counter() - t0)  # this step, before any evaluation
-                if val_batches is not None and (step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0)):
+                if validate:
                     record["val_loss"] = evaluate(model, val_batches, device)
                 logger.log(record, tokens_per_s)
             if last or (cfg.ckpt_every and step % cfg.ckpt_every == 0):
