@@ -137,6 +137,8 @@ def test_sweep_builds_with_the_cli_and_picks_a_band(tmp_path, corpus):
     report = json.loads((tmp_path / "sw" / "sweep.json").read_text())
     assert [r["band"] for r in report["bands"]] == ["0.2:0.4", "0.4:"]
     assert report["best_band"] in ("0.2:0.4", "0.4:") and (tmp_path / "sw" / "sweep.png").exists()
+    best = next(r for r in report["bands"] if r["band"] == report["best_band"])
+    assert report["best_band_beats_scratch"] == (best["ppl_change"] < 0)
     assert set(report["curves"]) == {"scratch", "0.2:0.4", "0.4:"}
     assert report["text"] == [str(corpus)] and report["tokens_requested_per_band"] == 8000
     for row, slug in zip(report["bands"], ("0.2:0.4", "0.4:"), strict=True):  # whole shards: more than asked for

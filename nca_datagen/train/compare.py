@@ -188,7 +188,8 @@ def _build_error(stderr: str) -> str:
 
 def sweep(text, out_dir, *, bands=BANDS, tokens: int = 200_000, build_args=(), **compare_kwargs) -> dict:
     """One dataset per band -> pre-pre-train -> compare on `text`; reports the band with the lowest final
-    validation loss, and draws every validation curve in one picture (`sweep.png`)."""
+    validation loss (`best_band`; `best_band_beats_scratch` says whether it beat the scratch model), and draws
+    every validation curve in one picture (`sweep.png`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, curves, scratch = [], {}, None
@@ -202,7 +203,8 @@ def sweep(text, out_dir, *, bands=BANDS, tokens: int = 200_000, build_args=(), *
         rows.append({"band": band, **{k: report[k] for k in ("nca_val_loss", "nca_val_ppl", "ppl_change", "speedup")},
                      "nca_train_tokens": dataset_info(str(data))["tokens"]["train"]})  # whole shards: >= asked
     best = min(rows, key=lambda r: r["nca_val_loss"])
-    result = {"best_band": best["band"], "scratch_val_loss": scratch["final_val_loss"],
+    result = {"best_band": best["band"], "best_band_beats_scratch": best["ppl_change"] < 0,
+              "scratch_val_loss": scratch["final_val_loss"],
               "scratch_val_ppl": math.exp(scratch["final_val_loss"]), "bands": rows, "curves": curves,
               "text": spec_list(text), "tokens_requested_per_band": tokens}
     plot_curves(curves, out_dir / "sweep.png", best_band_text(rows, best["band"]))
