@@ -6,10 +6,13 @@ Order, for one split, rank and epoch, is a pure function of (seed, epoch, rank, 
 2. rank r takes shards r, r + world_size, ... of that order. Every rank must see the same number of samples or
    DDP hangs at the last step, so each rank stops at the smallest rank total: with equal shards (what
    `nca-datagen build` writes) that drops at most world_size - 1 shards per epoch, and a different few each epoch
-   because the permutation changes (rank 0 warns once how many samples an epoch leaves out);
+   because the permutation changes (rank 0 warns how many samples an epoch leaves out, once per process for a
+   dataset, split and world size however many loaders are built over them);
 3. DataLoader worker w of W takes every W-th shard of its rank's list, and reads them `shuffle_shards` at a time:
    the samples of such a window are permuted together by (seed, epoch, window), so a batch mixes rules of several
-   shards instead of ten simulations of one rule. Memory: one window of compressed shards.
+   shards instead of ten simulations of one rule. Memory, per reading process: the decoded samples of one window
+   (a uint16 array and a metadata dict each, about 1.9x the window's compressed bytes for 50%+ shards) plus, while
+   a shard is read, its compressed bytes (checked whole before any of its samples is yielded).
 
 Samples are yielded as the paper trains on them (`tokenizer.training_example`): `input_ids` = seq[:C],
 `labels` = seq[1:C+1] with the first frame's targets -100, C = `context` (default: sequence length - 2 = 1024).
@@ -30,9 +33,12 @@ keeps that position (the usual `for epoch in range(start, n): ds.set_epoch(epoch
 starts afresh. Iterated in-process (num_workers=0) that is the whole story. With DataLoader workers the dataset runs
 in worker processes, so the main process's copy knows nothing of their progress: use a loader that snapshots per-
 worker dataset state (torchdata's `StatefulDataLoader` calls these two methods inside each worker); the resumed run
-must use the same number of workers. With a plain DataLoader and workers, `state_dict()` in the main process raises
-instead of returning a position that would silently restart the epoch. A shard skipped by `skip_bad_shards` still
-counts its positions, so resuming past it is exact too.
+must use the same number of workers. Inside a worker `load_state_dict` leaves the epoch to the main process's
+`set_epoch` (the epoch tensor is shared, and the worker loads after that call): the worker's saved position applies
+if it was saved in that epoch, and the epoch starts afresh otherwise, so the same loop resumes mid-epoch or after an
+end-of-epoch checkpoint. With a plain DataLoader, `state_dict()` in the main process raises once workers have read
+the dataset, until this process iterates it itself again, instead of returning a position that would silently
+restart the epoch. A shard skipped by `skip_bad_shards` still counts its positions, so resuming past it is exact too.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from nca_datagen.shards import ShardError, iter_shard_samples
 from nca_datagen.tokenizer import training_example
 
 DEFAULT_SHUFFLE_SHARDS = 4  # shards mixed per window: rules from 4 shards per batch at ~4x one shard's memory
+_WARNED_LEFT_OUT: set[tuple] = set()  # (url, split, shards, world_size) whose left-out count was said
 
 
 class NCADataset(IterableDataset):
@@ -103,9 +110,9 @@ class NCADataset(IterableDataset):
         self._epoch.fill_(int(epoch))
 
     def state_dict(self) -> dict:
-        if get_worker_info() is None and int(self._iterated_in_workers) and not self._yielded:
-            # a plain DataLoader's workers iterate copies: this process's copy knows nothing of their progress,
-            # and a state saying "nothing read" would silently restart the epoch on resume
+        """Epoch and positions passed per worker. In the main process it raises once DataLoader workers have read
+        this dataset, until it is iterated here again: the workers' copies hold the position, this one is stale."""
+        if get_worker_info() is None and int(self._iterated_in_workers):
             raise ValueError("this dataset is read by DataLoader worker processes, so its position lives there: "
                              "save state with torchdata's StatefulDataLoader (pip install torchdata; it asks each "
                              "worker), or use num_workers=0")
@@ -113,6 +120,20 @@ class NCADataset(IterableDataset):
                 "yielded": {str(w): n for w, n in self._yielded.items()}}
 
     def load_state_dict(self, state: dict) -> None:
+        """Make the next pass resume where `state` was saved. In this process it also sets the epoch; inside a
+        DataLoader worker the epoch stays the main process's, and a state saved in another epoch is not applied."""
+        self._check_identity(state)
+        in_worker = get_worker_info() is not None
+        if in_worker and int(state["epoch"]) != self.epoch:
+            self._yielded, self._resume = {}, {}  # an end-of-epoch checkpoint, then set_epoch(next): start afresh
+            return
+        if not in_worker:
+            self._epoch.fill_(int(state["epoch"]))
+        self._num_workers = int(state.get("num_workers", 1))
+        self._resume = {int(w): int(n) for w, n in state["yielded"].items()}
+        self._yielded = dict(self._resume)
+
+    def _check_identity(self, state: dict) -> None:
         # every state holds these four; shuffle, shuffle_shards and dataset are checked when present (newer states)
         required = ("seed", "split", "rank", "world_size")
         wrong = {k: (state.get(k), v) for k, v in self._identity().items()
@@ -120,10 +141,6 @@ class NCADataset(IterableDataset):
         if wrong:
             raise ValueError("state was saved by a differently configured loader: " + ", ".join(
                 f"{k}: {old!r} -> {new!r}" for k, (old, new) in wrong.items()) + "; construct it with the same values")
-        self._epoch.fill_(int(state["epoch"]))
-        self._num_workers = int(state.get("num_workers", 1))
-        self._resume = {int(w): int(n) for w, n in state["yielded"].items()}
-        self._yielded = dict(self._resume)
 
     def _identity(self) -> dict:
         return {"seed": self.seed, "split": self.split, "rank": self.rank, "world_size": self.world_size,
@@ -139,10 +156,15 @@ class NCADataset(IterableDataset):
 
     # ------------------------------------------------------------------ plan
     def _warn_left_out(self) -> None:
-        """Equal counts per rank leave out up to world_size - 1 shards an epoch: say so once (rank 0)."""
+        """Equal counts per rank leave out up to world_size - 1 shards an epoch: say so on rank 0, once per process
+        for these shards and world size (the trainer constructs several datasets over one split)."""
+        key = (self.url, self.split, self.dataset_id, self.world_size)
+        if self.rank != 0 or key in _WARNED_LEFT_OUT:
+            return
         total = sum(shard["samples"] for shard in self.shards)
         used = self.world_size * len(self)
-        if self.rank == 0 and used < total:
+        if used < total:
+            _WARNED_LEFT_OUT.add(key)
             warnings.warn(f"split {self.split!r}: {len(self.shards)} shards over world_size={self.world_size}: each "
                           f"epoch uses {used:,} of {total:,} samples ({1 - used / total:.0%} left out, other ones "
                           f"each epoch when shuffled) so that every rank gets the same count; a multiple of "
@@ -173,8 +195,7 @@ class NCADataset(IterableDataset):
             raise ValueError(f"resuming a state saved with {self._num_workers} DataLoader workers needs "
                              f"{self._num_workers} workers, not {num_workers}")
         self._num_workers = num_workers
-        if info is not None:
-            self._iterated_in_workers.fill_(1)
+        self._iterated_in_workers.fill_(int(info is not None))  # shared: a worker's pass makes the main copy stale
         skip = self._resume.pop(worker, 0)
         self._yielded[worker] = skip
         epoch = self.epoch  # read once: the pass keeps its order whatever set_epoch does meanwhile
@@ -192,13 +213,16 @@ class NCADataset(IterableDataset):
             if skip >= size:
                 skip -= size
                 continue
-            samples = self._load_window(fs, root, window)
-            if self.shuffle:
-                first = window[0][0]
-                samples = [samples[j] for j in np.random.default_rng([self.seed, epoch, 1, first]).permutation(
-                    len(samples))]
-            yield from samples[skip:]
+            yield from self._window(fs, root, window, epoch)[skip:]  # unnamed: freed before the next one loads
             skip = 0
+
+    def _window(self, fs, root, window, epoch) -> list:
+        """The samples of `window`, permuted together by (seed, epoch, its first shard) when shuffling."""
+        samples = self._load_window(fs, root, window)
+        if not self.shuffle:
+            return samples
+        return [samples[j] for j in np.random.default_rng([self.seed, epoch, 1, window[0][0]]).permutation(
+            len(samples))]
 
     def _load_window(self, fs, root, window) -> list:
         samples = []

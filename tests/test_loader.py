@@ -2,12 +2,13 @@
 
 import types
 import warnings
+import weakref
 
 import numpy as np
 import pytest
 import torch
 from shard_fixtures import FAKE, fake_shard, make_dataset
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, get_worker_info
 
 import nca_datagen.loader as loader_mod
 from nca_datagen.loader import NCADataset, iter_sequences
@@ -239,7 +240,8 @@ def test_state_of_a_plain_dataloader_with_workers_is_refused_not_wrong(dataset):
     assert in_process.state_dict()["yielded"] == {"0": 1}  # iterated here: its own position is exact
 
 
-def test_rank_0_says_how_much_an_epoch_leaves_out(dataset):
+def test_rank_0_says_how_much_an_epoch_leaves_out(dataset, monkeypatch):
+    monkeypatch.setattr(loader_mod, "_WARNED_LEFT_OUT", set(), raising=False)  # said before in this process?
     left_out = r"7 shards over world_size=3: each epoch uses 24 of 28 samples \(14% left out"
     with pytest.warns(UserWarning, match=left_out):
         NCADataset(dataset, rank=0, world_size=3)
@@ -247,3 +249,90 @@ def test_rank_0_says_how_much_an_epoch_leaves_out(dataset):
         warnings.simplefilter("error")
         NCADataset(dataset, rank=1, world_size=3)  # once, not once per rank
         NCADataset(dataset, rank=0, world_size=1)  # nothing left out
+
+
+def test_left_out_warning_once_per_dataset_split_and_world_size(dataset, monkeypatch):
+    """The trainer constructs several datasets over one split: the count is said once, not once per dataset."""
+    monkeypatch.setattr(loader_mod, "_WARNED_LEFT_OUT", set(), raising=False)
+    with pytest.warns(UserWarning, match="7 shards over world_size=2"):
+        NCADataset(dataset, rank=0, world_size=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        NCADataset(dataset, rank=0, world_size=2, seed=1)
+    with pytest.warns(UserWarning, match="7 shards over world_size=3"):  # another world size leaves out its own
+        NCADataset(dataset, rank=0, world_size=3)
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_state_is_refused_whenever_workers_read_since_this_process_did(dataset):
+    """A position loaded, or reached in-process, goes stale once workers read on: state_dict must not return it."""
+    loaded = NCADataset(dataset, raw=True)
+    loaded.load_state_dict({**loaded.state_dict(), "num_workers": 2, "yielded": {"0": 3, "1": 3}})
+    batches = iter(DataLoader(loaded, batch_size=4, num_workers=2))
+    next(batches), next(batches)
+    with pytest.raises(ValueError, match="StatefulDataLoader"):
+        loaded.state_dict()
+    ds = NCADataset(dataset, raw=True)
+    next(iter(ds))
+    batches = iter(DataLoader(ds, batch_size=4, num_workers=2))
+    next(batches)
+    with pytest.raises(ValueError, match="StatefulDataLoader"):
+        ds.state_dict()
+    next(iter(ds))  # iterated here again: its own position is exact again
+    assert ds.state_dict()["yielded"] == {"0": 1}
+
+
+def _with_worker_state(item: dict) -> dict:
+    """collate_fn for batch_size=None: runs in the worker after each sample, where torchdata's StatefulDataLoader
+    takes its snapshots (it calls the dataset's state_dict inside the worker)."""
+    info = get_worker_info()
+    return {"key": item["key"], "worker": info.id, "state": info.dataset.state_dict()}
+
+
+def _stateful_pass(ds, states=None) -> list[dict]:
+    """One pass with 2 workers; `states[w]` is loaded inside worker w before it iterates, as StatefulDataLoader
+    does on resume (after worker_init_fn, before iter(dataset))."""
+    def load(worker):
+        get_worker_info().dataset.load_state_dict(states[worker])
+    return list(DataLoader(ds, batch_size=None, num_workers=2, collate_fn=_with_worker_state,
+                           worker_init_fn=load if states else None))
+
+
+def _checkpoint(items: list[dict]) -> dict[int, dict]:
+    """Per-worker states after the consumer has taken `items`: each worker's last snapshot among them."""
+    return {item["worker"]: item["state"] for item in items}
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_resume_inside_workers_follows_the_main_process_epoch(dataset):
+    """StatefulDataLoader loads each worker's state inside the worker, after the main process's set_epoch: a
+    mid-epoch state resumes that epoch exactly; an end-of-epoch state must not pull the next epoch back."""
+    ds = NCADataset(dataset, raw=True, seed=3)
+    ds.set_epoch(2)
+    run = _stateful_pass(ds)
+    resumed = NCADataset(dataset, raw=True, seed=3)
+    resumed.set_epoch(2)  # the loop resumes at the checkpoint's epoch
+    rest = _stateful_pass(resumed, _checkpoint(run[:9]))
+    for w in range(2):  # each worker yields exactly its remaining samples, in order
+        assert [x["key"] for x in rest if x["worker"] == w] == [x["key"] for x in run[9:] if x["worker"] == w]
+    assert len(rest) == len(run) - 9
+    after = NCADataset(dataset, raw=True, seed=3)
+    after.set_epoch(3)  # checkpoint at the end of epoch 2: the loop goes on with epoch 3
+    got = _stateful_pass(after, _checkpoint(run))
+    ds.set_epoch(3)
+    assert [x["key"] for x in got] == [x["key"] for x in _stateful_pass(ds)] and len(got) == 7 * N
+    assert after.epoch == 3
+
+
+def test_a_window_is_freed_before_the_next_one_is_read(dataset, monkeypatch):
+    """Memory is one window of decoded samples: the previous window's must be gone when the next one loads."""
+    load, previous = NCADataset._load_window, []
+
+    def tracked(self, fs, root, window):
+        assert sum(ref() is not None for ref in previous) <= 1  # at most the sample last handed out
+        samples = load(self, fs, root, window)
+        previous[:] = [weakref.ref(tokens) for _, tokens, _ in samples]
+        return samples
+
+    monkeypatch.setattr(NCADataset, "_load_window", tracked)
+    assert len(keys(NCADataset(dataset, raw=True, shuffle_shards=2))) == 7 * N
