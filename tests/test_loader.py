@@ -336,3 +336,52 @@ def test_a_window_is_freed_before_the_next_one_is_read(dataset, monkeypatch):
 
     monkeypatch.setattr(NCADataset, "_load_window", tracked)
     assert len(keys(NCADataset(dataset, raw=True, shuffle_shards=2))) == 7 * N
+
+
+DDP_SCRIPT = """
+import json, sys, torch, torch.distributed as dist
+from torch.utils.data import DataLoader
+from nca_datagen.loader import NCADataset
+
+dist.init_process_group("gloo")
+ds = NCADataset(sys.argv[1], raw=True)  # rank and world size from the process group
+model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(1, 1))
+seen = {"rank": dist.get_rank(), "len": len(ds), "batches": [], "keys": []}
+for epoch in range(2):
+    ds.set_epoch(epoch)
+    batches = 0
+    for batch in DataLoader(ds, batch_size=3, num_workers=2):
+        model(batch["tokens"][:, :1].float()).sum().backward()  # all-reduces: a rank with fewer batches hangs
+        batches += 1
+        seen["keys"] += [(epoch, key) for key in batch["key"]]
+    seen["batches"].append(batches)
+everyone = [None] * dist.get_world_size()
+dist.all_gather_object(everyone, seen)
+if dist.get_rank() == 0:
+    print("RESULT " + json.dumps(everyone))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.filterwarnings("ignore:.*7 shards over world_size=2")
+def test_real_ddp_two_ranks_with_workers_step_together(dataset, tmp_path):
+    """torchrun, two gloo ranks on loopback, DataLoader workers and a DDP model: rank and world size come from
+    the process group, both ranks take the same number of batches every epoch (no hang), and their samples are
+    disjoint."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(script), dataset],  # --standalone: a free port on this machine
+                          capture_output=True, text=True, env=env, timeout=120)  # a hang fails here
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = json.loads(done.stdout.split("RESULT ", 1)[1])
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert ranks[0]["batches"] == ranks[1]["batches"] == [5, 5]  # 3 shards x 4 samples a rank: 8 + 4 over 2 workers
+    keys = [{tuple(k) for k in r["keys"]} for r in ranks]
+    assert len(keys[0]) == len(keys[1]) == 2 * ranks[0]["len"] and not keys[0] & keys[1]
