@@ -10,11 +10,18 @@ A dataset folder holds, once finished:
     README.md (+ figures)   the dataset card (nca_datagen.card)
     {split}/shard-NNNNNN.tar.zst and {split}/shard-NNNNNN.json (shard records, see nca_datagen.shards)
 
-While a build runs the folder holds `build.json` (the config being built) and no manifest. `prepare_output`
-uses the two to decide: a finished dataset is never overwritten by accident, a build in progress resumes only
-with the same config, anything else is refused with the difference spelled out. `write_manifest` writes the
-tables and the card, checks every listed shard is present at its recorded size, and writes `manifest.json` last
-and atomically: a reader that sees a manifest sees every shard it names.
+While a build (or a publish) runs the folder holds `build.json` (the config being built) and no manifest.
+`prepare_output` uses the two to decide: a finished dataset is never overwritten by accident, a build in progress
+resumes only with the same config, anything else is refused with the difference spelled out. `write_manifest`
+writes the tables and the card, checks every listed shard is present at its recorded size, and writes
+`manifest.json` last and atomically: a reader that sees a manifest sees every shard it names.
+
+Whose files are whose (`owned_path`, `foreign_files`): writers put the marker in place before they write or
+delete anything else and remove it only after the manifest is written, so a folder with neither holds nothing of
+nca-datagen's but shards written through the library with their records (`write_shard` before `prepare_output`)
+and event logs. Anything else there is someone else's (a WebDataset folder of another tool looks much like
+ours), and `build` and `publish` refuse such a folder, `--overwrite` or not: it replaces a dataset, never files
+that were not one's. In a dataset's folder, cleanups delete only the files `owned_path` names.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import io
 import json
 import os
 import platform
+import re
 import sys
 from importlib import metadata
 
@@ -43,6 +51,9 @@ CARD_FILES = ("README.md", "preview.png", "complexity.png", "token-frequency.png
 LOGS = "_logs"  # the build's event logs (diagnostics of the machine that built it: never removed, never published)
 OWNED_FOLDERS = (*SPLITS, "samples")  # a dataset folder's folders nca-datagen writes (plus LOGS)
 OWNED_FILES = (BUILD, *CARD_FILES)  # ... and its files, besides manifest.json
+TABLES = tuple(f"{split}.parquet" for split in SPLITS)  # samples/TABLE
+SHARD_FILE = re.compile(r"shard-(\d+)(\.json|" + "|".join(re.escape(s) for s in COMPRESSIONS.values()) + ")")
+TEMPORARY = re.compile(r"\.tmp-\d+-[0-9a-f]{8}$")  # storage.write_atomic's name for a file being written
 SHARD_FIELDS = ("path", "samples", "tokens", "bytes", "sha256")
 SEED_DERIVATION = ("numpy SeedSequence / integer hash of (seed, split id, rule id, sim index); "
                    "split ids: " + ", ".join(f"{s}={i}" for i, s in enumerate(SPLITS)))
@@ -52,9 +63,13 @@ def prepare_output(out_url: str, config: DatasetConfig, *, overwrite: bool = Fal
                    settings: dict | None = None) -> None:
     """Get `out_url` ready for a build of `config` (and shard `settings` such as compression), or refuse.
 
+    - holds files that are not an nca-datagen dataset's (see `foreign_files`): refuse, even with `overwrite`;
     - holds a finished dataset: refuse, unless `overwrite` (then its files are deleted first);
     - holds a build in progress with another config or settings: refuse, showing `field: old -> new`;
     - otherwise record the build (`build.json`) so that rerunning the same command resumes it.
+
+    While `overwrite` deletes an older dataset the marker says so (settings `replacing`), so an interrupted
+    deletion leaves a folder that `--overwrite` finishes and a plain rerun refuses rather than resumes.
     """
     check_output(out_url, config, overwrite=overwrite, storage_options=storage_options, settings=settings)
     fs, root = storage.filesystem(out_url, storage_options)
@@ -62,25 +77,21 @@ def prepare_output(out_url: str, config: DatasetConfig, *, overwrite: bool = Fal
         if storage.is_local(fs):
             os.makedirs(root, exist_ok=True)
         if overwrite:
+            write_build_marker(fs, root, config.to_dict(), {**(settings or {}), "replacing": "an older dataset"})
             remove_dataset(fs, root)
-        storage.write_atomic(fs, storage.join(root, BUILD), _json_bytes(_build_marker(config, settings)))
+        write_build_marker(fs, root, config.to_dict(), settings)
 
 
 def check_output(out_url: str, config: DatasetConfig, *, overwrite: bool = False, storage_options=None,
                  settings: dict | None = None) -> None:
-    """`prepare_output`'s refusals, writing nothing (a finished dataset unless `overwrite`, an unfinished build
-    of another config): a build asks before it starts Ray, so a taken output fails in a second, not after the
-    cluster's start-up."""
+    """`prepare_output`'s refusals, writing nothing (someone else's files, a finished dataset unless `overwrite`,
+    an unfinished build of another config): a build asks before it starts Ray, so a taken output fails in a
+    second, not after the cluster's start-up."""
     fs, root = storage.filesystem(out_url, storage_options)
-    where, wanted = storage.url_of(fs, root), _build_marker(config, settings)
+    where, wanted = storage.url_of(fs, root), _build_marker(config.to_dict(), settings)
     with _as_unwritable(fs, root):
-        finished = storage.exists(fs, storage.join(root, MANIFEST))
-        previous = read_json(fs, storage.join(root, BUILD))
-        foreign = [] if finished or previous is not None else _entries(fs, root)
-    if foreign:  # a build writes README.md, samples/, train/, val/ there: never over someone else's files
-        shown = ", ".join(sorted(foreign)[:5]) + (", ..." if len(foreign) > 5 else "")
-        raise ValueError(f"{where} is not empty ({shown}) and holds no nca-datagen dataset or build; choose a new "
-                         f"or empty output folder")
+        check_not_foreign(fs, root)  # a build writes README.md, samples/, train/, val/ there
+        finished, previous = _ours(fs, root)
     if overwrite:
         return
     if finished:
@@ -93,19 +104,91 @@ def check_output(out_url: str, config: DatasetConfig, *, overwrite: bool = False
                          f"or choose another output folder")
 
 
-def _entries(fs, root: str) -> list[str]:
-    """Names in `root` (none if it does not exist) other than the folders a build writes (split folders of shards
-    written through the library, `samples/`, event logs): a README.md or a figure there is someone's file."""
-    try:
-        names = [storage.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)]
-    except (FileNotFoundError, NotADirectoryError):
+def check_not_foreign(fs, root: str) -> None:
+    """ValueError naming a few of `root`'s files when it holds files that are not nca-datagen's and no dataset or
+    build (see `foreign_files`): writing there could replace or delete them. Build and publish ask first."""
+    foreign = foreign_files(fs, root)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise ValueError(f"{storage.url_of(fs, root)} is not empty ({shown}) and holds no nca-datagen dataset or "
+                         f"build ({MANIFEST} or {BUILD}), so these files are someone else's; nothing was written "
+                         f"or deleted. Choose a new or empty folder (--overwrite replaces only an nca-datagen "
+                         f"dataset, never other files)")
+
+
+def foreign_files(fs, root: str, limit: int = 6) -> list[str]:
+    """Up to `limit` files under `root` (paths relative to it, sorted per folder) that nca-datagen did not write,
+    when `root` holds no dataset or build of ours; [] when it does, or does not exist.
+
+    Without a manifest or marker (writers put the marker first) ours are only shard records in the split folders,
+    shards whose record is beside them, and build event logs. A `limit` stops the walk early: a folder given by
+    mistake may be large."""
+    finished, marker = _ours(fs, root)
+    if finished or marker is not None:
         return []
-    return [n for n in names if n not in (*OWNED_FOLDERS, LOGS)]
+    found = []
+    prefix = len(root.rstrip("/")) + 1
+    for folder, _, names in fs.walk(root):  # nothing for a missing root
+        rel = folder.rstrip("/")[prefix:]
+        siblings = set(names)
+        found += [f"{rel}/{name}" if rel else name for name in sorted(names)
+                  if not _ours_unmarked(rel, name, siblings)]
+        if len(found) >= limit:
+            break
+    return found[:limit]
 
 
-def _build_marker(config: DatasetConfig, settings: dict | None) -> dict:
+def _ours_unmarked(folder: str, name: str, siblings: set[str]) -> bool:
+    """Whether file `name` in `folder` (relative to a dataset folder) can be nca-datagen's when there is no
+    manifest or build marker: a shard record, a shard beside its record, an event log."""
+    if folder == LOGS:
+        return name.startswith("build-") and name.endswith(".jsonl")  # driver._log_path's names
+    shard = SHARD_FILE.fullmatch(name)
+    if folder not in SPLITS or shard is None:
+        return False
+    return shard.group(2) == ".json" or f"shard-{shard.group(1)}.json" in siblings
+
+
+def owned_path(rel: str) -> bool:
+    """Whether nca-datagen writes the file `rel` (relative to a dataset folder, '/'-separated): the build marker,
+    the card, samples/SPLIT.parquet, the split folders' shards and records, each also under the temporary name a
+    killed writer leaves; not manifest.json (writers handle it themselves) and not the event logs. The only files
+    a cleanup of a dataset folder deletes: anything else there is someone else's."""
+    folder, _, name = TEMPORARY.sub("", rel).rpartition("/")
+    if not folder:
+        return name in OWNED_FILES
+    if folder == "samples":
+        return name in TABLES
+    return folder in SPLITS and SHARD_FILE.fullmatch(name) is not None
+
+
+def _ours(fs, root: str) -> tuple[bool, dict | None]:
+    """(whether `root` holds an nca-datagen manifest, the build marker there or None). Read, not just looked
+    for: manifest.json and build.json are common names, and another tool's are not a dataset of ours."""
+    manifest = _json_or_none(fs, storage.join(root, MANIFEST))
+    marker = _json_or_none(fs, storage.join(root, BUILD))
+    finished = isinstance(manifest, dict) and manifest.get("format") == FORMAT
+    ours = isinstance(marker, dict) and set(marker) == {"config", "settings"}
+    return finished, marker if ours else None
+
+
+def _json_or_none(fs, path: str):
+    """The JSON at `path`; None when it is missing or is not JSON."""
+    try:
+        return read_json(fs, path)
+    except (ValueError, IsADirectoryError):  # JSONDecodeError, UnicodeDecodeError; a folder of that name
+        return None
+
+
+def write_build_marker(fs, root: str, config: dict, settings: dict | None) -> None:
+    """Mark `root` as a build in progress of `config` (a dict) with `settings`: before anything else is written
+    or deleted there, so a folder without a marker or manifest never holds a writer's half-done work."""
+    storage.write_atomic(fs, storage.join(root, BUILD), _json_bytes(_build_marker(config, settings)))
+
+
+def _build_marker(config: dict, settings: dict | None) -> dict:
     """What `build.json` holds: a resumed build must have the same."""
-    return {"config": config.to_dict(), "settings": settings or {}}
+    return {"config": config, "settings": settings or {}}
 
 
 @contextlib.contextmanager
@@ -131,13 +214,18 @@ def config_diff(old, new, prefix: str = "") -> list[str]:
 
 
 def remove_dataset(fs, root: str) -> None:
-    """Delete what nca-datagen writes in `root` (manifest, build marker, card, tables, split folders); keep the rest."""
-    if storage.exists(fs, storage.join(root, MANIFEST)):
-        storage.remove(fs, storage.join(root, MANIFEST))
-    for name in (*OWNED_FILES, *OWNED_FOLDERS):
-        path = storage.join(root, name)
-        if storage.exists(fs, path):
-            storage.remove(fs, path)
+    """Delete the dataset's files in `root` but its build marker: the manifest first (no reader sees a manifest
+    whose shards are going), then every other file `owned_path` names, then split folders and samples/ left
+    empty on local disk. Other files stay, in those folders too, and so does the marker: the caller, which wrote
+    it first, replaces it."""
+    storage.remove_files(fs, [storage.join(root, MANIFEST)])
+    fs.invalidate_cache(root)
+    prefix = len(root.rstrip("/")) + 1
+    storage.remove_files(fs, [path for path in fs.find(root) if path[prefix:] != BUILD and owned_path(path[prefix:])])
+    if storage.is_local(fs):  # object stores have no empty folders
+        for name in OWNED_FOLDERS:
+            with contextlib.suppress(OSError):  # only an empty one
+                os.rmdir(storage.join(root, name))
 
 
 def write_manifest(out_url: str, config: DatasetConfig, records: dict[str, list[dict]], provenance: dict,
@@ -211,9 +299,12 @@ def split_summary(split: str, recs: list[dict], table: str) -> dict:
     }
 
 
-def brace_pattern(split: str, n: int, compression: str) -> str:
-    """'train/shard-{000000..000011}.tar.zst': expands (webdataset / braceexpand) to exactly the n shards."""
-    return f"{split}/shard-{{{0:06d}..{max(n - 1, 0):06d}}}{COMPRESSIONS[compression]}"
+def brace_pattern(split: str, n: int, compression: str) -> str | None:
+    """'train/shard-{000000..000011}.tar.zst': expands (webdataset / braceexpand) to exactly the n shards; None
+    for n = 0 (no brace pattern expands to nothing)."""
+    if n == 0:
+        return None
+    return f"{split}/shard-{{{0:06d}..{n - 1:06d}}}{COMPRESSIONS[compression]}"
 
 
 def samples_table(recs: list[dict]) -> bytes:
@@ -341,12 +432,13 @@ def _check_complete(fs, root: str, split: str, recs: list[dict]) -> None:
 
 
 def remove_stale_shards(fs, root: str, split: str, n: int) -> None:
-    """Delete shards/records numbered >= n left by an earlier, larger build, so the pattern matches the files."""
+    """Delete shards/records numbered >= n left by an earlier, larger build, so the pattern matches the files
+    (only names `owned_path` gives a build: a shard-000009.txt of someone's stays)."""
     folder = storage.join(root, split)
     stale = []
     for name in storage.listing(fs, folder):  # not a glob: the folder's own name may hold [, * or ?
-        digits = name[len("shard-"):].split(".", 1)[0]
-        if name.startswith("shard-") and digits.isdigit() and int(digits) >= n:
+        shard = SHARD_FILE.fullmatch(TEMPORARY.sub("", name))
+        if shard is not None and int(shard.group(1)) >= n:
             stale.append(storage.join(folder, name))
     storage.remove_files(fs, stale)
 

@@ -102,7 +102,7 @@ def write_shard(data, out_url: str, *, compression: str = DEFAULT_COMPRESSION, l
     blob = shard_bytes(data, compression, level, columns)
     record = shard_record(data, blob, compression, level, columns)
     storage.write_atomic(fs, storage.join(root, record["path"]), blob)
-    storage.write_atomic(fs, storage.join(root, record_name(data.split, data.shard_index)), _json_bytes(record))
+    storage.write_atomic(fs, storage.join(root, record_name(data.split, data.shard_index)), compact_json(record))
     return record
 
 
@@ -298,7 +298,7 @@ def _tar_bytes(data, columns: dict[str, list]) -> bytes:
     for i, key in enumerate(columns["key"]):
         meta = {"key": key, "split": data.split, "shard": int(data.shard_index)}
         meta.update({c: columns[c][i] for c in names})
-        parts += _member(f"{key}.json", _json_bytes(meta))
+        parts += _member(f"{key}.json", compact_json(meta))
         parts += _member(f"{key}.tokens.npy", npy_header + tokens[i].tobytes())
     size = sum(len(p) for p in parts) + 2 * BLOCK  # two zero blocks end the archive ...
     return b"".join([*parts, ZERO_BLOCK * 2, b"\0" * (-size % RECORD)])  # ... padded to tarfile's record size
@@ -348,7 +348,8 @@ def _npy_bytes(tokens: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _json_bytes(obj) -> bytes:
+def compact_json(obj) -> bytes:
+    """The one JSON serialisation of sample metadata and shard records: sorted keys, no spaces, strict (no NaN)."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
 

@@ -6,13 +6,18 @@ all that is checked for a shard already there (its record and one listing; no sh
 damaged in place at DST, same size, is not noticed. `--rehash` also re-reads and re-hashes each such shard and
 re-uploads it when it differs; it is the repair after `verify` reports a BAD shard at DST. Each uploaded shard is
 checked against the manifest before upload (a corrupt source is never published) and re-read and re-hashed
-after it. A DST that holds a finished dataset with other data (other shard hashes) is replaced only with
-`--overwrite`, as `build` asks; the same data with another manifest (a deterministic rebuild) needs no flag.
-`manifest.json` goes last; if DST held the manifest of another dataset version it is deleted first,
-so an interrupted publish leaves no visible manifest naming shards that are not there yet. Just before it, the
-files nca-datagen owns at DST (split folders, samples/, the card, build.json) that this dataset does not have
-are deleted, so an older dataset's shards cannot outlive it there; any other file under DST is left alone.
-SRC and DST must not overlap (one inside the other would copy the dataset into itself). The build's event log
+after it. DST must be empty, a dataset or a build: a DST holding files that are not nca-datagen's and no
+manifest or build marker is refused, `--overwrite` or not, before anything is written (the rule `build` follows,
+`manifest.foreign_files`). A DST that holds a finished dataset with other data (other shard hashes) is replaced
+only with `--overwrite`, as `build` asks; the same data with another manifest (a deterministic rebuild) needs no
+flag. Unless DST already holds this very manifest, publish first marks DST as a build in progress (`build.json`,
+removed once the manifest is written), so an interrupted publish leaves a DST that the rerun recognises as
+nca-datagen's, and then deletes DST's manifest of another dataset version, so no visible manifest names shards
+that are not there yet. `manifest.json` goes last. Just before it, the dataset files at DST that this dataset
+does not have (shards and records in the split folders, samples tables, card files: `manifest.owned_path`) are
+deleted, so an older dataset's shards cannot outlive it there; any other file under DST is left alone, in the
+split folders too. From SRC only the dataset travels (shards, records, tables, card), never other files beside
+it. SRC and DST must not overlap (one inside the other would copy the dataset into itself). The build's event log
 (`_logs/`, this machine's diagnostics with its local paths) is not published.
 
 The trade-off: everything streams through this machine (no server-side copy between different stores), one
@@ -31,16 +36,17 @@ from nca_datagen import storage
 from nca_datagen.config import SPLITS
 from nca_datagen.manifest import (
     BUILD,
-    LOGS,
     MANIFEST,
-    OWNED_FILES,
-    OWNED_FOLDERS,
+    check_not_foreign,
     dataset_digest,
     dataset_root,
+    owned_path,
     read_json,
     read_manifest,
+    remove_build_marker,
+    write_build_marker,
 )
-from nca_datagen.shards import ShardError, check_blob, record_name
+from nca_datagen.shards import ShardError, check_blob, compact_json, record_name
 from nca_datagen.units import plural
 
 
@@ -54,11 +60,13 @@ def publish(src: str, dst: str, storage_options: dict | None = None, *, rehash: 
     check_no_overlap(sfs, sroot, dfs, droot)
     manifest = read_manifest(src, storage_options)
     manifest_bytes = storage.read_bytes(sfs, storage.join(sroot, MANIFEST))
+    check_not_foreign(dfs, droot)  # DST is empty, a dataset or a build: nothing there is someone else's to lose
     dst_manifest = storage.join(droot, MANIFEST)
-    old_manifest = storage.read_bytes(dfs, dst_manifest) if storage.exists(dfs, dst_manifest) else manifest_bytes
+    old_manifest = storage.read_bytes(dfs, dst_manifest) if storage.exists(dfs, dst_manifest) else None
     if old_manifest != manifest_bytes:
-        if not overwrite:
+        if old_manifest is not None and not overwrite:
             _refuse_other_data(dst, old_manifest, manifest)
+        _mark_in_progress(dfs, droot, manifest)
         storage.remove_files(dfs, [dst_manifest])  # another version's: hidden until every new shard is in place
     stats = {"uploaded": 0, "skipped": 0, "files": 0}
     shard_files = set()
@@ -71,9 +79,17 @@ def publish(src: str, dst: str, storage_options: dict | None = None, *, rehash: 
             echo(f"{'uploaded' if copied else 'skipped '} {shard['path']}")
     others = _other_files(sfs, sroot)
     stats["files"] = _copy_other_files(sfs, sroot, dfs, droot, others)
-    _remove_unpublished(dfs, droot, published=shard_files | set(others))
+    _remove_unpublished(dfs, droot, published=shard_files | set(others) | {BUILD})  # the marker goes last
     storage.write_atomic(dfs, dst_manifest, manifest_bytes)
+    remove_build_marker(dfs, droot)
     return stats
+
+
+def _mark_in_progress(dfs, droot: str, manifest: dict) -> None:
+    """DST's build marker while this publish writes it: the dataset's config, with settings saying a publish is
+    under way (no local path: an interrupted publish leaves it at DST). A `build` there sees another config's
+    build and does not take the half-published shards for its own; it asks for --overwrite."""
+    write_build_marker(dfs, droot, manifest["config"], {"publish": "in progress"})
 
 
 def _refuse_other_data(dst: str, old_manifest: bytes, manifest: dict) -> None:
@@ -121,7 +137,7 @@ def _publish_shard(sfs, sroot, dfs, droot, split: str, index: int, shard: dict, 
         raise ShardError(f"{storage.url_of(dfs, dst_path)}: read back after upload, sha256 differs; publish again")
     record = read_json(sfs, storage.join(sroot, record_name(split, index))) or {"split": split, "index": index,
                                                                                  **shard}
-    storage.write_atomic(dfs, dst_record_path, json.dumps(record, sort_keys=True, separators=(",", ":")).encode())
+    storage.write_atomic(dfs, dst_record_path, compact_json(record))  # the bytes build writes
     return True
 
 
@@ -147,12 +163,13 @@ def upload_shard(dfs, path: str, blob: bytes) -> None:
 
 
 def _other_files(sfs, sroot: str) -> list[str]:
-    """SRC's tables, card and figures (paths relative to SRC). Split folders are left out: what they carry to
-    DST is the manifest's shards and their records only, so a stray file beside them is never published."""
+    """SRC's tables, card and figures (paths relative to SRC): the dataset's files outside the split folders
+    (`owned_path`), not a file of someone's beside them. Split folders are left out: what they carry to DST is
+    the manifest's shards and their records only, so a stray file beside them is never published."""
     prefix = len(sroot.rstrip("/")) + 1
     rels = [path[prefix:] for path in sorted(sfs.find(sroot))]
-    return [rel for rel in rels if rel not in (MANIFEST, BUILD) and ".tmp-" not in rel
-            and rel.split("/", 1)[0] not in (*SPLITS, LOGS)]
+    return [rel for rel in rels if owned_path(rel) and rel != BUILD and ".tmp-" not in rel
+            and rel.split("/", 1)[0] not in SPLITS]
 
 
 def _copy_other_files(sfs, sroot, dfs, droot, rels: list[str]) -> int:
@@ -169,19 +186,13 @@ def _copy_other_files(sfs, sroot, dfs, droot, rels: list[str]) -> int:
 
 
 def _remove_unpublished(dfs, droot: str, published: set[str]) -> None:
-    """Delete the files nca-datagen owns at DST that this publish did not write or keep (an older dataset's
-    shards, records, tables, figures, a build marker): one listing, one batched delete. Anything else stays."""
+    """Delete the dataset files at DST (`owned_path`: shards, records, tables, card files, leftovers of killed
+    writes) that this publish did not write or keep: an older dataset's. One listing, one batched delete.
+    Anything else stays, in the split folders too."""
     dfs.invalidate_cache(droot)
     prefix = len(droot.rstrip("/")) + 1
-    stale = [path for path in dfs.find(droot) if _owned(path[prefix:]) and path[prefix:] not in published]
+    stale = [path for path in dfs.find(droot) if owned_path(path[prefix:]) and path[prefix:] not in published]
     storage.remove_files(dfs, stale)
-
-
-def _owned(rel: str) -> bool:
-    """Whether nca-datagen writes this path of a dataset folder (see nca_datagen.manifest): the split folders,
-    samples/, the card files and build.json; not manifest.json (written last, by publish itself)."""
-    folder, _, rest = rel.partition("/")
-    return rel in OWNED_FILES or (bool(rest) and folder in OWNED_FOLDERS)
 
 
 @click.command("publish")

@@ -227,6 +227,22 @@ def test_a_taken_output_is_refused_before_ray_starts(tmp_path, monkeypatch):
     assert {out: shard_bytes(out) for out in (finished, unfinished)} == before
 
 
+@pytest.mark.parametrize("flags", [(), ("--overwrite",)], ids=["plain", "overwrite"])
+def test_another_tools_webdataset_folder_is_refused_and_left_as_it_was(tmp_path, flags):
+    """A folder of WebDataset shards that nca-datagen did not write (no manifest, no build marker, no shard
+    records) is someone else's: the build writes nothing there, with or without --overwrite."""
+    out = tmp_path / "foreign"
+    (out / "train").mkdir(parents=True)
+    for i in range(4):
+        (out / "train" / f"shard-{i:06d}.tar").write_text(f"data {i}")
+    (out / "train" / "labels.csv").write_text("x")
+    before = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    result = build("--executor", "inline", *flags, out=out)
+    assert result.exit_code == 1 and "holds no nca-datagen dataset" in result.output, result.output
+    assert "train/labels.csv" in result.output and "train/shard-000000.tar" in result.output
+    assert {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+
+
 def test_unreachable_band_leaves_nothing(tmp_path):
     out = tmp_path / "ds"
     result = build("--complexity", "0.9:1.0", "--executor", "inline", out=out)

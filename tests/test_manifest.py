@@ -8,9 +8,18 @@ import pytest
 from braceexpand import braceexpand
 from shard_fixtures import FAKE, fake_shard, make_dataset
 
+from nca_datagen import storage
 from nca_datagen.complexity import ZLIB_VERSION
 from nca_datagen.config import NCAConfig
-from nca_datagen.manifest import BUILD, MANIFEST, prepare_output, read_manifest, write_manifest
+from nca_datagen.manifest import (
+    BUILD,
+    MANIFEST,
+    brace_pattern,
+    prepare_output,
+    read_manifest,
+    split_summary,
+    write_manifest,
+)
 from nca_datagen.shards import write_shard
 
 
@@ -114,3 +123,92 @@ def test_write_manifest_refuses_gaps_and_drops_stale_shards(tmp_path):
     assert list(braceexpand(m["splits"]["train"]["pattern"])) == [p.name and f"train/{p.name}" for p in
                                                                    sorted((tmp_path / "train").glob("*.tar.zst"))]
     assert not (tmp_path / "train" / "shard-000002.json").exists()
+
+
+def _write(folder, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text(text)
+
+
+def _files(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+THEIRS = {  # folders another tool made: nothing in them was written by nca-datagen
+    "webdataset": {f"train/shard-00000{i}.tar": f"data {i}" for i in range(4)} | {"train/labels.csv": "x"},
+    "shard-without-record": {"val/shard-000000.tar.zst": "no record says it is ours"},
+    "samples-table": {"samples/train.parquet": "their table"},
+    "their-manifest": {"manifest.json": '{"name": "theirs"}', "train/shard-000000.tar": "data"},
+    "their-build-json": {"build.json": '{"target": "x"}'},
+    "their-logs": {"_logs/run.log": "x"},
+}
+
+
+@pytest.mark.parametrize("files", THEIRS.values(), ids=THEIRS)
+def test_someone_elses_folder_is_refused_even_with_overwrite_and_left_as_it_was(tmp_path, files):
+    _write(tmp_path, files)
+    before = _files(tmp_path)
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match=r"is not empty \(.*\) and holds no nca-datagen dataset") as refused:
+            prepare_output(str(tmp_path), FAKE, overwrite=overwrite)
+        assert sorted(files)[0] in str(refused.value) and "--overwrite replaces only" in str(refused.value)
+    assert _files(tmp_path) == before
+
+
+def test_records_and_their_shards_are_ours_without_a_build_marker(tmp_path):
+    """Shards written through the library before `prepare_output` (each with its record) are a build's; a shard
+    file with no record beside it is not."""
+    write_shard(fake_shard("train", 0), str(tmp_path))
+    _write(tmp_path, {"train/shard-000001.tar": "a webdataset shard", "_logs/build-1.jsonl": "{}"})
+    with pytest.raises(ValueError, match=r"is not empty \(train/shard-000001.tar\)"):
+        prepare_output(str(tmp_path), FAKE)
+    (tmp_path / "train" / "shard-000001.tar").unlink()
+    prepare_output(str(tmp_path), FAKE)
+
+
+def test_overwrite_and_a_smaller_rebuild_delete_only_our_files(tmp_path):
+    out = str(tmp_path)
+    recs = [write_shard(fake_shard("train", i), out) for i in range(3)]
+    theirs = {"train/notes.txt": "mine", "train/shard-000009.txt": "mine too", "samples/mine.csv": "x",
+              "notes.txt": "mine", "_logs/run.log": "x"}
+    _write(tmp_path, theirs)
+    write_manifest(out, FAKE, {"train": recs[:2]}, {}, figures=False)  # shard 2 is stale, shard-000009.txt not
+    assert not (tmp_path / "train" / "shard-000002.tar.zst").exists()
+    assert (tmp_path / "train" / "shard-000009.txt").exists()
+    prepare_output(out, FAKE, overwrite=True)
+    assert _files(tmp_path) == {BUILD: (tmp_path / BUILD).read_bytes(), **{k: v.encode() for k, v in theirs.items()}}
+
+
+def test_an_interrupted_overwrite_leaves_a_folder_that_overwrite_can_finish(tmp_path, monkeypatch):
+    """Between deleting the old dataset's manifest and its other files the folder is still ours (a marker says
+    what is going on): a rerun with --overwrite finishes the job; one without is refused, not resumed."""
+    out = str(tmp_path)
+    make_dataset(out, {"train": 2})
+    deletions = []
+
+    def interrupted(real):
+        def delete(*args):
+            deletions.append(args)
+            if len(deletions) == 2:
+                raise KeyboardInterrupt
+            return real(*args)
+        return delete
+
+    monkeypatch.setattr(storage, "remove", interrupted(storage.remove))
+    monkeypatch.setattr(storage, "remove_files", interrupted(storage.remove_files))
+    with pytest.raises(KeyboardInterrupt):
+        prepare_output(out, FAKE, overwrite=True)
+    monkeypatch.undo()
+    assert not (tmp_path / MANIFEST).exists() and (tmp_path / "train" / "shard-000000.json").exists()
+    with pytest.raises(ValueError, match=r"pass --overwrite to discard it"):
+        prepare_output(out, FAKE)
+    prepare_output(out, FAKE, overwrite=True)
+    assert _files(tmp_path) == {BUILD: (tmp_path / BUILD).read_bytes()}
+
+
+def test_brace_pattern_names_exactly_the_shards():
+    assert brace_pattern("train", 2, "zstd") == "train/shard-{000000..000001}.tar.zst"
+    assert list(braceexpand(brace_pattern("val", 1, "none"))) == ["val/shard-000000.tar"]
+    assert brace_pattern("val", 0, "zstd") is None  # no brace pattern expands to nothing
+    assert split_summary("val", [], "samples/val.parquet")["pattern"] is None

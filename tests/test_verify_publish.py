@@ -316,3 +316,64 @@ def test_verify_rejects_an_unknown_backend_before_reading(tmp_path):
     assert result.exit_code == 2 and "Invalid value for '--backend'" in result.output, result.output
     make_dataset(str(tmp_path), {"train": 1})
     assert cli("verify", str(tmp_path), "--backend", "auto").exit_code == 0
+
+
+def _tree(fs, root) -> dict[str, bytes]:
+    fs.invalidate_cache()
+    return {p[len(root) + 1:]: storage.read_bytes(fs, p) for p in sorted(fs.find(root))}
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_publish_refuses_a_destination_of_someone_elses_files(tmp_path, request, kind):
+    dst, opts = _dst(kind, tmp_path, request)
+    make_dataset(str(tmp_path / "src"), {"train": 2})
+    fs, root = storage.filesystem(dst, opts)
+    theirs = {"README.md": b"readme", "train/notes.txt": b"notes", "samples/mine.csv": b"x", "other.txt": b"keep"}
+    for rel, data in theirs.items():
+        storage.write_atomic(fs, f"{root}/{rel}", data)
+    for flags in ((), ("--overwrite",)):  # --overwrite replaces a dataset, never files that are not one's
+        result = _publish(tmp_path / "src", dst, opts, *flags)
+        assert result.exit_code == 1 and "holds no nca-datagen dataset" in result.output, result.output
+        assert "README.md" in result.output and "train/notes.txt" in result.output
+    assert _tree(fs, root) == theirs
+
+
+def test_publish_deletes_only_our_files_and_copies_only_the_datasets(tmp_path):
+    """A dataset at DST may have other files beside it, in its split folders too: publish replaces the dataset's
+    files and leaves those alone, and it carries SRC's dataset, not whatever else lies in SRC's folder."""
+    dst = tmp_path / "dst"
+    make_dataset(str(tmp_path / "v1"), {"train": 2, "val": 1})
+    assert cli("publish", str(tmp_path / "v1"), str(dst)).exit_code == 0
+    theirs = {"train/notes.txt": b"notes", "val/shard-000007.txt": b"mine", "samples/mine.csv": b"x",
+              "notes.txt": b"dst notes"}
+    for rel, data in theirs.items():
+        (dst / rel).write_bytes(data)
+    make_dataset(str(tmp_path / "v2"), {"train": 1}, compression="none")
+    (tmp_path / "v2" / "notes.txt").write_bytes(b"src notes")  # not part of the dataset
+    result = cli("publish", str(tmp_path / "v2"), str(dst), "--overwrite")
+    assert result.exit_code == 0, result.output
+    fs, root = storage.filesystem(str(dst))
+    assert _tree(fs, root) == {**theirs, **{rel: (tmp_path / "v2" / rel).read_bytes() for rel in (
+        "README.md", "manifest.json", "samples/train.parquet", "train/shard-000000.json", "train/shard-000000.tar")}}
+
+
+def test_a_publish_interrupted_between_a_shard_and_its_record_resumes(tmp_path, monkeypatch):
+    """While a publish runs DST holds a build marker, so a shard uploaded without its record yet is not taken
+    for someone else's file by the rerun; the marker goes once the manifest is written."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_dataset(str(src), {"train": 2})
+    real_upload = publish_mod.upload_shard
+
+    def upload_then_fail(dfs, path, blob):
+        real_upload(dfs, path, blob)
+        raise ConnectionError("network went away")
+
+    monkeypatch.setattr(publish_mod, "upload_shard", upload_then_fail)
+    assert cli("publish", str(src), str(dst)).exit_code == 1
+    assert (dst / "train" / "shard-000000.tar.zst").exists() and not (dst / "train" / "shard-000000.json").exists()
+    assert (dst / "build.json").exists() and not (dst / "manifest.json").exists()
+    monkeypatch.setattr(publish_mod, "upload_shard", real_upload)
+    result = cli("publish", str(src), str(dst))
+    assert result.exit_code == 0 and "2 shards uploaded" in result.output, result.output
+    assert not (dst / "build.json").exists() and cli("verify", str(dst)).exit_code == 0
+    assert (dst / "train" / "shard-000000.json").read_bytes() == (src / "train" / "shard-000000.json").read_bytes()
