@@ -98,10 +98,21 @@ def check_output(out_url: str, config: DatasetConfig, *, overwrite: bool = False
         raise ValueError(f"{where} already holds a finished dataset ({MANIFEST}); pass --overwrite to replace "
                          f"it, or choose another output folder")
     if previous is not None and previous != wanted:
+        _refuse_interrupted_replacement(where, previous.get("settings") or {})
         diff = "\n  ".join(config_diff(previous, wanted)) or "(formatting only)"
         raise ValueError(f"{where} holds an unfinished build made with a different config:\n  {diff}\n"
                          f"rerun with the old settings to resume it, pass --overwrite to discard it, "
                          f"or choose another output folder")
+
+
+def _refuse_interrupted_replacement(where: str, settings: dict) -> None:
+    """A marker left by an interrupted `--overwrite` or `publish` is no build to resume: say which it was."""
+    if "replacing" in settings:
+        raise ValueError(f"{where}: an --overwrite was interrupted while it deleted the older dataset there; pass "
+                         f"--overwrite again to finish replacing it, or choose another output folder")
+    if "publish" in settings:
+        raise ValueError(f"{where}: a publish into this folder was interrupted; rerun that publish to finish it, "
+                         f"pass --overwrite to build here instead, or choose another output folder")
 
 
 def check_not_foreign(fs, root: str) -> None:

@@ -201,7 +201,7 @@ def test_an_interrupted_overwrite_leaves_a_folder_that_overwrite_can_finish(tmp_
         prepare_output(out, FAKE, overwrite=True)
     monkeypatch.undo()
     assert not (tmp_path / MANIFEST).exists() and (tmp_path / "train" / "shard-000000.json").exists()
-    with pytest.raises(ValueError, match=r"pass --overwrite to discard it"):
+    with pytest.raises(ValueError, match=r"an --overwrite was interrupted .* pass --overwrite again to finish"):
         prepare_output(out, FAKE)
     prepare_output(out, FAKE, overwrite=True)
     assert _files(tmp_path) == {BUILD: (tmp_path / BUILD).read_bytes()}

@@ -5,11 +5,12 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from shard_fixtures import REAL, make_dataset, real_shards
+from shard_fixtures import FAKE, REAL, make_dataset, real_shards
 
 import nca_datagen.pipelines.publish as publish_mod
 from nca_datagen import storage
 from nca_datagen.cli import main
+from nca_datagen.manifest import check_output
 
 
 def cli(*args, env=None):
@@ -372,6 +373,8 @@ def test_a_publish_interrupted_between_a_shard_and_its_record_resumes(tmp_path, 
     assert cli("publish", str(src), str(dst)).exit_code == 1
     assert (dst / "train" / "shard-000000.tar.zst").exists() and not (dst / "train" / "shard-000000.json").exists()
     assert (dst / "build.json").exists() and not (dst / "manifest.json").exists()
+    with pytest.raises(ValueError, match="a publish into this folder was interrupted; rerun that publish"):
+        check_output(str(dst), FAKE)  # a build there is told what the folder holds
     monkeypatch.setattr(publish_mod, "upload_shard", real_upload)
     result = cli("publish", str(src), str(dst))
     assert result.exit_code == 0 and "2 shards uploaded" in result.output, result.output
