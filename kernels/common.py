@@ -11,7 +11,7 @@ Fixed point (f = `NCAConfig.weight_frac_bits`, 12 by default):
     logits           z  = sum_j a_j * w3_q[j, s]                       scale 2^(2f - 2) = 2^22
     sampling         s' = argmax_s (z_s + beta_q * [s == s_now] + noise_q[s]), lowest s wins ties
 
-`beta_q = rint(beta * 2^(2f-2))` and `noise_q = GUMBEL_TABLE[i] * tau` quantised at the same scale. Because
+`beta_q = floor(beta * 2^(2f-2) + 1/2)` and `noise_q = GUMBEL_TABLE[i] * tau` quantised at the same scale. Because
 argmax((z + beta*onehot) / tau + g) = argmax(z + beta*onehot + tau*g), the paper's Categorical((logits +
 beta*onehot) / tau) is the Gumbel-max trick at logit scale, with no division. The shift after the ReLU keeps
 every intermediate inside int32; `nca_datagen.rules.fixed_point_bounds` proves it from the truncation bounds.

@@ -25,7 +25,8 @@ Arithmetic: int32 where the reference's int64 values are proven to fit (`rules.f
 
 Measured on a shared 2-core Xeon (Sapphire Rapids) at the paper's config (12x12, 10 states, 2x2 patches,
 27 frames, 10 burn-in, tau 1e-4), batch 512-2048, 2 threads (benchmarks/bench_rollout.py): 5.1-5.3M tokens/s
-(26M cell updates/s) in a quiet moment, 3.7M tokens/s on one thread; 1.4-2.4M tokens/s while other jobs kept
+(26M cell updates/s) in a quiet moment, 5.7M at batch 512 and 7.1M at 2048 in the committed run
+(results/bench_rollout.md), 3.7M tokens/s on one thread; 1.4-2.4M tokens/s while other jobs kept
 the load average at 5-8. The torch reference, same box, quiet: 0.22-0.32M tokens/s. Compiling takes 26-31
 CPU-s (35-54 s wall under load); `cache=True` stores the machine code under kernels/__pycache__, so a later
 process's first call (numba import + cache load) takes 0.4-1.5 s. Editing this file invalidates the cache.

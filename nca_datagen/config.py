@@ -19,6 +19,10 @@ SPLITS = ("train", "val")  # split ids in seed derivation are the positions here
 
 # Token ids must fit the shard format's uint16 with room for the two frame delimiters.
 MAX_TOKEN_ID = 2**16 - 1
+RULE_ID_STRIDE = 2**20  # candidate rule ids per shard: shard i owns ids i * stride + j, j < stride
+CANDIDATES_PER_RULE = 100  # automatic probe budget per wanted rule: 6x what the rarest 10-point band needs
+# (0.1-0.2 keeps 6.0% of random rules, paper-facts.md §3, so ~17 candidates a rule on average)
+MAX_SAMPLES_PER_SHARD = 10**6  # sample keys are {split}-{shard:06d}-{sample:06d} (nca_datagen.shards)
 MAX_STATES = 64  # the kernels unroll loops over states; beyond this nothing in the field uses them
 
 
@@ -114,6 +118,13 @@ class DatasetConfig:
         _require(self.probe_frames >= 1, f"probe_frames={self.probe_frames}: must be >= 1 (paper: 10)")
         _require(self.max_candidates_per_shard >= 0,
                  f"max_candidates_per_shard={self.max_candidates_per_shard}: must be >= 0 (0 = automatic)")
+        _require(self.samples_per_shard <= MAX_SAMPLES_PER_SHARD,
+                 f"{self.samples_per_shard:,} samples per shard: at most {MAX_SAMPLES_PER_SHARD:,} (sample keys "
+                 f"number them with six digits, so that keys sort in sample order)")
+        _require(self.candidate_limit <= RULE_ID_STRIDE,
+                 f"{self.rules_per_shard:,} rules per shard (samples per shard / sims per rule) need up to "
+                 f"{self.candidate_limit:,} candidate rules, but a shard owns {RULE_ID_STRIDE:,} candidate ids: "
+                 f"choose at most {RULE_ID_STRIDE // CANDIDATES_PER_RULE:,} rules per shard")
 
     @property
     def samples_per_shard(self) -> int:
@@ -121,7 +132,7 @@ class DatasetConfig:
 
     @property
     def candidate_limit(self) -> int:
-        return self.max_candidates_per_shard or max(2000, 100 * self.rules_per_shard)
+        return self.max_candidates_per_shard or max(2000, CANDIDATES_PER_RULE * self.rules_per_shard)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

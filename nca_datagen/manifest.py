@@ -443,13 +443,15 @@ def _check_complete(fs, root: str, split: str, recs: list[dict]) -> None:
 
 
 def remove_stale_shards(fs, root: str, split: str, n: int) -> None:
-    """Delete shards/records numbered >= n left by an earlier, larger build, so the pattern matches the files
-    (only names `owned_path` gives a build: a shard-000009.txt of someone's stays)."""
+    """Delete shards/records numbered >= n left by an earlier, larger build, so the pattern matches the files,
+    and any shard or record a killed write left under its temporary name (only names `owned_path` gives a build:
+    a shard-000009.txt of someone's stays). Called once every shard is written, so no write is in flight."""
     folder = storage.join(root, split)
     stale = []
     for name in storage.listing(fs, folder):  # not a glob: the folder's own name may hold [, * or ?
-        shard = SHARD_FILE.fullmatch(TEMPORARY.sub("", name))
-        if shard is not None and int(shard.group(1)) >= n:
+        final = TEMPORARY.sub("", name)
+        shard = SHARD_FILE.fullmatch(final)
+        if shard is not None and (final != name or int(shard.group(1)) >= n):
             stale.append(storage.join(folder, name))
     storage.remove_files(fs, stale)
 

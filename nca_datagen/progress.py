@@ -13,7 +13,6 @@ Rates and ETA count only shards built in this run (skipped, already finished sha
 from __future__ import annotations
 
 import json
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,9 +21,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from nca_datagen.units import format_bytes, format_count, format_duration
+from nca_datagen.units import format_count, format_duration
 
-STAGES = ("probe_filter", "rollout_tokenize", "rollout", "tokenize", "stats", "compress", "write", "compress_write")
+STAGES = ("probe_filter", "rollout_tokenize", "stats", "compress_write")  # a shard's timed stages, in order
 
 
 def utc_now() -> str:
@@ -52,10 +51,6 @@ class EventLog:
     def close(self) -> None:
         if not self._file.closed:
             self._file.close()
-
-
-def read_events(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def _jsonable(x):
@@ -178,10 +173,3 @@ def stage_split(stage_seconds: dict[str, float]) -> str:
     order = sorted(stage_seconds, key=lambda s: STAGES.index(s) if s in STAGES else len(STAGES))
     return " · ".join(f"{s} {stage_seconds[s] / total:.0%}" for s in order)
 
-
-def print_line(text: str, err: bool = False) -> None:
-    """The one line even --quiet prints."""
-    print(text, file=sys.stderr if err else sys.stdout, flush=True)
-
-
-__all__ = ["BuildProgress", "EventLog", "format_bytes", "read_events", "stage_split", "summary_table"]

@@ -5,12 +5,14 @@
 - `torch`: the plain-torch reference (`nca_datagen.kernels.reference`), on CPU or CUDA.
 
 `auto` picks triton on a CUDA device, numba on CPU (torch if numba is missing). Force one with the `backend`
-argument or the NCA_BACKEND environment variable; tests and benchmarks use both switches.
+argument or the NCA_BACKEND environment variable; tests and benchmarks use both switches. The device (`auto`,
+`cpu`, `cuda`) likewise comes from the `device` argument or NCA_DEVICE (`auto`: cuda when one is visible).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import numpy as np
 
@@ -55,6 +57,28 @@ def visible_gpus() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_gpu_flags(device: str, gpus: int | None) -> None:
+    """Refuse a --device and --gpus that contradict each other (ValueError): GPUs on a CPU, no GPU for CUDA."""
+    if gpus and device == "cpu":
+        raise ValueError(f"--gpus {gpus} with --device cpu: drop one of them")
+    if gpus == 0 and device.startswith("cuda"):
+        raise ValueError("--gpus 0 with --device cuda: drop one of them (--gpus 0 alone builds on CPUs)")
+
+
+def gpus_to_use(device: str, gpus: int | None, visible: int | Callable[[], int]) -> int:
+    """The GPUs a build uses: the one reading of --device and --gpus, shared by the plan's estimate, the CPUs a
+    local Ray gets and the Ray executor. None for --device cpu or --gpus 0; N for --gpus N (whether there are N
+    is checked where they are counted: the Ray cluster); otherwise every `visible` GPU. `visible` is that count
+    or a function returning it, called only when the answer needs it (counting this machine's GPUs imports
+    torch). Contradictory flags raise ValueError (`check_gpu_flags`)."""
+    check_gpu_flags(device, gpus)
+    if device == "cpu" or gpus == 0:
+        return 0
+    if gpus is not None:
+        return gpus
+    return visible() if callable(visible) else visible
 
 
 def resolve_backend(backend: str | None, device: str) -> str:

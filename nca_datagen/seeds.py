@@ -6,8 +6,9 @@ z ~ N(0, I_n) once per trajectory, then every cell i.i.d. ~ softmax(z). The nois
 counter-based hash (see `nca_datagen.kernels.common`).
 
 `initial_state` and `noise_key` are the definitions, one trajectory at a time; `trajectory_inputs` computes
-the same values for a whole batch through `nca_datagen.streams` (vectorised seeding, one draw call per
-trajectory, the softmax and inverse CDF on the whole batch): ~10x faster, and tested equal.
+the same values for a whole batch through `nca_datagen.streams` (vectorised seeding, two draw calls per
+trajectory, for the state logits and the cell uniforms; the softmax and inverse CDF on the whole batch): ~10x
+faster, and tested equal.
 """
 
 from __future__ import annotations

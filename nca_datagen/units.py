@@ -8,11 +8,12 @@ number (`1.2345K`) is an error rather than a silent rounding. Underscores and co
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, DecimalException
 
 import click
 
 SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
+MAX_COUNT = 10**18  # beyond any budget (and int64's 9.2e18): a larger "count" is a typo, not a plan
 
 
 def parse_count(text, what: str = "count") -> int:
@@ -26,9 +27,11 @@ def parse_count(text, what: str = "count") -> int:
             raise ValueError(f"cannot parse {what} {text!r}: use an integer with an optional K, M, B suffix "
                              f"(10K, 164M, 2B, 1.5M, 164_000_000)")
         try:
-            exact = Decimal(m[1]) * (Decimal(10) ** int(m[2] or 0)) * SUFFIXES[m[3]]
-        except InvalidOperation as exc:
+            exact = Decimal(m[1]) * (Decimal(10) ** min(int(m[2] or 0), 99)) * SUFFIXES[m[3]]  # 99: > MAX_COUNT
+        except DecimalException as exc:  # InvalidOperation, Overflow
             raise ValueError(f"cannot parse {what} {text!r}") from exc
+        if exact > MAX_COUNT:
+            raise ValueError(f"{what} {text!r} is more than {MAX_COUNT:.0e}: give a smaller count")
         if exact != exact.to_integral_value():
             raise ValueError(f"{what} {text!r} is {exact}, not a whole number: give a whole count")
         value = int(exact)
@@ -43,19 +46,25 @@ def plural(count: int, noun: str) -> str:
 
 
 def format_count(n: float) -> str:
-    """12_345_678 -> '12.3M' (three significant digits, decimal suffixes)."""
-    for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{suffix}"
-    return f"{n:.3g}" if isinstance(n, float) and n != int(n) else str(int(n))
+    """12_345_678 -> '12.3M': three significant digits, decimal suffixes (999_600 -> '1M', not '1e+03K')."""
+    rounded = float(f"{n:.3g}")  # round first, so the unit is the rounded value's
+    return _scaled(rounded, (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3))) or (
+        f"{n:.3g}" if isinstance(n, float) and n != int(n) else str(int(n)))
 
 
 def format_bytes(n: float) -> str:
-    """Bytes in binary units: 1536 -> '1.5 KiB'."""
-    for suffix, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+    """Bytes in binary units: 1536 -> '1.5 KiB'; 1023 KiB stays '1023 KiB' (never '1.02e+03 KiB')."""
+    return _scaled(n, (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)), sep=" ") or f"{int(n)} B"
+
+
+def _scaled(n: float, units, sep: str = "") -> str | None:
+    """`n` in the largest of `units` (descending) it reaches, three significant digits below 1000 of that unit,
+    whole numbers from there (binary units reach 1023.x; the largest unit has no next one); None below them all."""
+    for suffix, scale in units:
         if abs(n) >= scale:
-            return f"{n / scale:.3g} {suffix}"
-    return f"{int(n)} B"
+            value = n / scale
+            return f"{value:.3g}{sep}{suffix}" if abs(value) < 999.5 else f"{value:.0f}{sep}{suffix}"
+    return None
 
 
 def format_duration(seconds: float) -> str:

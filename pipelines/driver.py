@@ -124,9 +124,8 @@ def _run_build(plan: BuildPlan, executor, opts: BuildOptions) -> dict:
             kept = _kept_count(plan, fs, root)
         except OSError:  # storage unreachable now: what the driver heard of is a lower bound
             kept = progress.done_count
-        log.emit("interrupted", done=kept, total=plan.total_shards, signal=signal.Signals(_signal_number(exc)).name)
-        log.close()
-        _upload_log(fs, root, log_path, local)
+        _end_log(log, fs, root, "interrupted", done=kept, total=plan.total_shards,
+                 signal=signal.Signals(_signal_number(exc)).name)
         click.echo(f"interrupted: {kept} of {plan.total_shards} shards are complete and kept; "
                    f"rerun the same command to finish the rest", err=True)
         raise SystemExit(128 + _signal_number(exc)) from None  # the shell's convention: 130 Ctrl-C, 143 SIGTERM
@@ -139,30 +138,7 @@ def _run_build(plan: BuildPlan, executor, opts: BuildOptions) -> dict:
     closing.start()
     try:
         progress.close()
-        if failed:
-            names = [f"{s}:{i}" for s, i in sorted(failed)]
-            log.emit("build_failed", failed=names)
-            log.close()
-            _upload_log(fs, root, log_path, local)
-            raise BuildFailed(f"{len(failed)} shard(s) failed after {opts.max_attempts} attempts: "
-                              f"{', '.join(names)}. No manifest was written; the other shards are kept. Fix the "
-                              f"cause (see {log_path}) and rerun the same command to build only what is missing.")
-        log.emit("shards_done", seconds=progress.elapsed)
-        provenance = _provenance(opts, executor, backend, progress)
-        ordered = {split: [records[split][i] for i in range(n)] for split, n in plan.shards.items()}
-        try:
-            result = manifest.write_manifest(opts.out_url, config, ordered, provenance,
-                                             storage_options=opts.storage_options)
-        except storage.errors() as exc:  # a full disk, a lost endpoint: name the step, keep the shards
-            log.emit("manifest_failed", error=f"{type(exc).__name__}: {exc}")
-            raise click.ClickException(
-                f"every shard is complete, but writing the manifest and card to {opts.out_url} failed "
-                f"({type(exc).__name__}: {exc}). Fix the cause and rerun the same command: it only writes "
-                f"them") from exc
-        log.emit("build_end", seconds=progress.elapsed, tokens_built=progress.tokens,
-                 tokens_per_s=progress.tokens_per_s, stage_seconds=progress.stage_seconds)
-        log.close()
-        _upload_log(fs, root, log_path, local)
+        result = _finish(plan, opts, records, failed, log, _provenance(opts, executor, backend, progress), progress)
     except KeyboardInterrupt as exc:
         if not log.closed:
             log.emit("interrupted", done=plan.total_shards, total=plan.total_shards, stage="manifest",
@@ -172,6 +148,35 @@ def _run_build(plan: BuildPlan, executor, opts: BuildOptions) -> dict:
     finally:
         closing.join()
     _summary(plan, opts, progress, result, log_path)
+    return result
+
+
+def _finish(plan, opts, records, failed, log, provenance, progress) -> dict:
+    """Once every shard is done or failed for good: name the failures (no manifest), or write the manifest and
+    card; either way the event log ends. Returns the manifest."""
+    from nca_datagen import manifest, storage
+
+    fs, root = storage.filesystem(opts.out_url, opts.storage_options)
+    if failed:
+        names = [f"{s}:{i}" for s, i in sorted(failed)]
+        _end_log(log, fs, root, "build_failed", failed=names)
+        raise BuildFailed(f"{len(failed)} shard(s) failed after {opts.max_attempts} attempts: "
+                          f"{', '.join(names)}. No manifest was written; the other shards are kept. Fix the "
+                          f"cause (see {log.path}) and rerun the same command to build only what is missing.")
+    log.emit("shards_done", seconds=progress.elapsed)
+    ordered = {split: [records[split][i] for i in range(n)] for split, n in plan.shards.items()}
+    try:
+        result = manifest.write_manifest(opts.out_url, plan.config, ordered, provenance,
+                                         storage_options=opts.storage_options)
+    except storage.errors() as exc:  # a full disk, a lost endpoint: name the step, keep the shards
+        log.emit("manifest_failed", error=f"{type(exc).__name__}: {exc}")
+        log.close()
+        raise click.ClickException(
+            f"every shard is complete, but writing the manifest and card to {opts.out_url} failed "
+            f"({type(exc).__name__}: {exc}). Fix the cause and rerun the same command: it only writes "
+            f"them") from exc
+    _end_log(log, fs, root, "build_end", seconds=progress.elapsed, tokens_built=progress.tokens,
+             tokens_per_s=progress.tokens_per_s, stage_seconds=progress.stage_seconds)
     return result
 
 
@@ -358,12 +363,22 @@ def _log_path(root: str, local: bool) -> Path:
     return storage.cache_folder("logs") / hashlib.sha256(root.encode()).hexdigest()[:12] / f"build-{stamp}.jsonl"
 
 
-def _upload_log(fs, root: str, log_path: Path, local: bool) -> None:
-    if not local:
-        from nca_datagen import storage
-        from nca_datagen.manifest import LOGS
+def _end_log(log, fs, root: str, event: str, **fields) -> None:
+    """The log's last event; then, for an object store, the local spool uploaded to OUT/_logs/. An upload that
+    fails is a warning, not a failed build: the dataset does not depend on its diagnostics."""
+    from nca_datagen import storage
+    from nca_datagen.manifest import LOGS
 
-        fs.put_file(str(log_path), storage.join(root, LOGS, log_path.name))
+    log.emit(event, **fields)
+    log.close()
+    if storage.is_local(fs):
+        return
+    target = storage.join(root, LOGS, log.path.name)
+    try:
+        fs.put_file(str(log.path), target)
+    except storage.errors() as exc:
+        click.echo(f"warning: the event log stays at {log.path}: uploading it to {storage.url_of(fs, target)} "
+                   f"failed ({type(exc).__name__}: {exc})", err=True)
 
 
 def _provenance(opts, executor, backend, progress) -> dict:
@@ -390,8 +405,8 @@ def _summary(plan, opts, progress, result, log_path) -> None:
     if opts.quiet:
         click.echo(line)
         return
-    rows = [(s.split, f"{s.rules:,} rules x {plan.config.sims_per_rule} sims = {s.sequences:,} sequences, "
-                      f"{format_count(s.tokens)} tokens, {plural(s.shards, 'shard')}") for s in plan.splits if s.shards]
+    rows = [(s.split, f"{s.sequences_text}, {format_count(s.tokens)} tokens, {plural(s.shards, 'shard')}")
+            for s in plan.splits if s.shards]
     rows += [
         ("built now", f"{format_count(progress.tokens)} tokens: shards in {format_duration(progress.shards_seconds)} "
                       f"({rate}), then manifest and card in "

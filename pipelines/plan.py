@@ -14,11 +14,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from nca_datagen.units import format_count
+from nca_datagen.units import format_count, plural
 
 # Estimates for --dry-run. Speed: benchmarks/bench_build.py at 45M tokens on a shared 2-core Xeon (numba backend,
 # paper config, 50%+ band; results/build-40M.json) measured 1.4-1.6M stored tokens/s per worker in steady state;
-# the GPU figure is the design target (paper dataset in < 10 s on an H200), not a measurement. Size: one
+# the GPU figure is a guess, not a measurement (no end-to-end GPU build has been measured; the design target, the
+# paper's 184.7M stored tokens in < 10 s on an H200, needs >= 18.5M tokens/s and a faster start-up). Size: one
 # 200-sequence 50%+ shard at the default zstd level (3) is 1.69 bytes/token (50%+ rules are near-incompressible by
 # design; a 30-40% band gives ~0.94); plain tar is 4.04 (two 512-byte tar headers and the JSON member per
 # sequence). Fixed costs on that machine: Ray start-up ~6 s, first shard ~2 s, manifest, card and shutdown ~3-4 s.
@@ -28,6 +29,7 @@ EST_STARTUP_S = 12.0
 EST_BYTES_PER_TOKEN = {"zstd": 1.69, "none": 4.04}
 PAPER = {"train_rules": 16_000, "val_rules": 2_000, "sims_per_rule": 10, "band": "50%+"}
 DEFAULT_VAL_FRACTION = 0.125  # the paper's 2,000 validation rules per 16,000 training rules
+MAX_SHARDS_PER_SPLIT = 10**6  # shard names have six digits (shards.shard_name); a brace pattern must name them all
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,12 @@ class SplitPlan:
     shards: int
     sequences: int
     tokens: int  # stored tokens the split will hold
+
+    @property
+    def sequences_text(self) -> str:
+        """'200 rules x 10 sims = 2,000 sequences', as the plan and the summary print it."""
+        sims = self.sequences // self.rules if self.rules else 0
+        return f"{plural(self.rules, 'rule')} x {plural(sims, 'sim')} = {plural(self.sequences, 'sequence')}"
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,9 @@ def _split_plan(config, split: str, tokens: int) -> SplitPlan:
     seq_len = config.nca.seq_len
     rules_needed = math.ceil(tokens / (seq_len * config.sims_per_rule))
     shards = math.ceil(rules_needed / config.rules_per_shard)
+    if shards > MAX_SHARDS_PER_SPLIT:
+        raise ValueError(f"{split} would need {shards:,} shards of {config.samples_per_shard:,} sequences; a split "
+                         f"holds at most {MAX_SHARDS_PER_SPLIT:,}: choose a larger --samples-per-shard")
     rules = shards * config.rules_per_shard
     sequences = rules * config.sims_per_rule
     return SplitPlan(split, tokens, rules, shards, sequences, sequences * seq_len)

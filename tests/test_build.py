@@ -78,6 +78,15 @@ def test_plan_rounds_up_to_whole_shards():
     assert plan.splits[0].tokens == 3 * 4 * 152
 
 
+def test_a_split_of_more_shards_than_six_digit_names_allow_is_refused(tmp_path):
+    """Past 10^6 shards `braceexpand` pads every name of {000000..1000000} to seven digits: the manifest's
+    pattern would name files that do not exist."""
+    result = CliRunner().invoke(main, ["build", "--tokens", "1T", "--out", str(tmp_path / "ds"), "--dry-run"])
+    assert result.exit_code == 2 and "a split holds at most 1,000,000" in result.output, result.output
+    ok = CliRunner().invoke(main, ["build", "--tokens", "500B", "--out", str(tmp_path / "ds"), "--dry-run"])
+    assert ok.exit_code == 0, ok.output
+
+
 def test_a_budget_rounded_up_a_lot_is_pointed_out(tmp_path):
     result = CliRunner().invoke(main, ["build", "--tokens", "300K", "--out", str(tmp_path / "ds"), "--dry-run"])
     assert result.exit_code == 0, result.output
@@ -506,3 +515,29 @@ def test_build_to_s3_with_an_unwritable_cache_spools_the_log_in_tmp(s3_bucket, s
     fs, root = storage.filesystem(url, {"endpoint_url": s3_server})
     assert len(fs.ls(storage.join(root, "_logs"))) == 1
     assert list((tmp_path / "tmp" / "nca-datagen" / "logs").rglob("*.jsonl"))
+
+
+def test_a_failed_log_upload_after_the_manifest_is_a_warning(s3_bucket, s3_server, tmp_path, monkeypatch):
+    """The dataset is complete once its manifest is written: failing to upload the diagnostics after that must not
+    turn the build into exit 1."""
+    import s3fs
+
+    from nca_datagen.manifest import read_manifest
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+    async def refuse(self, *args, **kwargs):
+        raise PermissionError("AccessDenied: PutObject on _logs/")
+
+    # the async method, on fresh instances: each one binds its sync `put_file` wrapper when it is made
+    monkeypatch.setattr(s3fs.S3FileSystem, "_put_file", refuse)
+    s3fs.S3FileSystem.clear_instance_cache()
+    url = f"{s3_bucket}/nca/log-denied"
+    try:
+        result = build("--executor", "inline", "--endpoint-url", s3_server, out=url)
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()  # no instance with the refusing method outlives the test
+    assert result.exit_code == 0, result.output
+    assert "warning: the event log stays at" in result.output and "AccessDenied" in result.output
+    assert read_manifest(url, {"endpoint_url": s3_server})["totals"]["num_shards"] == 3
+    assert list((tmp_path / "cache" / "nca-datagen" / "logs").rglob("*.jsonl"))

@@ -36,11 +36,19 @@ def test_bad_nca_config(kwargs, needle):
         ({"rules_per_shard": 0}, "rules_per_shard=0"),
         ({"probe_frames": 0}, "probe_frames=0"),
         ({"band": "1.0:0.5"}, "band"),
+        # a shard owns 2^20 candidate ids: 10,486 rules would need 1,048,600 candidates (an assert fired per shard)
+        ({"rules_per_shard": 10_486}, "choose at most 10,485 rules per shard"),
+        ({"max_candidates_per_shard": 2**20 + 1}, "a shard owns 1,048,576 candidate ids"),
+        ({"rules_per_shard": 10_000, "sims_per_rule": 101}, "at most 1,000,000 .sample keys"),
     ],
 )
 def test_bad_dataset_config(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         DatasetConfig(**kwargs)
+
+
+def test_the_largest_shard_the_candidate_ids_allow_is_accepted():
+    assert DatasetConfig(rules_per_shard=10_485).candidate_limit == 1_048_500
 
 
 def test_paper_defaults():

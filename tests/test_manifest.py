@@ -17,6 +17,7 @@ from nca_datagen.manifest import (
     brace_pattern,
     prepare_output,
     read_manifest,
+    remove_stale_shards,
     split_summary,
     write_manifest,
 )
@@ -212,3 +213,19 @@ def test_brace_pattern_names_exactly_the_shards():
     assert list(braceexpand(brace_pattern("val", 1, "none"))) == ["val/shard-000000.tar"]
     assert brace_pattern("val", 0, "zstd") is None  # no brace pattern expands to nothing
     assert split_summary("val", [], "samples/val.parquet")["pattern"] is None
+
+
+def test_a_killed_writes_temporary_files_do_not_outlive_the_build(tmp_path):
+    """A SIGKILL inside `storage.write_atomic` leaves NAME.tmp-PID-XXXXXXXX; the finished dataset must not keep
+    it, whatever the shard's index (a rerun rewrites the shard under a new temporary name)."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    folder = tmp_path / "train"
+    folder.mkdir()
+    names = ["shard-000000.tar.zst", "shard-000000.json", "shard-000000.tar.zst.tmp-99999-deadbeef",
+             "shard-000000.json.tmp-4242-0123abcd", "notes.txt.tmp-1-0123abcd", "shard-000003.tar.zst"]
+    for name in names:
+        (folder / name).write_bytes(b"x")
+    remove_stale_shards(LocalFileSystem(), str(tmp_path), "train", 1)
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt.tmp-1-0123abcd", "shard-000000.json",
+                                                        "shard-000000.tar.zst"]

@@ -1,0 +1,32 @@
+"""Human-sized numbers: exact parsing of counts, and printing that never falls into scientific notation."""
+
+import pytest
+
+from nca_datagen.units import format_bytes, format_count, parse_count
+
+
+@pytest.mark.parametrize("n,text", [
+    (999, "999"), (0.5, "0.5"), (1023, "1.02K"), (12_345_678, "12.3M"), (164_160_000, "164M"),
+    (999_499, "999K"), (999_600, "1M"), (999.6, "1K"), (1.5e15, "1500T"),  # rounding up moves to the next unit
+])
+def test_format_count(n, text):
+    assert format_count(n) == text
+
+
+@pytest.mark.parametrize("n,text", [
+    (1023, "1023 B"), (1536, "1.5 KiB"), (1023 * 1024, "1023 KiB"), (1024**2 - 1, "1024 KiB"),
+    (5 * 2**30, "5 GiB"), (3 * 2**50, "3072 TiB"),  # binary units reach 1023.x: whole numbers, not 1.02e+03
+])
+def test_format_bytes(n, text):
+    assert format_bytes(n) == text
+
+
+@pytest.mark.parametrize("text", ["1E1000000", "2E18", "9999999999T"])
+def test_absurd_counts_are_a_clear_error(text):
+    with pytest.raises(ValueError, match="more than 1e\\+18"):
+        parse_count(text, "--tokens")
+
+
+def test_counts_up_to_the_limit_parse_exactly():
+    assert parse_count("1E18") == 10**18 and parse_count("1.5M") == 1_500_000
+    assert parse_count("164_000_000") == 164 * 10**6
