@@ -233,9 +233,14 @@ def remove_dataset(fs, root: str) -> None:
     fs.invalidate_cache(root)
     prefix = len(root.rstrip("/")) + 1
     storage.remove_files(fs, [path for path in fs.find(root) if path[prefix:] != BUILD and owned_path(path[prefix:])])
-    if storage.is_local(fs):  # object stores have no empty folders
-        for name in OWNED_FOLDERS:
-            with contextlib.suppress(OSError):  # only an empty one
+    remove_empty_folders(fs, root, OWNED_FOLDERS)
+
+
+def remove_empty_folders(fs, root: str, names) -> None:
+    """Remove the folders `names` of `root` that are empty (on local disk; object stores have no folders)."""
+    if storage.is_local(fs):
+        for name in names:
+            with contextlib.suppress(OSError):  # missing, or not empty: someone's file is in it
                 os.rmdir(storage.join(root, name))
 
 

@@ -192,18 +192,16 @@ def _remove_abandoned(fs, root: str, existed: bool, log_path: Path) -> None:
     empty folders it made (a user's files in a folder that existed stay)."""
     from nca_datagen import storage
     from nca_datagen.config import SPLITS
-    from nca_datagen.manifest import LOGS, remove_build_marker
+    from nca_datagen.manifest import LOGS, remove_build_marker, remove_empty_folders
 
     if not existed:
         if storage.exists(fs, root):
             storage.remove(fs, root)
         return
     remove_build_marker(fs, root)
-    if storage.is_local(fs):  # object stores have no empty folders, and their log is a local spool
+    if storage.is_local(fs):  # an object store's log is a local spool
         log_path.unlink(missing_ok=True)
-        for name in (LOGS, *SPLITS):
-            with contextlib.suppress(OSError):  # only an empty one
-                os.rmdir(os.path.join(root, name))
+    remove_empty_folders(fs, root, (LOGS, *SPLITS))
 
 
 def _halt(executor, progress) -> None:
