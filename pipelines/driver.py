@@ -380,7 +380,8 @@ def _end_log(log, fs, root: str, event: str, **fields) -> None:
 
 
 def _provenance(opts, executor, backend, progress) -> dict:
-    """How this build ran. (Package versions come from `manifest.environment()`, read from package metadata:
+    """How the run that finished the dataset ran (a resumed build: its last run; earlier runs are in `_logs/`).
+    (Package versions come from `manifest.environment()`, read from package metadata:
     importing torch here for its version cost the end of every Ray build 2.6 s on 2 cores, plus its teardown.)"""
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
