@@ -119,11 +119,14 @@ def _run_options(fn):
         click.option("--ray-address", default=None, metavar="auto|HOST:PORT",
                      help="Join a running Ray cluster (default: RAY_ADDRESS, else start a local Ray)."),
         click.option("--workers", type=click.IntRange(min=1), metavar="N", default=None,
-                     help="Concurrent CPU tasks.  [default: the CPUs of this machine or the cluster]"),
+                     help="Concurrent CPU tasks (Ray only; a local Ray gets one more CPU per generator actor).  "
+                          "[default: the CPUs of this machine, or those of the cluster the actors leave]"),
         click.option("--gpus", type=click.IntRange(min=0), metavar="N", default=None,
-                     help="GPUs to use (see --actors-per-gpu).  [default: all GPUs when --device is cuda/auto]"),
+                     help="GPUs to use (see --actors-per-gpu); 0 = none (not with --device cuda); --executor "
+                          "inline uses one.  [default: all GPUs when --device is cuda/auto]"),
         click.option("--actors-per-gpu", type=click.IntRange(min=1), metavar="N", default=4, show_default=True,
-                     help="Generator actors sharing each GPU (their host-side work runs on N cores)."),
+                     help="Generator actors sharing each GPU (Ray; their host-side work runs on N cores, one "
+                          "CPU each)."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                      help="auto = cuda when a GPU is visible (to the cluster), else cpu."),
         click.option("--backend", type=click.Choice(["auto", "numba", "torch", "triton"]), default="auto",
@@ -298,14 +301,17 @@ def _apply_paper_preset(ctx, kw) -> None:
 
 def _make_executor(kw):
     """The executor and the device its workers use. Fails before anything is written (bad address, no GPU)."""
+    from nca_datagen.rollout import check_gpu_flags
+
     from .executors import InlineExecutor, RayExecutor
 
-    if kw["gpus"] and kw["device"] == "cpu":
-        raise click.BadParameter(f"--gpus {kw['gpus']} with --device cpu: drop one of them", param_hint="--gpus")
+    try:
+        check_gpu_flags(kw["device"], kw["gpus"])
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--gpus") from None
     wants_gpu = kw["device"] == "cuda" or bool(kw["gpus"])
     if kw["executor"] == "inline":
-        if kw["ray_address"]:
-            raise click.BadParameter("--ray-address needs --executor ray", param_hint="--ray-address")
+        _check_inline_flags(kw)
         from nca_datagen.rollout import resolve_device
 
         try:
@@ -316,7 +322,7 @@ def _make_executor(kw):
         from nca_datagen.rollout import NO_CUDA_GPU, gpu_driver_present
 
         # Local Ray: the driver's machine is the cluster, so fail before starting Ray when it has no GPU driver.
-        # With one, Ray's own GPU count decides (below) and the driver never imports torch (~1-2 s).
+        # With one, Ray's own GPU count decides (below).
         if not gpu_driver_present():
             raise click.BadParameter(NO_CUDA_GPU, param_hint="--device/--gpus")
     try:
@@ -325,8 +331,24 @@ def _make_executor(kw):
         raise click.ClickException(str(exc)) from None
     except ValueError as exc:
         _shutdown_ray()
-        raise click.BadParameter(str(exc), param_hint="--device/--gpus/--ray-address") from None
+        raise click.BadParameter(str(exc), param_hint="--device/--gpus/--actors-per-gpu/--ray-address") from None
     return executor, executor.device
+
+
+def _check_inline_flags(kw) -> None:
+    """--executor inline builds one shard at a time in this process, on one device: the flags that place and size
+    Ray's pool would be ignored there, so they are refused. `--gpus 1` (like --device cuda) picks the GPU."""
+    ctx = click.get_current_context(silent=True)
+    given = [flag for flag, name in (("--ray-address", "ray_address"), ("--workers", "workers")) if kw[name]]
+    if ctx is not None and ctx.get_parameter_source("actors_per_gpu").name not in ("DEFAULT", "DEFAULT_MAP"):
+        given.append("--actors-per-gpu")
+    if given:
+        verb = "needs" if len(given) == 1 else "need"
+        raise click.BadParameter(f"{' and '.join(given)} {verb} --executor ray: --executor inline builds one shard "
+                                 f"at a time in this process", param_hint=given[0])
+    if (kw["gpus"] or 0) > 1:
+        raise click.BadParameter(f"--gpus {kw['gpus']} needs --executor ray: --executor inline runs on one GPU "
+                                 f"(--gpus 1 or --device cuda)", param_hint="--gpus")
 
 
 def _shutdown_ray():
@@ -338,13 +360,14 @@ def _shutdown_ray():
 
 
 def _planned_gpus(kw) -> int:
-    """GPUs a local build would use, for the estimate: --gpus, else every visible one unless --device cpu (a
-    cluster's GPUs are unknown before joining it: the estimate then assumes this machine's)."""
-    from nca_datagen.rollout import visible_gpus
+    """GPUs a local build would use, for the estimate: --gpus, else every visible one unless --device cpu or
+    --gpus 0 (a cluster's GPUs are unknown before joining it: the estimate then assumes this machine's)."""
+    from nca_datagen.rollout import gpus_to_use, visible_gpus
 
-    if kw["device"] == "cpu" or kw["gpus"] == 0:
-        return 0
-    return kw["gpus"] or visible_gpus()
+    try:
+        return gpus_to_use(kw["device"], kw["gpus"], visible_gpus)
+    except ValueError as exc:  # contradictory flags: refused by a dry run too
+        raise click.BadParameter(str(exc), param_hint="--gpus") from None
 
 
 def _print_plan(plan: BuildPlan, kw, brief: bool = False) -> None:

@@ -10,10 +10,14 @@ retry or a rerun is always safe. Two executors run it, with the same two-call in
   by address. With GPUs, long-lived generator actors (`actors_per_gpu` per GPU, each holding one CPU; their
   kernels compile once per process) probe, roll out and tokenize shards and hand the tokens to CPU tasks
   that compute the per-sample statistics, build the tar, compress and write, so the GPU never waits on gzip
-  or zstd. Ray is imported only here, only when this executor is built.
+  or zstd. A local Ray gets the actors' CPUs on top of the writers'; on a cluster at least one CPU must be
+  left for the writers. Ray is imported only here, only when this executor is built.
 
 Retries are the driver's job (resubmission), the same for both executors, so a fault behaves identically
-in-process and on a cluster. Failures reach the driver as exceptions; nothing is swallowed.
+in-process and on a cluster. Failures reach the driver as exceptions; nothing is swallowed. One exception:
+a generator actor that dies is not its shards' fault. The executor drops it from the pool and hands its
+shards to the live ones, unreported and without costing them an attempt; once none is left, every shard
+still to build fails with `GeneratorsLost`.
 
 Fault injection (for tests; no mocking of Ray needed): `NCA_DATAGEN_FAIL_SHARDS` is a comma-separated list
 of `split:index[:mode]`, mode `always` (default: the shard raises every time), `once` (raises on the first
@@ -199,6 +203,10 @@ class InlineExecutor:
         pass
 
 
+class GeneratorsLost(RuntimeError):
+    """Every generator actor of a GPU build died: the shards still to build have nowhere to run."""
+
+
 class RayExecutor:
     """Ray tasks on a local Ray (started here) or a cluster (joined by address); GPU actors when asked."""
 
@@ -209,68 +217,115 @@ class RayExecutor:
                  device: str = "auto", actors_per_gpu: int = 4, generator_actors: int | None = None):
         """`generator_actors` (tests only) runs the GPU pipeline — generator actors feeding CPU writer tasks — with
         that many actors holding no GPU, so the pipeline's plumbing is exercised on a CPU-only machine."""
+        from nca_datagen.rollout import check_gpu_flags
+
+        check_gpu_flags(device, gpus)  # before Ray starts
         self.ray = ray = import_ray()
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self._started_here = self.address is None
-        connect_ray(ray, self.address, workers, extra_cpus=_local_actor_cpus(device, gpus, actors_per_gpu)
-                    if self._started_here and workers else 0)
+        self._actors: list = []
+        extra_cpus = 0
+        if self._started_here:  # the actors' CPUs come on top of the writers': they never take the writers' CPUs
+            extra_cpus = generator_actors or _local_actor_cpus(device, gpus, actors_per_gpu)
+        connect_ray(ray, self.address, workers, extra_cpus=extra_cpus)
+        try:
+            self._start_pool(workers, gpus, device, actors_per_gpu, generator_actors)
+        except BaseException:
+            self.close()  # a Ray started here stops again; a joined cluster is left
+            raise
+
+    def _start_pool(self, workers, gpus, device, actors_per_gpu, generator_actors) -> None:
+        """Size the pool from what Ray has (a joined cluster's GPUs, not the driver's) and start the actors."""
+        from ray.exceptions import RayActorError
+
+        from nca_datagen.rollout import gpus_to_use
+
+        ray = self.ray
+
         resources = ray.cluster_resources()
         cluster_cpus = int(resources.get("CPU", 1))
         cluster_gpus = int(resources.get("GPU", 0))
-        self.workers = workers or cluster_cpus
         self.device = _resolve_cluster_device(device, cluster_gpus, gpus)
-        self.gpus = (gpus if gpus else cluster_gpus) if self.device.startswith("cuda") else 0
+        self.gpus = gpus_to_use(self.device, gpus, cluster_gpus)
         if self.gpus > cluster_gpus:
             raise ValueError(f"--gpus {self.gpus}: the Ray cluster has {cluster_gpus} GPU(s); ask for at most that")
+        where = "local Ray" if self._started_here else f"Ray cluster {self.address}"
+        actors = generator_actors or self.gpus * actors_per_gpu
+        _check_writer_cpus(where, cluster_cpus, actors, self.gpus)
+        self.workers = workers or cluster_cpus - actors
         self._task = ray.remote(max_retries=0)(run_shard).options(num_cpus=1)
         self._writer = ray.remote(max_retries=0)(write_generated).options(num_cpus=1)
-        if generator_actors:
-            actor = _gpu_actor_class(ray).options(num_gpus=0)
-            self._actors = [actor.remote() for _ in range(generator_actors)]
-        else:
-            # Several actors share a GPU: the host-side parts of a shard (seeding, the probe's gzip filter,
-            # per-sample statistics) then run on several cores while the GPU serves whichever actor is ready.
-            actor = _gpu_actor_class(ray).options(num_gpus=1 / actors_per_gpu)
-            self._actors = [actor.remote() for _ in range(self.gpus * actors_per_gpu)]
-        self._actor_load = [0] * len(self._actors)
+        self._actor_error = RayActorError  # a generator died or is unreachable (so does a writer fed by it)
+        # Several actors share a GPU: the host-side parts of a shard (seeding, the probe's gzip filter, per-sample
+        # statistics) then run on several cores while the GPU serves whichever actor is ready.
+        actor = _gpu_actor_class(ray).options(num_gpus=0 if generator_actors else 1 / actors_per_gpu)
+        self._actors = [actor.remote() for _ in range(actors)]
+        self._actor_load = [0] * actors  # shards in flight per actor
+        self._dead: dict[int, str] = {}  # actor index -> how it died; never sent a shard again
+        self._lost: list = []  # [((split, index), GeneratorsLost)]: shards submitted once every actor had died
         # Bounded in flight: enough queued work that no worker idles between shards, never more, so memory
         # stays flat however large the dataset. On a cluster, exactly `workers` CPU tasks may run at once.
         if self._actors:
             self.slots = 2 * len(self._actors) + self.workers
         else:
             self.slots = 2 * self.workers if (self._started_here or not workers) else self.workers
-        self._pending: dict = {}  # ObjectRef -> (split, index, actor index or None)
-        where = "local Ray" if self._started_here else f"Ray cluster {self.address}"
+        self._pending: dict = {}  # ObjectRef -> (job, split, index, actor index or None)
         nodes = len([n for n in ray.nodes() if n.get("Alive")])
         gpu_text = f", {len(self._actors)} generator actor(s)" if self._actors else ""
         self.description = f"{where} ({nodes} node(s), {self.workers} CPU worker(s){gpu_text})"
 
     def submit(self, job: ShardJob, split: str, index: int) -> None:
-        if self._actors:
-            a = min(range(len(self._actors)), key=self._actor_load.__getitem__)
-            self._actor_load[a] += 1
-            data = self._actors[a].generate.remote(job, split, index)
-            ref = self._writer.remote(job, data)
-        else:
-            a = None
-            ref = self._task.remote(job, split, index)
-        self._pending[ref] = (split, index, a)
+        if not self._actors:
+            self._pending[self._task.remote(job, split, index)] = (job, split, index, None)
+            return
+        live = [a for a in range(len(self._actors)) if a not in self._dead]
+        if not live:
+            self._lost.append(((split, index), GeneratorsLost(
+                f"no generator actor is left: all {len(self._actors)} died (the last: {self._last_death})")))
+            return
+        a = min(live, key=self._actor_load.__getitem__)
+        self._actor_load[a] += 1
+        data = self._actors[a].generate.remote(job, split, index)
+        self._pending[self._writer.remote(job, data)] = (job, split, index, a)
 
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._lost)
 
     def wait(self, timeout: float | None = None) -> list[tuple[tuple[str, int], ShardResult | BaseException]]:
-        ready, _ = self.ray.wait(list(self._pending), num_returns=1, timeout=timeout)
-        out = []
-        for ref in ready:
-            split, index, a = self._pending.pop(ref)
-            if a is not None:
-                self._actor_load[a] -= 1
-            try:
-                out.append(((split, index), self.ray.get(ref)))
-            except Exception as exc:  # RayTaskError wraps the worker's exception (and is an instance of it)
-                out.append(((split, index), exc))
+        """Finished shards, at most one per call besides those that had no generator left. A shard whose generator
+        died is not the shard's failure: the actor leaves the pool and the shard goes to a live one, unreported."""
+        ready = []
+        if self._pending and not self._lost:
+            ready, _ = self.ray.wait(list(self._pending), num_returns=1, timeout=timeout)
+        out = [result for ref in ready if (result := self._collect(ref)) is not None]
+        out += self._lost
+        self._lost = []
         return out
+
+    def _collect(self, ref):
+        job, split, index, a = self._pending.pop(ref)
+        if a is not None:
+            self._actor_load[a] -= 1
+        try:
+            return (split, index), self.ray.get(ref)
+        except Exception as exc:  # RayTaskError wraps the worker's exception (and is an instance of it)
+            if a is None or not isinstance(exc, self._actor_error):
+                return (split, index), exc
+            self._drop_actor(a, exc)
+        self.submit(job, split, index)  # the same attempt, on a live actor
+        return None
+
+    def _drop_actor(self, a: int, exc: BaseException) -> None:
+        """Take a dead (or unreachable) generator out of the pool for good; killing it frees its CPU and GPU share."""
+        if a in self._dead:
+            return
+        self._dead[a] = _death_text(exc)
+        with contextlib.suppress(Exception):
+            self.ray.kill(self._actors[a], no_restart=True)
+
+    @property
+    def _last_death(self) -> str:
+        return next(reversed(self._dead.values()), "unknown")
 
     def cancel(self) -> None:
         """Forget the shards in flight; `close` stops them. No `ray.cancel`: racing a task that is finishing, it
@@ -278,6 +333,7 @@ class RayExecutor:
         end of the job: a local Ray's shutdown ends its workers, and on a joined cluster the raylets kill the
         workers leased to a job once its driver disconnects. Writes are atomic, so nothing partial stays."""
         self._pending.clear()
+        self._lost = []
 
     def close(self) -> None:
         """Idempotent. A local Ray started here is shut down; a joined cluster keeps running (we disconnect)."""
@@ -287,6 +343,13 @@ class RayExecutor:
                     self.ray.kill(actor)
             self.ray.shutdown()
         self._actors = []
+
+
+def _death_text(exc: BaseException) -> str:
+    """An actor error in one line: Ray's sentences, without the tab-indented fields (ids, pid, ip) between them."""
+    cause = getattr(exc, "cause", None) or exc  # a writer's RayTaskError carries the actor's error as its cause
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip() and not line.startswith("\t")]
+    return " ".join(lines) or type(cause).__name__
 
 
 def import_ray():
@@ -305,7 +368,8 @@ def connect_ray(ray, address: str | None, workers: int | None, extra_cpus: int =
     """Start a private local Ray (address None) or join a cluster; unreachable clusters fail fast and clearly.
 
     A local Ray gets `workers` CPUs (all cores by default) plus `extra_cpus` for generator actors, which hold a
-    CPU each for their host-side work: without them `--workers 2` on a GPU box would leave the actors unplaced."""
+    CPU each for their host-side work: without them the actors could take every CPU and leave none for the
+    writer tasks (a 2-core machine with 2 actors waited forever), or `--workers 2` leave the actors unplaced."""
     common = dict(include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="ERROR")
     if address is None:
         # address="local" always starts a fresh instance: never join someone else's cluster by accident.
@@ -340,13 +404,23 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 
 
 def _local_actor_cpus(device: str, gpus: int | None, actors_per_gpu: int) -> int:
-    """CPUs the generator actors of a local GPU build will hold (0 on a CPU build)."""
-    from nca_datagen.rollout import visible_gpus
+    """CPUs the generator actors of a local build will hold (0 on a CPU build): a local Ray gets them on top of
+    the writers' CPUs. This machine's GPUs are counted (torch) only when --gpus does not say how many."""
+    from nca_datagen.rollout import gpus_to_use, visible_gpus
 
-    if device == "cpu" or gpus == 0:
-        return 0
-    visible = visible_gpus()
-    return min(gpus or visible, visible) * actors_per_gpu
+    return gpus_to_use(device, gpus, visible_gpus) * actors_per_gpu
+
+
+def _check_writer_cpus(where: str, cpus: int, actors: int, gpus: int) -> None:
+    """Generator actors hold a CPU each, and every shard then needs a CPU writer task: with no CPU left for those,
+    no shard would ever finish and the build would wait forever. Refuse that layout up front."""
+    if not actors or cpus > actors:
+        return
+    per_gpu = (cpus - 1) // gpus if gpus else 0
+    fewer = f"--actors-per-gpu {per_gpu}" if per_gpu else f"--gpus {cpus - 1} --actors-per-gpu 1"
+    fix = f"use at most {cpus - 1} actor(s) ({fewer}) or add CPUs" if cpus > 1 else "add CPUs or use --device cpu"
+    raise ValueError(f"the {where} has {cpus} CPU(s) and its {actors} generator actor(s) would hold every one of "
+                     f"them (one each), leaving none for the CPU tasks that write the shards: {fix}")
 
 
 def _resolve_cluster_device(device: str, cluster_gpus: int, gpus: int | None) -> str:
@@ -364,9 +438,10 @@ def _resolve_cluster_device(device: str, cluster_gpus: int, gpus: int | None) ->
 
 
 def _gpu_actor_class(ray):
-    """A generator alive for the whole build: kernels compile once, then every shard reuses them."""
+    """A generator alive for the whole build: kernels compile once, then every shard reuses them. Ray does not
+    restart one that dies: the executor drops it from its pool instead (a restart would sit idle there)."""
 
-    @ray.remote(num_gpus=1, num_cpus=1, max_restarts=1, max_task_retries=0)
+    @ray.remote(num_gpus=1, num_cpus=1, max_restarts=0, max_task_retries=0)
     class GpuGenerator:
         def generate(self, job: ShardJob, split: str, index: int):
             from nca_datagen.generate import generate_shard

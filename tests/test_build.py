@@ -541,3 +541,61 @@ def test_a_failed_log_upload_after_the_manifest_is_a_warning(s3_bucket, s3_serve
     assert "warning: the event log stays at" in result.output and "AccessDenied" in result.output
     assert read_manifest(url, {"endpoint_url": s3_server})["totals"]["num_shards"] == 3
     assert list((tmp_path / "cache" / "nca-datagen" / "logs").rglob("*.jsonl"))
+
+
+# -- executor and GPU flags: one reading, nothing silently ignored ------------------------------------------
+
+
+def test_device_and_gpus_have_one_reading():
+    """The plan's estimate, a local Ray's CPUs and the Ray executor all count GPUs here (`--gpus 0 --device
+    cuda` used to mean every GPU on Ray, none in the estimate, and the one GPU inline)."""
+    from nca_datagen.rollout import gpus_to_use
+
+    def uncounted():
+        raise AssertionError("counting this machine's GPUs (a torch import) was not needed")
+
+    assert gpus_to_use("cpu", None, uncounted) == gpus_to_use("auto", 0, uncounted) == 0
+    assert gpus_to_use("cuda", 2, uncounted) == gpus_to_use("auto", 2, uncounted) == 2
+    assert gpus_to_use("cuda", None, 8) == gpus_to_use("auto", None, lambda: 8) == 8
+    for device, gpus in (("cuda", 0), ("cpu", 1)):
+        with pytest.raises(ValueError, match=f"--gpus {gpus} with --device {device}: drop one of them"):
+            gpus_to_use(device, gpus, 8)
+
+
+def test_ray_executor_refuses_gpus_0_with_cuda_before_ray_starts():
+    import ray
+
+    from nca_datagen.pipelines.executors import RayExecutor
+
+    try:
+        with pytest.raises(ValueError, match="--gpus 0 with --device cuda"):
+            RayExecutor(gpus=0, device="cuda")
+        assert not ray.is_initialized()
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--gpus", "0", "--device", "cuda"], "--gpus 0 with --device cuda: drop one of them"),
+    (["--gpus", "0", "--device", "cuda", "--executor", "inline"], "--gpus 0 with --device cuda"),
+    (["--gpus", "0", "--device", "cuda", "--dry-run"], "--gpus 0 with --device cuda"),
+    (["--gpus", "1", "--device", "cpu", "--dry-run"], "--gpus 1 with --device cpu"),
+    (["--executor", "inline", "--workers", "2"], "--workers needs --executor ray"),
+    (["--executor", "inline", "--actors-per-gpu", "2"], "--actors-per-gpu needs --executor ray"),
+    (["--executor", "inline", "--ray-address", "auto", "--workers", "2"],
+     "--ray-address and --workers need --executor ray"),
+    (["--executor", "inline", "--gpus", "2"], "--gpus 2 needs --executor ray: --executor inline runs on one GPU"),
+])
+def test_executor_flags_that_contradict_or_would_be_ignored_are_refused(tmp_path, args, message):
+    out = tmp_path / "ds"
+    result = build(*args, out=out)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not out.exists()
+
+
+def test_inline_builds_on_cpu_with_gpus_0(tmp_path):
+    """`--gpus 0` (device auto) means no GPU on either executor; inline still accepts it."""
+    out = tmp_path / "ds"
+    result = build("--executor", "inline", "--gpus", "0", "--val-tokens", "0", out=out)
+    assert result.exit_code == 0, result.output
+    assert "on cpu" in result.output

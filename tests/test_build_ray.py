@@ -120,22 +120,118 @@ def test_ray_address_flag_joins_the_cluster(cluster, tmp_path):
     assert "Ray cluster" not in proc.stderr  # --quiet: only errors and the final line
 
 
-def test_generator_actor_pipeline_on_cpu(tmp_path):
-    """The GPU layout (generator actors -> CPU writer tasks) with CPU-only actors: same bytes as inline."""
+def tiny_plan():
+    """TINY as a plan: 4 train shards and 1 val shard of 4 sequences each (152 tokens)."""
     from nca_datagen.complexity import Band
-    from nca_datagen.pipelines.driver import BuildOptions, run_build
-    from nca_datagen.pipelines.executors import InlineExecutor, RayExecutor
     from nca_datagen.pipelines.plan import dataset_config, plan_build
 
     config = dataset_config(grid=(12, 12), states=10, patch=2, frames=4, burn_in=10, temperature=1e-4,
                             band=Band.parse("50%+"), seed=0, sims_per_rule=2, samples_per_shard=4)
-    plan = plan_build(config, tokens=2432, val_tokens=608)
-    executor = RayExecutor(workers=2, device="cpu", generator_actors=1)  # one CPU for the actor, one for writes
+    return plan_build(config, tokens=2432, val_tokens=608)
+
+
+def events(out: Path) -> list[dict]:
+    return [json.loads(line) for log in (out / "_logs").glob("*.jsonl") for line in log.read_text().splitlines()]
+
+
+def test_generator_actor_pipeline_on_cpu(tmp_path):
+    """The GPU layout (generator actors -> CPU writer tasks) with CPU-only actors: same bytes as inline."""
+    from nca_datagen.pipelines.driver import BuildOptions, run_build
+    from nca_datagen.pipelines.executors import InlineExecutor, RayExecutor
+
+    plan = tiny_plan()
+    executor = RayExecutor(workers=2, device="cpu", generator_actors=1)  # two CPUs for writes, one for the actor
     assert "1 generator actor(s)" in executor.description and executor.slots == 4
     run_build(plan, executor, BuildOptions(out_url=str(tmp_path / "actors"), device="cpu", quiet=True))
     run_build(plan, InlineExecutor(), BuildOptions(out_url=str(tmp_path / "inline"), device="cpu", quiet=True))
     assert shard_bytes(tmp_path / "actors") == shard_bytes(tmp_path / "inline")
     assert len(shard_bytes(tmp_path / "actors")) == 5
+
+
+def kill_for_good(ray, actor) -> None:
+    """Kill a generator actor as a crash beyond its restarts would, and return once calls to it fail."""
+    ray.kill(actor, no_restart=True)
+    for _ in range(100):  # the kill lands asynchronously: up to ~10 s
+        try:
+            ray.get(actor.__ray_ready__.remote(), timeout=10)
+        except ray.exceptions.RayActorError:
+            return
+        time.sleep(0.1)
+    raise AssertionError("the killed actor still answers")
+
+
+def test_a_dead_generator_actor_costs_no_shard_an_attempt(tmp_path):
+    """A generator that died for good used to win every choice (no load: its shards failed at once) and took the
+    retries too. Its shards now go to the live actor without a failure: one attempt each is enough."""
+    from nca_datagen.pipelines.driver import BuildOptions, run_build
+    from nca_datagen.pipelines.executors import RayExecutor
+
+    executor = RayExecutor(workers=3, device="cpu", generator_actors=2)  # as many CPUs as ever took: no starving
+    kill_for_good(executor.ray, executor._actors[0])  # the least loaded actor (ties go to the first)
+    out = tmp_path / "ds"
+    run_build(tiny_plan(), executor, BuildOptions(out_url=str(out), device="cpu", quiet=True, max_attempts=1))
+    assert len(shard_bytes(out)) == 5
+    assert not [e for e in events(out) if e["event"] == "shard_failed"]
+
+
+def test_with_every_generator_actor_dead_the_shards_fail_naming_the_cause(tmp_path):
+    from nca_datagen.pipelines.driver import BuildFailed, BuildOptions, run_build
+    from nca_datagen.pipelines.executors import RayExecutor
+
+    executor = RayExecutor(workers=1, device="cpu", generator_actors=2)
+    for actor in executor._actors:
+        kill_for_good(executor.ray, actor)
+    out = tmp_path / "ds"
+    with pytest.raises(BuildFailed, match="5 shard"):
+        run_build(tiny_plan(), executor, BuildOptions(out_url=str(out), device="cpu", quiet=True, max_attempts=2))
+    errors = [e["error"] for e in events(out) if e["event"] == "shard_failed"]
+    assert len(errors) == 10, errors  # 5 shards x 2 attempts, none of them spent on the dying actors
+    assert all(e.startswith("GeneratorsLost: no generator actor is left: all 2 died (the last: The actor died")
+               for e in errors), errors[0]
+
+
+class Deadline:
+    """An executor whose `wait` raises TimeoutError after `seconds`: a build that would hang fails instead (and
+    `run_build` closes the executor, so no Ray is left behind)."""
+
+    def __init__(self, executor, seconds: float):
+        self._executor, self._end = executor, time.monotonic() + seconds
+
+    def __getattr__(self, name):
+        return getattr(self._executor, name)
+
+    def wait(self, timeout=None):
+        if time.monotonic() > self._end:
+            raise TimeoutError("the build made no progress: no CPU was left for the writer tasks?")
+        return self._executor.wait(timeout)
+
+
+def test_generator_actors_leave_cpus_for_the_writers(tmp_path, monkeypatch):
+    """Without --workers a local Ray got only the machine's CPUs; as many generator actors held them all, the
+    writer tasks never ran and the build waited forever. The actors' CPUs now come on top."""
+    from nca_datagen.pipelines.driver import BuildOptions, run_build
+    from nca_datagen.pipelines.executors import RayExecutor
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)  # a 2-core machine, whatever runs the test
+    executor = RayExecutor(device="cpu", generator_actors=2)
+    cpus = executor.ray.cluster_resources()["CPU"]
+    out = tmp_path / "ds"
+    run_build(tiny_plan(), Deadline(executor, 60), BuildOptions(out_url=str(out), device="cpu", quiet=True))
+    assert len(shard_bytes(out)) == 5
+    assert cpus == 4 and executor.workers == 2  # two for the actors, on top of the two for the writers
+
+
+def test_a_cluster_without_a_cpu_left_for_the_writers_is_refused(cluster):
+    """Two generator actors on the two-CPU test cluster would hold both CPUs: refused up front, not a hang. (In a
+    fresh process: a driver that joined the cluster leaves Ray state behind that breaks a later local Ray here.)"""
+    code = ("from nca_datagen.pipelines.executors import RayExecutor\n"
+            f"RayExecutor(address={cluster!r}, device='cpu', generator_actors=2).close()\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-c", code], env={**env, **AUTH}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "2 CPU(s) and its 2 generator actor(s) would hold every one of them" in proc.stderr, proc.stderr[-3000:]
+    assert "leaving none for the CPU tasks" in proc.stderr
 
 
 def test_a_cpu_worker_never_imports_torch(tmp_path):
