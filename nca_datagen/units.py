@@ -1,4 +1,5 @@
-"""Human-sized numbers: parse `10K`, `164M`, `2B` into exact integers, and print sizes, rates and durations.
+"""Human-sized numbers: parse `10K`, `164M`, `2B` into exact integers (and grid sizes, `12` or `12x18`), and
+print sizes, rates and durations.
 
 Suffixes are decimal (K = 10^3, M = 10^6, B or G = 10^9, T = 10^12), as token budgets are quoted in papers
 ("164M tokens"). Parsing is exact (`decimal.Decimal`), so `1.5M` is 1,500,000 and a count that is not a whole
@@ -93,3 +94,32 @@ class CountType(click.ParamType):
 
 
 COUNT = CountType()
+
+
+def parse_grid(text) -> tuple[int, int]:
+    """`'12'` -> (12, 12); `'12x18'` (or `12*18`, `12 x 18`) -> (12, 18): height and width in cells."""
+    words = str(text).lower().replace(" ", "").replace("*", "x").split("x")
+    try:
+        sizes = tuple(int(w) for w in words)
+    except ValueError:
+        sizes = ()
+    if len(sizes) not in (1, 2):
+        raise ValueError(f"{text!r}: give one size (12) or HEIGHTxWIDTH (12x18)")
+    return (sizes[0], sizes[0]) if len(sizes) == 1 else sizes
+
+
+class GridType(click.ParamType):
+    """A click parameter for grid sizes: `12` or `12x18`."""
+
+    name = "GRID"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_grid(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+GRID = GridType()

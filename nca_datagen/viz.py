@@ -29,7 +29,7 @@ import numpy as np
 from nca_datagen.complexity import PRESETS, Band, bytes_gzip_ratio, gzip_ratio, gzip_size
 from nca_datagen.palette import colourise, palette
 from nca_datagen.storage import cache_folder, storage_flags, storage_options_from_flags
-from nca_datagen.units import plural
+from nca_datagen.units import GRID, plural
 
 SEED_MAX = 2**64 - 1  # the recipe's seed is a uint64 (SeedSequence entropy); `build --seed` takes the same range
 VERDICT_TEXT = {"kept": "kept", "too_simple": "too simple", "too_complex": "too complex"}
@@ -404,20 +404,6 @@ def preview_title(config, frames: int) -> str:
 # ---------------------------------------------------------------------------------------------- commands
 
 
-def _parse_grid(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        parts = [int(v) for v in str(value).lower().replace("*", "x").split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2:
-        raise click.BadParameter(f"{value!r}: use HEIGHTxWIDTH (e.g. 12x12) or one number for a square grid")
-    return tuple(parts)
-
-
 def _parse_band(ctx, param, value):
     try:
         return Band.parse(value)
@@ -432,7 +418,7 @@ def _parse_band(ctx, param, value):
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, SEED_MAX),
               help="Run seed of the recipe.")
 @click.option("--split", default="train", show_default=True, type=click.Choice(["train", "val"]))
-@click.option("--grid", default="12x12", show_default=True, callback=_parse_grid, help="Cells, HxW.")
+@click.option("--grid", default="12x12", show_default=True, type=GRID, help="Cells, HxW.")
 @click.option("--states", default=10, show_default=True, type=int, help="Alphabet size (at most 16 can be drawn).")
 @click.option("--patch", default=2, show_default=True, type=int, help="Patch size of a token (affects the ratio).")
 @click.option("--frames", default=None, type=click.IntRange(1),

@@ -15,7 +15,7 @@ import signal
 
 import click
 
-from nca_datagen.units import COUNT, format_bytes, format_count, format_duration, plural
+from nca_datagen.units import COUNT, GRID, format_bytes, format_count, format_duration, plural
 
 from .driver import BuildOptions, run_build
 from .plan import DEFAULT_VAL_FRACTION, PAPER, BuildPlan, dataset_config, plan_build, rounding_note
@@ -35,7 +35,8 @@ class SectionedCommand(click.Command):
     """`--help` with options grouped under headings (click lists them flat)."""
 
     def format_options(self, ctx, formatter):
-        rows = {p.name: p.get_help_record(ctx) for p in self.get_params(ctx)}
+        help_option = self.get_help_option(ctx)  # named by click ("_click_default_help" in 8.5): "help" here
+        rows = {"help" if p is help_option else p.name: p.get_help_record(ctx) for p in self.get_params(ctx)}
         placed = set()
         for title, names in SECTIONS.items():
             found = [rows[n] for n in names if rows.get(n)]
@@ -47,19 +48,6 @@ class SectionedCommand(click.Command):
         if rest:
             with formatter.section("More"):
                 formatter.write_dl(rest)
-
-
-def _parse_grid(ctx, param, value):
-    if value is None:
-        return None
-    text = str(value).lower().replace(" ", "")
-    try:
-        parts = [int(p) for p in text.split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) not in (1, 2):
-        raise click.BadParameter(f"{value!r}: give one size (12) or HEIGHTxWIDTH (12x18)")
-    return (parts[0], parts[0]) if len(parts) == 1 else tuple(parts)
 
 
 def _data_options(fn):
@@ -84,7 +72,7 @@ def _data_options(fn):
                      help="Simulations (sequences) per kept rule, each from a fresh initial state."),
         click.option("--samples-per-shard", type=click.IntRange(min=1), metavar="N", default=500, show_default=True,
                      help="Sequences per shard; a multiple of --sims-per-rule (whole rules per shard)."),
-        click.option("--grid", callback=_parse_grid, default="12", show_default=True, metavar="H[xW]",
+        click.option("--grid", type=GRID, default="12", show_default=True, metavar="H[xW]",
                      help="Grid size in cells: 12 or HEIGHTxWIDTH (12x18); periodic boundary."),
         click.option("--states", type=click.IntRange(min=2), metavar="N", default=10, show_default=True,
                      help="Alphabet size n (cell states)."),
@@ -375,7 +363,7 @@ def _print_plan(plan: BuildPlan, kw, brief: bool = False) -> None:
 
     cfg = plan.config
     nca = cfg.nca
-    rows = [(s.split, f"{s.rules:,} rules x {cfg.sims_per_rule} sims = {s.sequences:,} sequences = "
+    rows = [(s.split, f"{s.sequences_text} = "
                       f"{s.tokens:,} tokens ({format_count(s.tokens)}) in {plural(s.shards, 'shard')}")
             for s in plan.splits if s.shards]
     if brief:
@@ -390,7 +378,8 @@ def _print_plan(plan: BuildPlan, kw, brief: bool = False) -> None:
         ("sequence", f"{nca.frames} frames x {nca.tokens_per_frame} tokens = {nca.seq_len} tokens; grid "
                      f"{nca.grid[0]}x{nca.grid[1]}, {nca.states} states, {nca.patch}x{nca.patch} patches, vocab "
                      f"{nca.vocab_size}"),
-        ("rollout", f"burn-in {nca.burn_in}, tau {nca.temperature:g}; band {cfg.band}; seed {cfg.seed}"),
+        ("rollout", f"burn-in {nca.burn_in}, tau {nca.temperature:g}; band {cfg.band.label} {cfg.band}; "
+                    f"seed {cfg.seed}"),
         ("shard", f"{cfg.samples_per_shard} sequences ({cfg.rules_per_shard} rules) each, {kw['compression']}"),
         ("estimated size", format_bytes(plan.estimated_bytes(kw["compression"]))),
         ("estimated time", f"{format_duration(plan.estimated_seconds(cpus, gpus))} on "

@@ -136,6 +136,8 @@ def test_help_is_grouped():
     for heading in ("What to build:", "Rule family", "Output:", "Execution:"):
         assert heading in result.output
     assert "[default: 50%+]" in result.output
+    other = result.output.split("Other:", 1)[1]
+    assert "--help" in other and "More:" not in result.output  # every option under its heading, --help too
 
 
 # -- bad input: a clear message, nothing written -------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 import pytest
 
-from nca_datagen.units import format_bytes, format_count, parse_count
+from nca_datagen.units import format_bytes, format_count, parse_count, parse_grid
 
 
 @pytest.mark.parametrize("n,text", [
@@ -30,3 +30,14 @@ def test_absurd_counts_are_a_clear_error(text):
 def test_counts_up_to_the_limit_parse_exactly():
     assert parse_count("1E18") == 10**18 and parse_count("1.5M") == 1_500_000
     assert parse_count("164_000_000") == 164 * 10**6
+
+
+@pytest.mark.parametrize("text,grid", [("12", (12, 12)), ("12x18", (12, 18)), ("7 X 9", (7, 9)), ("8*8", (8, 8))])
+def test_parse_grid(text, grid):
+    assert parse_grid(text) == grid
+
+
+@pytest.mark.parametrize("text", ["", "x", "12x", "1x2x3", "7y9", "1.5"])
+def test_parse_grid_refuses_what_is_not_a_grid(text):
+    with pytest.raises(ValueError, match="HEIGHTxWIDTH"):
+        parse_grid(text)
