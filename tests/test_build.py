@@ -11,7 +11,6 @@ from click.testing import CliRunner
 
 from nca_datagen.cli import main
 from nca_datagen.complexity import Band
-from nca_datagen.units import format_count, parse_count
 
 # 152-token sequences (4 frames x 38), 2 rules x 2 sims per shard: train 2 shards, val 1 shard
 TINY = ["--frames", "4", "--samples-per-shard", "4", "--sims-per-rule", "2", "--tokens", "1216",
@@ -28,25 +27,7 @@ def shard_bytes(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.glob("*/shard-*.tar*"))}
 
 
-# -- units and plan ------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("text, value", [("10K", 10_000), ("164M", 164_000_000), ("2B", 2_000_000_000),
-                                         ("1.5M", 1_500_000), ("164_000_000", 164_000_000), ("1e6", 10**6),
-                                         ("7", 7), ("2g", 2 * 10**9)])
-def test_parse_count(text, value):
-    assert parse_count(text) == value
-
-
-@pytest.mark.parametrize("text", ["12Q", "", "M", "1.2345K", "-5", "1..2M"])
-def test_parse_count_rejects(text):
-    with pytest.raises(ValueError, match="count"):
-        parse_count(text)
-
-
-def test_format_count():
-    assert format_count(164_160_000) == "164M"
-    assert format_count(999) == "999"
+# -- plan ------------------------------------------------------------------------------------------
 
 
 def test_paper_preset_plans_exactly_the_papers_rules():

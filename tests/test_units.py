@@ -21,6 +21,19 @@ def test_format_bytes(n, text):
     assert format_bytes(n) == text
 
 
+@pytest.mark.parametrize("text, value", [("10K", 10_000), ("164M", 164_000_000), ("2B", 2_000_000_000),
+                                         ("1.5M", 1_500_000), ("164_000_000", 164_000_000), ("1e6", 10**6),
+                                         ("7", 7), ("2g", 2 * 10**9)])
+def test_parse_count(text, value):
+    assert parse_count(text) == value
+
+
+@pytest.mark.parametrize("text", ["12Q", "", "M", "1.2345K", "-5", "1..2M"])
+def test_parse_count_rejects(text):
+    with pytest.raises(ValueError, match="count"):
+        parse_count(text)
+
+
 @pytest.mark.parametrize("text", ["1E1000000", "2E18", "9999999999T"])
 def test_absurd_counts_are_a_clear_error(text):
     with pytest.raises(ValueError, match="more than 1e\\+18"):
