@@ -327,7 +327,7 @@ def preload() -> None:
     thread while Ray workers make the shards and the driver mostly waits, so those seconds leave the build's
     closing step. Failures are left to the real use to report."""
     try:
-        from nca_datagen.viz import matplotlib_agg
+        from nca_datagen.plotting import matplotlib_agg
 
         matplotlib_agg()
         import pyarrow as pa

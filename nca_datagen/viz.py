@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,8 @@ import numpy as np
 
 from nca_datagen.complexity import PRESETS, Band, bytes_gzip_ratio, gzip_ratio, gzip_size
 from nca_datagen.palette import colourise, palette
-from nca_datagen.storage import cache_folder, storage_flags, storage_options_from_flags
+from nca_datagen.plotting import matplotlib_agg
+from nca_datagen.storage import storage_flags, storage_options_from_flags
 from nca_datagen.units import GRID, plural
 
 SEED_MAX = 2**64 - 1  # the recipe's seed is a uint64 (SeedSequence entropy); `build --seed` takes the same range
@@ -227,25 +227,6 @@ def _hist_arrays(h: dict):
     counts = np.asarray(h.get("counts", []), dtype=np.float64)
     edges = np.linspace(float(h.get("lo", 0.0)), float(h.get("hi", 1.0)), len(counts) + 1)
     return counts, edges
-
-
-def matplotlib_agg():
-    """matplotlib with its Agg backend (files only, no display). Its config and font-cache folder defaults to
-    ~/.config/matplotlib; where that cannot be written (a read-only HOME) matplotlib warns twice in the user's
-    output and makes a throwaway one each run, so it then gets nca-datagen's cache folder (MPLCONFIGDIR)."""
-    if "MPLCONFIGDIR" not in os.environ:
-        default = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "matplotlib"
-        try:
-            default.mkdir(parents=True, exist_ok=True)
-            writable = os.access(default, os.W_OK)
-        except OSError:
-            writable = False
-        if not writable:
-            os.environ["MPLCONFIGDIR"] = str(cache_folder("matplotlib"))
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    return matplotlib
 
 
 def plot_histograms(histograms: dict, band: Band | None, *, title: str = ""):

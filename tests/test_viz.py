@@ -287,8 +287,9 @@ def _png_bytes(img) -> bytes:
 
 
 @pytest.mark.parametrize("code", [
-    "import io\nfrom nca_datagen.viz import matplotlib_agg\nmatplotlib_agg()\nfrom matplotlib.figure import Figure\n"
-    "fig = Figure()\nfig.text(0, 0, 'x')\nfig.savefig(io.BytesIO(), format='png')\n",
+    "import io\nfrom nca_datagen.plotting import matplotlib_agg\nmatplotlib_agg()\n"
+    "from matplotlib.figure import Figure\nfig = Figure()\nfig.text(0, 0, 'x')\n"
+    "fig.savefig(io.BytesIO(), format='png')\n",
     "import io\nfrom nca_datagen.train.compare import plot_curves\n"  # the trainer's compare and sweep plots
     "plot_curves({'scratch': [(0, 3.0), (1, 2.0)]}, io.BytesIO(), 'title')\n",
 ], ids=["viz", "compare"])

@@ -86,7 +86,7 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path, title: s
 def curves_figure(curves: dict[str, list[tuple[int, float]]], title: str):
     """Validation loss against step, one line per curve; whole steps on the x axis. A plain matplotlib Figure
     (no pyplot: nothing to close, and a notebook's backend is left as it was)."""
-    from nca_datagen.viz import matplotlib_agg
+    from nca_datagen.plotting import matplotlib_agg
 
     matplotlib_agg()  # Agg, and a writable config folder under a read-only HOME
     from matplotlib.figure import Figure
