@@ -151,6 +151,8 @@ def build_command(ctx, **kw):
     _, plan = _plan_from_options(ctx, kw)
     storage_options = storage_options_from_flags(kw["endpoint_url"], kw["profile"], kw["s3_checksums"]) or None
     if kw["dry_run"]:
+        if kw["executor"] == "inline":  # the flags a real run would refuse, a dry run refuses too
+            _check_inline_flags(kw)
         _print_plan(plan, kw)
         return
     from nca_datagen.storage import exclusive

@@ -564,6 +564,7 @@ def test_ray_executor_refuses_gpus_0_with_cuda_before_ray_starts():
     (["--gpus", "0", "--device", "cuda", "--dry-run"], "--gpus 0 with --device cuda"),
     (["--gpus", "1", "--device", "cpu", "--dry-run"], "--gpus 1 with --device cpu"),
     (["--executor", "inline", "--workers", "2"], "--workers needs --executor ray"),
+    (["--executor", "inline", "--workers", "2", "--dry-run"], "--workers needs --executor ray"),
     (["--executor", "inline", "--actors-per-gpu", "2"], "--actors-per-gpu needs --executor ray"),
     (["--executor", "inline", "--ray-address", "auto", "--workers", "2"],
      "--ray-address and --workers need --executor ray"),
