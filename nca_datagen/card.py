@@ -25,6 +25,7 @@ import warnings
 import numpy as np
 
 from nca_datagen.storage import write_atomic
+from nca_datagen.tokenizer import default_context
 from nca_datagen.units import format_bytes
 
 PAPER = "Training Language Models via Neural Cellular Automata"
@@ -235,7 +236,7 @@ def _format(sequence: dict) -> str:
     seq_len = sequence.get("seq_len")
     example = ""
     if seq_len and seq_len > 2:
-        context = seq_len - 2  # the paper's 1024 of 1026: the loader's default context
+        context = default_context(seq_len)  # the loader's default, the paper's 1024 of 1026
         example = (f" A training example, as in the paper and `NCADataset`: input = seq[0:{context}], target = "
                    f"seq[1:{context + 1}], with the first frame's targets ignored (-100).")
     return ("## Format\n\nEach split folder holds WebDataset shards (`shard-000000.tar.zst`, ...: a tar compressed "

@@ -54,7 +54,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from nca_datagen import storage
 from nca_datagen.manifest import dataset_root, read_manifest, shards_digest
 from nca_datagen.shards import ShardError, iter_shard_samples
-from nca_datagen.tokenizer import training_example
+from nca_datagen.tokenizer import default_context, training_example
 
 DEFAULT_SHUFFLE_SHARDS = 4  # shards mixed per window: rules from 4 shards per batch at ~4x one shard's memory
 _WARNED_LEFT_OUT: set[tuple] = set()  # (url, split, shards, world_size) whose left-out count was said
@@ -74,7 +74,7 @@ class NCADataset(IterableDataset):
         layout = self.manifest["sequence"]
         self.tokens_per_frame = layout["tokens_per_frame"]
         self.seq_len = layout["seq_len"]
-        self.context = self.seq_len - 2 if context is None else int(context)
+        self.context = default_context(self.seq_len) if context is None else int(context)
         if not 0 < self.context < self.seq_len:
             raise ValueError(f"context={context}: choose 1..{self.seq_len - 1} for sequences of {self.seq_len} tokens")
         self.rank, self.world_size = _rank_and_world(rank, world_size)

@@ -16,7 +16,7 @@ resumes only with the same config, anything else is refused with the difference 
 writes the tables and the card, checks every listed shard is present at its recorded size, and writes
 `manifest.json` last and atomically: a reader that sees a manifest sees every shard it names.
 
-Whose files are whose (`owned_path`, `foreign_files`): writers put the marker in place before they write or
+Whose files are whose (`owned_path`, `check_not_foreign`): writers put the marker in place before they write or
 delete anything else and remove it only after the manifest is written, so a folder with neither holds nothing of
 nca-datagen's but shards written through the library with their records (`write_shard` before `prepare_output`)
 and event logs. Anything else there is someone else's (a WebDataset folder of another tool looks much like
@@ -63,7 +63,7 @@ def prepare_output(out_url: str, config: DatasetConfig, *, overwrite: bool = Fal
                    settings: dict | None = None) -> None:
     """Get `out_url` ready for a build of `config` (and shard `settings` such as compression), or refuse.
 
-    - holds files that are not an nca-datagen dataset's (see `foreign_files`): refuse, even with `overwrite`;
+    - holds files that are not an nca-datagen dataset's (see `check_not_foreign`): refuse, even with `overwrite`;
     - holds a finished dataset: refuse, unless `overwrite` (then its files are deleted first);
     - holds a build in progress with another config or settings: refuse, showing `field: old -> new`;
     - otherwise record the build (`build.json`) so that rerunning the same command resumes it.
@@ -90,8 +90,9 @@ def check_output(out_url: str, config: DatasetConfig, *, overwrite: bool = False
     fs, root = storage.filesystem(out_url, storage_options)
     where, wanted = storage.url_of(fs, root), _build_marker(config.to_dict(), settings)
     with _as_unwritable(fs, root):
-        check_not_foreign(fs, root)  # a build writes README.md, samples/, train/, val/ there
         finished, previous = _ours(fs, root)
+        if not finished and previous is None:
+            _refuse_foreign(fs, root)  # a build writes README.md, samples/, train/, val/ there
     if overwrite:
         return
     if finished:
@@ -117,8 +118,15 @@ def _refuse_interrupted_replacement(where: str, settings: dict) -> None:
 
 def check_not_foreign(fs, root: str) -> None:
     """ValueError naming a few of `root`'s files when it holds files that are not nca-datagen's and no dataset or
-    build (see `foreign_files`): writing there could replace or delete them. Build and publish ask first."""
-    foreign = foreign_files(fs, root)
+    build of ours: writing there could replace or delete them. Build (`check_output`) and publish ask first."""
+    finished, marker = _ours(fs, root)
+    if not finished and marker is None:
+        _refuse_foreign(fs, root)
+
+
+def _refuse_foreign(fs, root: str) -> None:
+    """`check_not_foreign` once `root` is known to hold no manifest or marker of ours."""
+    foreign = _foreign_files(fs, root)
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         raise ValueError(f"{storage.url_of(fs, root)} is not empty ({shown}) and holds no nca-datagen dataset or "
@@ -127,16 +135,13 @@ def check_not_foreign(fs, root: str) -> None:
                          f"dataset, never other files)")
 
 
-def foreign_files(fs, root: str, limit: int = 6) -> list[str]:
-    """Up to `limit` files under `root` (paths relative to it, sorted per folder) that nca-datagen did not write,
-    when `root` holds no dataset or build of ours; [] when it does, or does not exist.
+def _foreign_files(fs, root: str, limit: int = 6) -> list[str]:
+    """Up to `limit` files under `root`, a folder with no manifest or marker of ours (paths relative to it, sorted
+    per folder), that nca-datagen did not write; [] when `root` does not exist.
 
     Without a manifest or marker (writers put the marker first) ours are only shard records in the split folders,
     shards whose record is beside them, and build event logs. A `limit` stops the walk early: a folder given by
     mistake may be large."""
-    finished, marker = _ours(fs, root)
-    if finished or marker is not None:
-        return []
     found = []
     prefix = len(root.rstrip("/")) + 1
     for folder, _, names in fs.walk(root):  # nothing for a missing root

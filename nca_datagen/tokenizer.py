@@ -89,6 +89,11 @@ def sequence_to_frames(seq_NL: np.ndarray, cfg: NCAConfig) -> np.ndarray:
     return decode_patches(frames[..., 1:-1], cfg)
 
 
+def default_context(seq_len: int) -> int:
+    """The example length C the paper trains on: the sequence less 2 tokens (1024 of 1026)."""
+    return seq_len - 2
+
+
 def training_example(seq_L: np.ndarray, tokens_per_frame: int, context: int | None = None):
     """The paper's example: inputs seq[:C], targets seq[1:C+1], the first frame's targets ignored.
 
@@ -97,7 +102,7 @@ def training_example(seq_L: np.ndarray, tokens_per_frame: int, context: int | No
     Returns (input_ids, labels) as int64 arrays.
     """
     seq = np.asarray(seq_L, dtype=np.int64)
-    context = len(seq) - 2 if context is None else context
+    context = default_context(len(seq)) if context is None else context
     if not 0 < context < len(seq):
         raise ValueError(f"context={context} must be in 1..{len(seq) - 1} for sequences of {len(seq)} tokens")
     input_ids = seq[:context]

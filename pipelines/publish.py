@@ -8,7 +8,7 @@ re-uploads it when it differs; it is the repair after `verify` reports a BAD sha
 checked against the manifest before upload (a corrupt source is never published) and re-read and re-hashed
 after it. DST must be empty, a dataset or a build: a DST holding files that are not nca-datagen's and no
 manifest or build marker is refused, `--overwrite` or not, before anything is written (the rule `build` follows,
-`manifest.foreign_files`). A DST that holds a finished dataset with other data (other shard hashes) is replaced
+`manifest.check_not_foreign`). A DST that holds a finished dataset with other data (other shard hashes) is replaced
 only with `--overwrite`, as `build` asks; the same data with another manifest (a deterministic rebuild) needs no
 flag. Unless DST already holds this very manifest, publish first marks DST as a build in progress (`build.json`,
 removed once the manifest is written), so an interrupted publish leaves a DST that the rerun recognises as
@@ -37,6 +37,7 @@ from nca_datagen.config import SPLITS
 from nca_datagen.manifest import (
     BUILD,
     MANIFEST,
+    TEMPORARY,
     check_not_foreign,
     dataset_digest,
     dataset_root,
@@ -168,7 +169,7 @@ def _other_files(sfs, sroot: str) -> list[str]:
     the manifest's shards and their records only, so a stray file beside them is never published."""
     prefix = len(sroot.rstrip("/")) + 1
     rels = [path[prefix:] for path in sorted(sfs.find(sroot))]
-    return [rel for rel in rels if owned_path(rel) and rel != BUILD and ".tmp-" not in rel
+    return [rel for rel in rels if owned_path(rel) and rel != BUILD and not TEMPORARY.search(rel)
             and rel.split("/", 1)[0] not in SPLITS]
 
 
