@@ -24,6 +24,10 @@ CANDIDATES_PER_RULE = 100  # automatic probe budget per wanted rule: 6x what the
 # (0.1-0.2 keeps 6.0% of random rules, paper-facts.md §3, so ~17 candidates a rule on average)
 MAX_SAMPLES_PER_SHARD = 10**6  # sample keys are {split}-{shard:06d}-{sample:06d} (nca_datagen.shards)
 MAX_STATES = 64  # the kernels unroll loops over states; beyond this nothing in the field uses them
+# The version of what a recipe makes: bumped whenever the same config gives other shard bytes (the integer
+# arithmetic, tokenization, the shard format). Recorded in manifests and shard records, so that a dataset made
+# by another version is named as such, not as corrupt.
+RECIPE_VERSION = 1
 
 
 @dataclass(frozen=True)
