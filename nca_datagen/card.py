@@ -39,21 +39,20 @@ DATASET_URL = "path/or/s3://url/to/this/dataset"
 DATASET_DIR = "path/to/this/dataset"  # Hugging Face `datasets` reads a local folder or a Hub repo, not s3://
 
 
-def write_card(fs, root: str, manifest: dict, *, figures: bool = True) -> list[str]:
-    """Write README.md (and figures, when `figures`) under `root` on filesystem `fs`; returns the paths."""
+def write_card(fs, root: str, manifest: dict, *, figures: bool = True) -> dict[str, bytes]:
+    """Write README.md (and figures, when `figures`) under `root` on filesystem `fs`; returns {file name: bytes}
+    of what it wrote (the manifest records their sizes and sha256)."""
     root = root.rstrip("/")
-    written: list[str] = []
+    written: dict[str, bytes] = {}
     images: dict[str, str] = {}  # figure file name -> caption
     if figures:
         for name, (caption, data) in draw_figures(manifest, fs, root).items():
-            path = f"{root}/{name}"
-            write_atomic(fs, path, data)
-            written.append(path)
+            write_atomic(fs, f"{root}/{name}", data)
+            written[name] = data
             images[name] = caption
-    text = render_card(manifest, images)
-    path = f"{root}/README.md"
-    write_atomic(fs, path, text.encode("utf-8"))
-    written.append(path)
+    text = render_card(manifest, images).encode("utf-8")
+    write_atomic(fs, f"{root}/README.md", text)
+    written["README.md"] = text
     return written
 
 

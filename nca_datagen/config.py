@@ -153,6 +153,17 @@ class DatasetConfig:
         return cls(nca=nca, band=band, **d)
 
 
+def recipe_fingerprint(config: DatasetConfig, compression: str, version: int = RECIPE_VERSION) -> str:
+    """The identity of what a recipe makes: 16 hex digits of the sha256 of its config, shard compression and
+    recipe version. Shard records, build markers and manifests carry it, so a folder's files prove which recipe
+    wrote them: a resume adopts, and a cleanup deletes, only shards whose record carries its own."""
+    import hashlib
+    import json
+
+    identity = {"config": config.to_dict(), "compression": compression, "recipe_version": version}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def split_id(split: str) -> int:
     if split not in SPLITS:
         raise ValueError(f"split={split!r}: choose one of {', '.join(SPLITS)}")

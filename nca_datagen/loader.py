@@ -239,7 +239,8 @@ class NCADataset(IterableDataset):
 
     def _read_shard(self, fs, root, shard) -> list:
         path = storage.join(root, shard["path"])
-        samples = list(iter_shard_samples(path, fs=fs, expected_sha256=shard["sha256"], expected_bytes=shard["bytes"]))
+        samples = list(iter_shard_samples(path, fs=fs, expected_sha256=shard["sha256"], expected_bytes=shard["bytes"],
+                                          seq_len=self.seq_len))
         if len(samples) != shard["samples"]:
             raise ShardError(f"{storage.url_of(fs, path)}: {len(samples)} samples, "
                              f"the manifest says {shard['samples']}")
@@ -260,7 +261,7 @@ def iter_sequences(url, split: str = "train", storage_options: dict | None = Non
     for shard in _split_shards(manifest, split, url):
         path = storage.join(root, shard["path"])
         for _, tokens, _ in iter_shard_samples(path, fs=fs, expected_sha256=shard["sha256"],
-                                               expected_bytes=shard["bytes"]):
+                                               expected_bytes=shard["bytes"], seq_len=manifest["sequence"]["seq_len"]):
             yield tokens
 
 

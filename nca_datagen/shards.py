@@ -18,8 +18,11 @@ manifest never has to re-read shards. The trade-off of building in memory: a sha
 
 Reading: `iter_shard_samples` streams members through zstd and a minimal ustar parser in memory; it never
 extracts anything to disk and rejects member names that are not plain file names, non-regular members, bad
-header checksums and archives that end without the end-of-archive blocks. With `expected_sha256` it first reads
-the compressed shard into memory and checks it, so a corrupt shard yields nothing rather than a prefix.
+header checksums, members larger than the format allows and archives that end without the end-of-archive
+blocks. With `expected_sha256` it first reads the compressed shard (at most its recorded size) into memory and
+checks it, so a corrupt shard yields nothing rather than a prefix. Shards and records from elsewhere are
+untrusted: every size is bounded by what the format allows (`max_shard_bytes`, `MAX_JSON_MEMBER`) and a record
+is nca-datagen's only when `record_problem` finds nothing wrong with it.
 
 The tar is written and parsed directly rather than with `tarfile` (whose output ours matches byte for byte,
 tested): `tarfile` costs ~0.25 ms of Python per member, which held writing and reading near 1M tokens/s per core.
@@ -64,6 +67,13 @@ TOKEN_DTYPE = np.dtype("<u2")
 BLOCK, RECORD = 512, 10240  # tar block and record sizes (tarfile pads archives to whole records)
 ZERO_BLOCK = bytes(BLOCK)
 _SAFE_MEMBER = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_.-]+")
+MAX_JSON_MEMBER = 64 * 1024  # a sample's metadata is ~300 bytes; anything near this is not ours
+NPY_HEADER = 128  # np.save's header for a 1-D array: magic, length and dict padded to 64 bytes
+MAX_MEMBER = 256 * 2**20  # any member when the sequence length is unknown (2^27 uint16 tokens)
+MAX_RECORD_BYTES = 256 * 2**20  # a record's per-sample columns take ~150 bytes a sample, 10^6 samples at most
+RECORD_FIELDS = frozenset({"split", "index", "path", "compression", "level", "samples", "seq_len", "tokens", "bytes",
+                           "sha256", "counts", "histograms", "columns", "recipe"})
+_HEX = re.compile(r"[0-9a-f]+")
 
 
 class ShardError(ValueError):
@@ -95,19 +105,20 @@ def shard_bytes(data, compression: str = DEFAULT_COMPRESSION, level: int = DEFAU
     return zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True).compress(tar)
 
 
-def write_shard(data, out_url: str, *, compression: str = DEFAULT_COMPRESSION, level: int = DEFAULT_LEVEL,
-                storage_options: dict | None = None) -> dict:
-    """Write one shard and then its record under the dataset folder `out_url`; return the record."""
+def write_shard(data, out_url: str, *, recipe: str, compression: str = DEFAULT_COMPRESSION,
+                level: int = DEFAULT_LEVEL, storage_options: dict | None = None) -> dict:
+    """Write one shard and then its record under the dataset folder `out_url`; return the record. `recipe`: the
+    fingerprint of the recipe that made it (`config.recipe_fingerprint`), the record's proof of origin."""
     fs, root = storage.filesystem(out_url, storage_options)
     columns = sample_columns(data)
     blob = shard_bytes(data, compression, level, columns)
-    record = shard_record(data, blob, compression, level, columns)
+    record = shard_record(data, blob, compression, level, columns, recipe=recipe)
     storage.write_atomic(fs, storage.join(root, record["path"]), blob)
     storage.write_atomic(fs, storage.join(root, record_name(data.split, data.shard_index)), compact_json(record))
     return record
 
 
-def shard_record(data, blob: bytes, compression: str, level: int, columns=None) -> dict:
+def shard_record(data, blob: bytes, compression: str, level: int, columns=None, *, recipe: str) -> dict:
     """What the manifest needs to know about one shard (deterministic: no timestamps, no timings)."""
     columns = columns or sample_columns(data)
     rule_ids = np.asarray(data.columns["rule_id"])
@@ -131,6 +142,7 @@ def shard_record(data, blob: bytes, compression: str, level: int, columns=None) 
             "samples": histogram(np.asarray(data.columns["complexity"]), HIST_BINS),  # each sample's own ratio
         },
         "columns": columns,
+        "recipe": recipe,
     }
 
 
@@ -145,38 +157,86 @@ def sample_columns(data) -> dict[str, list]:
     return cols
 
 
-def load_record(fs, root: str, split: str, index: int) -> dict | None:
-    """A shard record as written, or None if it is missing or unreadable (its shard is not looked at)."""
+def load_record(fs, root: str, split: str, index: int, recipe: str | None = None) -> dict | None:
+    """The record of shard (split, index), or None when it is missing, unreadable or not nca-datagen's record of
+    that shard (of `recipe`, when given: see `record_problem`). Its shard is not looked at."""
     try:
-        return json.loads(storage.read_bytes(fs, storage.join(root, record_name(split, index))))
+        record = json.loads(storage.read_bytes(fs, storage.join(root, record_name(split, index)), MAX_RECORD_BYTES))
     except (FileNotFoundError, ValueError):  # missing or unreadable: the shard is rebuilt
         return None
+    return None if record_problem(record, split, index, recipe) else record
+
+
+def record_problem(record, split: str, index: int, recipe: str | None = None) -> str | None:
+    """Why `record` is not nca-datagen's record of shard (split, index) (made by `recipe`, when given), or None.
+    Proof by content, never by file name: our exact fields, the canonical shard path, consistent sizes, hex
+    digests. Another tool's `shard-000000.json` sidecar fails here."""
+    if not isinstance(record, dict) or set(record) != RECORD_FIELDS:
+        return "not an nca-datagen shard record (other fields)"
+    if (record["split"], record["index"]) != (split, index):
+        return f"it describes shard {record['split']!r}:{record['index']!r}"
+    if record["compression"] not in COMPRESSIONS or record["path"] != shard_name(split, index, record["compression"]):
+        return f"path {record['path']!r} is not {shard_name(split, index)!r} or its .tar twin"
+    numbers = [record[k] for k in ("samples", "seq_len", "tokens", "bytes")]
+    if not all(type(n) is int and n >= 0 for n in numbers) or record["tokens"] != record["samples"] * record["seq_len"]:
+        return f"inconsistent sizes {numbers}"
+    if record["bytes"] > max_shard_bytes(record["samples"], record["seq_len"]):
+        return f"{record['bytes']} bytes, more than {record['samples']} samples can take"
+    if not _is_hex(record["sha256"], 64) or not _is_hex(record["recipe"], 16):
+        return "sha256 or recipe is not a hex digest"
+    if recipe is not None and record["recipe"] != recipe:
+        return f"made by another recipe ({record['recipe']}, not {recipe})"
+    return None
+
+
+def max_shard_bytes(samples: int, seq_len: int) -> int:
+    """The most bytes a shard of `samples` sequences of `seq_len` tokens can take (tar or zstd): what a reader
+    holds in memory at most, whatever a manifest or record from elsewhere claims."""
+    per_sample = 2 * BLOCK + _blocks(MAX_JSON_MEMBER) + _blocks(NPY_HEADER + 2 * seq_len)
+    tar = samples * per_sample + 2 * BLOCK + RECORD
+    return tar + tar // 128 + 4096  # zstd's worst case adds ~1/256 and a frame header to incompressible input
+
+
+def _blocks(n: int) -> int:
+    return -(-n // BLOCK) * BLOCK
+
+
+def _is_hex(value, length: int) -> bool:
+    return isinstance(value, str) and len(value) == length and _HEX.fullmatch(value) is not None
 
 
 def iter_shard_samples(url_or_path: str, *, storage_options: dict | None = None, fs=None,
                        expected_sha256: str | None = None, expected_bytes: int | None = None,
-                       ) -> Iterator[tuple[str, np.ndarray, dict]]:
+                       seq_len: int | None = None) -> Iterator[tuple[str, np.ndarray, dict]]:
     """Yield (key, tokens uint16, meta) from one shard, in file order, without touching the local disk.
 
     `fs` (with a bare path) skips URL parsing when the caller already has a filesystem. With `expected_sha256`
-    or `expected_bytes` the shard is checked before the first sample is yielded; any problem raises
-    `ShardError` naming the file.
+    or `expected_bytes` the shard is checked before the first sample is yielded. `seq_len` bounds each token
+    member to that many tokens and checks every sample has them. Any problem raises `ShardError` naming the file.
     """
     if fs is None:
         fs, path = storage.filesystem(url_or_path, storage_options)
     else:
         path = url_or_path
     name = storage.url_of(fs, path)
+    limits = _member_limits(seq_len)
     try:
         if expected_sha256 is None and expected_bytes is None:
             with fs.open(path, "rb") as raw:
-                yield from _iter_stream(raw, path, name)
+                yield from _iter_stream(raw, path, name, limits, seq_len)
         else:
-            blob = storage.read_bytes(fs, path)
+            limit = None if expected_bytes is None else expected_bytes + 1  # one byte more tells "too long"
+            blob = storage.read_bytes(fs, path, limit)
             check_blob(blob, name, expected_sha256, expected_bytes)
-            yield from _iter_stream(io.BytesIO(blob), path, name)
+            yield from _iter_stream(io.BytesIO(blob), path, name, limits, seq_len)
     except FileNotFoundError as exc:
         raise ShardError(f"{name}: shard is missing") from exc
+
+
+def _member_limits(seq_len: int | None) -> dict[str, int]:
+    """The largest member of each kind a shard may hold: what the format allows, never what a header claims."""
+    tokens = MAX_MEMBER if seq_len is None else NPY_HEADER + 2 * seq_len
+    return {"json": MAX_JSON_MEMBER, "tokens.npy": tokens}
 
 
 def check_blob(blob: bytes, name: str, expected_sha256: str | None, expected_bytes: int | None) -> None:
@@ -198,23 +258,24 @@ def parse_member_name(member: str, shard: str) -> tuple[str, str]:
     return key, suffix
 
 
-def _iter_stream(raw, path: str, name: str):
+def _iter_stream(raw, path: str, name: str, limits: dict[str, int], seq_len: int | None):
     import zstandard
 
     stream = raw
     if path.endswith(".zst"):
         stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
     try:
-        yield from _group_samples(_iter_members(stream, name), name)
+        yield from _group_samples(_iter_members(stream, name, limits), name, seq_len)
     except ShardError:
         raise
-    except (zstandard.ZstdError, EOFError, OSError, ValueError) as exc:
+    except (zstandard.ZstdError, EOFError, OSError, ValueError, MemoryError) as exc:
         raise ShardError(f"{name}: unreadable shard ({type(exc).__name__}: {exc})") from exc
 
 
-def _iter_members(stream, name: str):
+def _iter_members(stream, name: str, limits: dict[str, int]):
     """(member name, bytes) of a ustar stream. A minimal reader (the format we write), 3x faster than `tarfile`:
-    regular files only, names checked by `parse_member_name`, header checksums verified."""
+    regular files only, names checked by `parse_member_name`, header checksums verified, sizes within `limits`
+    (checked before a byte of the member is read)."""
     while True:
         header = _read_exact(stream, BLOCK, name)  # EOF before the end-of-archive block: truncated
         if header == ZERO_BLOCK:
@@ -229,8 +290,11 @@ def _iter_members(stream, name: str):
             member = prefix.decode("utf-8", "replace") + "/" + member  # rejected below: members are plain names
         if header[156:157] not in (b"0", b"\0"):
             raise ShardError(f"{name}: member {member!r} is not a regular file")
-        parse_member_name(member, name)
+        _, suffix = parse_member_name(member, name)
         size = _octal(header[124:136], name)
+        if size > limits.get(suffix, 0):
+            raise ShardError(f"{name}: member {member!r} claims {size:,} bytes, more than a {suffix} member may "
+                             f"hold ({limits.get(suffix, 0):,})")
         data = _read_exact(stream, size, name)
         _read_exact(stream, -size % BLOCK, name)
         yield member, data
@@ -247,26 +311,30 @@ def _read_exact(stream, n: int, name: str) -> bytes:
     return b"".join(chunks)
 
 
-def _group_samples(members, name: str):
+def _group_samples(members, name: str, seq_len: int | None):
     key, parts = None, {}
     for member, data in members:
         k, suffix = parse_member_name(member, name)
         if key is not None and k != key:
-            yield _sample(key, parts, name)
+            yield _sample(key, parts, name, seq_len)
             parts = {}
         key = k
         parts[suffix] = data
     if key is not None:
-        yield _sample(key, parts, name)
+        yield _sample(key, parts, name, seq_len)
 
 
-def _sample(key: str, parts: dict, name: str):
+def _sample(key: str, parts: dict, name: str, seq_len: int | None):
     if set(parts) != {"json", "tokens.npy"}:
         raise ShardError(f"{name}: sample {key} has members {sorted(parts)}, expected json and tokens.npy")
     try:
-        return key, _load_npy(parts["tokens.npy"], name), json.loads(parts["json"])
+        tokens, meta = _load_npy(parts["tokens.npy"], name), json.loads(parts["json"])
     except Exception as exc:  # numpy's header parser raises SyntaxError and tokenize.TokenError, not only ValueError
         raise ShardError(f"{name}: sample {key} is unreadable ({type(exc).__name__}: {exc})") from exc
+    if tokens.dtype != TOKEN_DTYPE or tokens.ndim != 1 or (seq_len is not None and tokens.size != seq_len):
+        raise ShardError(f"{name}: sample {key} holds {tokens.dtype}{list(tokens.shape)}, expected uint16"
+                         f"[{seq_len or 'N'}]")
+    return key, tokens, meta
 
 
 def _load_npy(data: bytes, name: str) -> np.ndarray:

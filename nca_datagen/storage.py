@@ -131,6 +131,17 @@ def write_atomic(fs, path: str, data: bytes) -> None:
         fs.pipe_file(path, data)  # one PUT (or a multipart upload completed at the end): atomic
 
 
+def move(fs, src: str, dst: str) -> None:
+    """Give the file `src` the name `dst` (replacing it): a rename on local disk, a server-side copy and a delete
+    on object stores (no bytes pass through this machine)."""
+    if is_local(fs):
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        os.replace(src, dst)
+        return
+    fs.copy(src, dst)
+    remove_files(fs, [src])
+
+
 def remove(fs, path: str) -> None:
     """Delete a file, or a folder with everything under it, by its literal name (see `remove_files`)."""
     if is_local(fs):
@@ -159,9 +170,11 @@ def remove_files(fs, paths: list[str]) -> None:
         fs.rm_file(path)
 
 
-def read_bytes(fs, path: str) -> bytes:
+def read_bytes(fs, path: str, limit: int | None = None) -> bytes:
+    """The file's bytes; with `limit`, at most that many (a file from elsewhere may be any size: callers that
+    know how large it may be read one byte more and refuse a longer one)."""
     with fs.open(path, "rb") as f:
-        return f.read()
+        return f.read() if limit is None else f.read(limit)
 
 
 def exists(fs, path: str) -> bool:
@@ -198,6 +211,36 @@ def errors() -> tuple[type[BaseException], ...]:
     that does not answer, missing credentials): OSError, plus botocore's own errors once it is loaded."""
     botocore = sys.modules.get("botocore.exceptions")  # not loaded: nothing can have raised one
     return (OSError,) if botocore is None else (OSError, botocore.BotoCoreError, botocore.ClientError)
+
+
+def access_hint(fs) -> str:
+    """What to check when storage refuses or fails: a local folder's permissions, or an object store's endpoint
+    and the credentials in use, named with where they came from."""
+    if is_local(fs):
+        return "a writable output folder"
+    options = getattr(fs, "storage_options", {}) or {}
+    endpoint = options.get("endpoint_url") or "AWS's default endpoint"
+    return f"the bucket name, the endpoint ({endpoint}) and the credentials ({credentials_source(options)})"
+
+
+def credentials_source(options: dict) -> str:
+    """Which credentials botocore uses for these `s3fs` keyword arguments, in its own order of precedence."""
+    if options.get("anon"):
+        return "anonymous access"
+    if options.get("key"):
+        return "a key given in storage_options"
+    if options.get("profile"):
+        return f"profile {options['profile']!r} (--profile)"
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        return "AWS_ACCESS_KEY_ID from the environment"
+    if os.environ.get("AWS_PROFILE"):
+        return f"profile {os.environ['AWS_PROFILE']!r} from AWS_PROFILE"
+    return "botocore's default chain: ~/.aws/credentials, ~/.aws/config, then instance or container roles"
+
+
+def describe_failure(fs, path: str, exc: BaseException) -> str:
+    """One line for a storage error at `path`: the URL, the error, and what to check."""
+    return f"{url_of(fs, path)}: {type(exc).__name__}: {exc}; check {access_hint(fs)}"
 
 
 def storage_options_from_flags(endpoint_url=None, profile=None, checksums=None) -> dict:

@@ -532,7 +532,8 @@ def display_factor(n_bins: int, lo: float, hi: float, band: Band | None) -> int:
 @storage_flags
 def inspect_command(url, as_json, out_dir, endpoint_url, profile, s3_checksums):
     """Show a dataset's recipe, totals, acceptance and complexity histograms (local folder or s3:// URL)."""
-    from nca_datagen.manifest import read_manifest
+    from nca_datagen.manifest import dataset_root, read_manifest
+    from nca_datagen.verify import listed_but_absent
 
     options = storage_options_from_flags(endpoint_url, profile, s3_checksums)
     try:
@@ -540,12 +541,26 @@ def inspect_command(url, as_json, out_dir, endpoint_url, profile, s3_checksums):
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     summary = inspect_summary(manifest, url)
+    summary["absent"] = listed_but_absent(*dataset_root(url, options), manifest)
     written = write_histogram_pngs(manifest, out_dir, options) if out_dir else []
     if as_json:
         summary["figures"] = written
         click.echo(json.dumps(summary, indent=1, default=str))
         return
     _print_inspect(summary, band_of(manifest), written)
+    _print_presence(url, summary["absent"], manifest["totals"]["num_shards"])
+
+
+def _print_presence(url: str, absent: list[str], shards: int) -> None:
+    """Say whether the files the manifest lists are there: a dataset missing some is not presented as fine."""
+    if not absent:
+        click.echo(f"files: all {shards:,} shards and the listed tables and card files are present at their "
+                   f"recorded sizes (`nca-datagen verify {url}` checks their sha256)")
+        return
+    shown = ", ".join(absent[:5]) + (", ..." if len(absent) > 5 else "")
+    click.echo(f"DAMAGED: {len(absent)} listed file(s) missing or of the wrong size ({shown}). `nca-datagen verify "
+               f"{url}` checks everything; rerunning the build command that made it rebuilds what is missing",
+               err=True)
 
 
 def write_histogram_pngs(manifest: dict, out_dir: str, storage_options: dict | None = None) -> list[str]:

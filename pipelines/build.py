@@ -163,16 +163,13 @@ def build_command(ctx, **kw):
 
 def _build(ctx, kw, plan: BuildPlan, storage_options) -> None:
     """The build command once the output is this process's: a no-op, or Ray (or inline) and `run_build`."""
-    from nca_datagen.manifest import check_output
+    from nca_datagen.ownership import check_output
 
     if not kw["overwrite"] and _already_built(plan, kw["out"], kw["compression"], storage_options):
-        click.echo(f"{kw['out']} already holds this dataset ({plural(plan.total_shards, 'shard')}, "
-                   f"{format_count(plan.total_tokens)} tokens): nothing to do (`nca-datagen verify {kw['out']}` "
-                   f"re-checks it; --overwrite rebuilds it)")
         return
     try:  # a taken output is refused before Ray starts (~6 s on 2 cores); run_build asks again, then writes
-        check_output(kw["out"], plan.config, overwrite=kw["overwrite"], storage_options=storage_options,
-                     settings={"compression": kw["compression"]})
+        check_output(kw["out"], plan.config, kw["compression"], overwrite=kw["overwrite"],
+                     storage_options=storage_options, planned=plan.shards)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     backend = None if kw["backend"] == "auto" else kw["backend"]
@@ -209,22 +206,38 @@ def _start(kw, backend: str | None):
 
 
 def _already_built(plan: BuildPlan, out: str, compression: str, storage_options) -> bool:
-    """Whether `out` holds the finished dataset this command would build (same config, shards and compression):
-    rerunning a command that completed is then a no-op, as rerunning an interrupted one finishes it."""
+    """Whether `out` holds the finished dataset this command would build, whole: the same recipe and shards, each
+    shard and its record verified (size and sha256), and the tables and card the manifest lists. Rerunning a
+    command that completed then does nothing; one whose dataset was damaged since rebuilds what is missing or
+    damaged (said here), as rerunning an interrupted one finishes it."""
     from nca_datagen import storage
-    from nca_datagen.manifest import read_manifest, remove_build_marker
+    from nca_datagen.config import recipe_fingerprint
+    from nca_datagen.manifest import manifest_recipe, read_manifest
+    from nca_datagen.ownership import remove_build_marker
+
+    from .driver import damaged_files, resume_state
 
     try:
         manifest = read_manifest(out, storage_options)
-    except (ValueError, *storage.errors()):  # no dataset there (or none readable): check_output decides
+    except ValueError:  # no dataset there (or none readable): check_output decides
         return False
-    splits = manifest["splits"]
-    same = (manifest["config"] == plan.config.to_dict()
-            and {split: info["num_shards"] for split, info in splits.items()} == plan.shards
-            and all(info["compression"] == compression for info in splits.values()))
-    if same:  # a build interrupted between writing the manifest and removing its marker left the marker
-        remove_build_marker(*storage.filesystem(out, storage_options))
-    return same
+    recipe = recipe_fingerprint(plan.config, compression)
+    shards = {split: info["num_shards"] for split, info in manifest["splits"].items()}
+    if manifest_recipe(manifest) != recipe or shards != plan.shards:
+        return False
+    fs, root = storage.filesystem(out, storage_options)
+    _, todo = resume_state(plan, fs, root, recipe)
+    damaged = damaged_files(fs, root, manifest)
+    if todo or damaged:
+        click.echo(f"{out} holds this dataset, damaged: rebuilding {plural(len(todo), 'shard')} that "
+                   f"{'is' if len(todo) == 1 else 'are'} missing or fail their sha256"
+                   + (f", and rewriting {', '.join(damaged)}" if damaged else ""), err=True)
+        return False
+    remove_build_marker(fs, root)  # a build interrupted between its manifest and removing its marker left one
+    click.echo(f"{out} already holds this dataset ({plural(plan.total_shards, 'shard')}, "
+               f"{format_count(plan.total_tokens)} tokens, each shard verified): nothing to do "
+               f"(--overwrite rebuilds it)")
+    return True
 
 
 def _command_line(ctx) -> str:

@@ -65,17 +65,23 @@ def run_build(plan: BuildPlan, executor, opts: BuildOptions) -> dict:
 
 def _interrupted_outside_the_shards(opts: BuildOptions) -> str:
     from nca_datagen import storage
-    from nca_datagen.manifest import MANIFEST
+    from nca_datagen.manifest import read_manifest
+    from nca_datagen.verify import listed_but_absent
 
     fs, root = storage.filesystem(opts.out_url, opts.storage_options)
-    if storage.exists(fs, storage.join(root, MANIFEST)):  # prepare_output let none through: this build wrote it
+    try:
+        complete = not listed_but_absent(fs, root, read_manifest(opts.out_url, opts.storage_options))
+    except ValueError:  # no manifest (yet)
+        complete = False
+    if complete:
         return "interrupted after the manifest was written: the dataset is complete"
     return ("interrupted before the dataset was finished: complete shards are kept and no manifest names a missing "
             "one; rerun the same command to finish")
 
 
 def _run_build(plan: BuildPlan, executor, opts: BuildOptions) -> dict:
-    from nca_datagen import manifest, storage
+    from nca_datagen import ownership, storage
+    from nca_datagen.config import recipe_fingerprint
     from nca_datagen.progress import BuildProgress, EventLog
     from nca_datagen.rollout import resolve_backend
 
@@ -85,15 +91,15 @@ def _run_build(plan: BuildPlan, executor, opts: BuildOptions) -> dict:
     fs, root = storage.filesystem(opts.out_url, opts.storage_options)
     local = storage.is_local(fs)
     existed = storage.exists(fs, root)
-    manifest.prepare_output(opts.out_url, config, overwrite=opts.overwrite, storage_options=opts.storage_options,
-                            settings={"compression": opts.compression})
+    ownership.prepare_output(opts.out_url, config, opts.compression, overwrite=opts.overwrite,
+                             storage_options=opts.storage_options, planned=plan.shards)
     log_path = _log_path(root, local)
     log = EventLog(log_path)
     job = ShardJob(config=config, out_url=root if local else storage.url_of(fs, root), compression=opts.compression,
                    storage_options=opts.storage_options, backend=opts.backend, device=opts.device,
                    threads=executor.worker_threads,
                    faults=os.environ.get(FAULTS_ENV, ""), fault_dir=os.environ.get(FAULT_DIR_ENV, ""))
-    records, todo = _resume_state(plan, fs, root)
+    records, todo = resume_state(plan, fs, root, recipe_fingerprint(config, opts.compression))
     job = replace(job, level=_existing_level(records))  # a resumed dataset keeps one zstd level
     backend = resolve_backend(opts.backend, opts.device)
     log.emit("build_start", out=job.out_url, executor=executor.description, backend=backend, device=opts.device,
@@ -154,7 +160,7 @@ def _run_build(plan: BuildPlan, executor, opts: BuildOptions) -> dict:
 def _finish(plan, opts, records, failed, log, provenance, progress) -> dict:
     """Once every shard is done or failed for good: name the failures (no manifest), or write the manifest and
     card; either way the event log ends. Returns the manifest."""
-    from nca_datagen import manifest, storage
+    from nca_datagen import ownership, storage
 
     fs, root = storage.filesystem(opts.out_url, opts.storage_options)
     if failed:
@@ -166,7 +172,7 @@ def _finish(plan, opts, records, failed, log, provenance, progress) -> dict:
     log.emit("shards_done", seconds=progress.elapsed)
     ordered = {split: [records[split][i] for i in range(n)] for split, n in plan.shards.items()}
     try:
-        result = manifest.write_manifest(opts.out_url, plan.config, ordered, provenance,
+        result = ownership.finish_output(opts.out_url, plan.config, ordered, provenance,
                                          storage_options=opts.storage_options)
     except storage.errors() as exc:  # a full disk, a lost endpoint: name the step, keep the shards
         log.emit("manifest_failed", error=f"{type(exc).__name__}: {exc}")
@@ -192,7 +198,8 @@ def _remove_abandoned(fs, root: str, existed: bool, log_path: Path) -> None:
     empty folders it made (a user's files in a folder that existed stay)."""
     from nca_datagen import storage
     from nca_datagen.config import SPLITS
-    from nca_datagen.manifest import LOGS, remove_build_marker, remove_empty_folders
+    from nca_datagen.manifest import LOGS
+    from nca_datagen.ownership import remove_build_marker, remove_empty_folders
 
     if not existed:
         if storage.exists(fs, root):
@@ -289,20 +296,22 @@ def _cause_text(exc: BaseException, cls) -> str:
     return str(cause) if isinstance(cause, cls) else str(exc).strip().splitlines()[-1]
 
 
-def _resume_state(plan, fs, root):
+def resume_state(plan, fs, root, recipe: str):
     """Records of shards that are complete and verified, and the (split, index) list still to build.
 
-    One listing per split gives the records that exist and every shard's size; only those records are read and
-    their shards hashed, in `RESUME_THREADS` threads (a couple of round trips each on object storage). Asking
-    for every planned record instead took a fresh 1,125-shard build on a local S3 server 26 s to start."""
+    A shard counts when its record is nca-datagen's, made by `recipe` (`shards.load_record`), and the shard has
+    the recorded size and sha256: anything else is rebuilt. One listing per split gives the records that exist and
+    every shard's size; only those records are read and their shards hashed, in `RESUME_THREADS` threads (a couple
+    of round trips each on object storage). Asking for every planned record instead took a fresh 1,125-shard build
+    on a local S3 server 26 s to start."""
     from nca_datagen import storage
     from nca_datagen.shards import load_record
 
     files, existing = _listed_records(plan, fs, root)
 
     def verified(key):
-        rec = load_record(fs, root, *key)
-        ok = rec is not None and files[key[0]].get(storage.basename(rec["path"])) == rec.get("bytes")
+        rec = load_record(fs, root, *key, recipe=recipe)
+        ok = rec is not None and files[key[0]].get(storage.basename(rec["path"])) == rec["bytes"]
         return rec if ok and _hash_matches(fs, root, rec) else None
 
     with ThreadPoolExecutor(RESUME_THREADS) as pool:
@@ -313,6 +322,15 @@ def _resume_state(plan, fs, root):
             records[split][index] = rec
     todo = [(split, index) for split, n in plan.shards.items() for index in range(n) if index not in records[split]]
     return records, todo
+
+
+def damaged_files(fs, root: str, manifest: dict) -> list[str]:
+    """The tables and card files a manifest lists that are missing or differ from their recorded sha256."""
+    from nca_datagen import storage
+
+    listed = (manifest.get("files") or {}).items()
+    return [rel for rel, info in listed if storage.size(fs, storage.join(root, rel)) != info["bytes"]
+            or hashlib.sha256(storage.read_bytes(fs, storage.join(root, rel))).hexdigest() != info["sha256"]]
 
 
 def _listed_records(plan, fs, root) -> tuple[dict[str, dict[str, int]], list[tuple[str, int]]]:

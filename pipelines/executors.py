@@ -113,12 +113,14 @@ def write_generated(job: ShardJob, data) -> ShardResult:
     """Finish a generated shard's statistics if the generator left them, write it (temp -> sha256 -> final
     name -> record) and time it."""
     from nca_datagen import shards
+    from nca_datagen.config import recipe_fingerprint
     from nca_datagen.generate import add_sample_stats
 
     add_sample_stats(data, job.config)
     t0 = time.perf_counter()
     level = shards.DEFAULT_LEVEL if job.level is None else job.level
-    record = shards.write_shard(data, job.out_url, compression=job.compression, level=level,
+    recipe = recipe_fingerprint(job.config, job.compression)
+    record = shards.write_shard(data, job.out_url, recipe=recipe, compression=job.compression, level=level,
                                 storage_options=job.storage_options)
     timings = {**data.timings, "compress_write": time.perf_counter() - t0}
     inject_fault(job, data.split, data.shard_index, written=True)

@@ -1,53 +1,53 @@
 """`nca-datagen publish SRC DST`: copy a finished dataset between local disk and object storage, manifest last.
 
-Idempotent and restartable: a shard is skipped when DST already holds its record with the same sha256 and size
-and the shard object has that size, so a second publish of the same dataset uploads nothing. By default that is
-all that is checked for a shard already there (its record and one listing; no shard bytes read): a shard
-damaged in place at DST, same size, is not noticed. `--rehash` also re-reads and re-hashes each such shard and
-re-uploads it when it differs; it is the repair after `verify` reports a BAD shard at DST. Each uploaded shard is
-checked against the manifest before upload (a corrupt source is never published) and re-read and re-hashed
-after it. DST must be empty, a dataset or a build: a DST holding files that are not nca-datagen's and no
-manifest or build marker is refused, `--overwrite` or not, before anything is written (the rule `build` follows,
-`manifest.check_not_foreign`). A DST that holds a finished dataset with other data (other shard hashes) is replaced
-only with `--overwrite`, as `build` asks; the same data with another manifest (a deterministic rebuild) needs no
-flag. Unless DST already holds this very manifest, publish first marks DST as a build in progress (`build.json`,
-removed once the manifest is written), so an interrupted publish leaves a DST that the rerun recognises as
-nca-datagen's, and then deletes DST's manifest of another dataset version, so no visible manifest names shards
-that are not there yet. `manifest.json` goes last. Just before it, the dataset files at DST that this dataset
-does not have (shards and records in the split folders, samples tables, card files: `manifest.owned_path`) are
-deleted, so an older dataset's shards cannot outlive it there; any other file under DST is left alone, in the
-split folders too. From SRC only the dataset travels (shards, records, tables, card), never other files beside
-it. SRC and DST must not overlap (one inside the other would copy the dataset into itself). The build's event log
-(`_logs/`, this machine's diagnostics with its local paths) is not published.
+- SRC is verified whole (`verify.verify_dataset`) before anything at DST is touched: a damaged source is never
+  published, and a failed publish never costs DST its dataset.
+- DST follows the build's ownership rules (`nca_datagen.ownership`): empty, or a dataset or build of ours.
+  Someone else's files are refused, `--overwrite` or not; another finished dataset, an unfinished build or
+  another publish is replaced only with `--overwrite`; the same data (a deterministic rebuild) needs no flag.
+- A finished dataset at DST stays readable until the new one is complete: the new files go to `DST/_publish/`
+  first, verified, and only then move into place (a rename locally, a server-side copy on object stores): the old
+  manifest goes first, the new one last.
+- Otherwise files go straight to their names, under the marker (`build.json`, naming the dataset published), so
+  a rerun recognises an interrupted publish and finishes it.
+- Idempotent: a shard is skipped when DST holds its record with the same sha256 and size and the shard has that
+  size (`--rehash` also re-reads and re-hashes it: the repair after `verify` reports a BAD shard at DST). Each
+  upload is re-read and re-hashed.
+- Only the dataset travels: its shards, their records and the files its manifest lists; not the event log
+  (`_logs/`) or other files beside it. Files at DST that the dataset does not have are deleted only when they are
+  dataset files of ours (`ownership.owned_path`); anything else there stays. SRC and DST must not overlap.
 
-The trade-off: everything streams through this machine (no server-side copy between different stores), one
-shard in memory at a time; shards are small, so that is cheap, and it is what makes the hash checks exact.
+The trade-off: everything streams through this machine, one shard in memory at a time, and SRC is read twice
+(verified, then copied): the price of never publishing a byte that was not checked.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 
 import click
 
 from nca_datagen import storage
-from nca_datagen.config import SPLITS
 from nca_datagen.manifest import (
-    BUILD,
     MANIFEST,
-    TEMPORARY,
-    check_not_foreign,
     dataset_digest,
     dataset_root,
-    owned_path,
-    read_json,
-    read_manifest,
-    remove_build_marker,
-    write_build_marker,
+    manifest_recipe,
+    parse_manifest,
+    read_manifest_bytes,
 )
-from nca_datagen.shards import ShardError, check_blob, compact_json, record_name
+from nca_datagen.ownership import (
+    BUILD,
+    STAGING,
+    owned_path,
+    refuse_foreign,
+    remove_build_marker,
+    remove_empty_folders,
+    survey,
+    write_marker,
+)
+from nca_datagen.shards import ShardError, check_blob, compact_json, load_record, record_name
 from nca_datagen.units import plural
 
 
@@ -55,54 +55,161 @@ def publish(src: str, dst: str, storage_options: dict | None = None, *, rehash: 
             overwrite: bool = False, echo=print) -> dict:
     """Copy the dataset at `src` to `dst`; returns {"uploaded", "skipped", "files"} (shards, shards, other files).
     `rehash`: re-hash the shards DST already holds instead of trusting their record and size. `overwrite`:
-    replace a finished dataset with other data at DST (refused otherwise)."""
+    replace another dataset or build at DST (refused otherwise)."""
     sfs, sroot = dataset_root(src, storage_options)
     dfs, droot = storage.filesystem(dst, storage_options)
     check_no_overlap(sfs, sroot, dfs, droot)
-    manifest = read_manifest(src, storage_options)
-    manifest_bytes = storage.read_bytes(sfs, storage.join(sroot, MANIFEST))
-    check_not_foreign(dfs, droot)  # DST is empty, a dataset or a build: nothing there is someone else's to lose
-    dst_manifest = storage.join(droot, MANIFEST)
-    old_manifest = storage.read_bytes(dfs, dst_manifest) if storage.exists(dfs, dst_manifest) else None
-    if old_manifest != manifest_bytes:
-        if old_manifest is not None and not overwrite:
-            _refuse_other_data(dst, old_manifest, manifest)
-        _mark_in_progress(dfs, droot, manifest)
-        storage.remove_files(dfs, [dst_manifest])  # another version's: hidden until every new shard is in place
-    stats = {"uploaded": 0, "skipped": 0, "files": 0}
-    shard_files = set()
-    for split, info in manifest["splits"].items():
-        present = storage.listing(dfs, storage.join(droot, split))  # one request: what DST holds, with sizes
-        for index, shard in enumerate(info["shards"]):
-            shard_files |= {shard["path"], record_name(split, index)}
-            copied = _publish_shard(sfs, sroot, dfs, droot, split, index, shard, present, rehash)
-            stats["uploaded" if copied else "skipped"] += 1
-            echo(f"{'uploaded' if copied else 'skipped '} {shard['path']}")
-    others = _other_files(sfs, sroot)
-    stats["files"] = _copy_other_files(sfs, sroot, dfs, droot, others)
-    _remove_unpublished(dfs, droot, published=shard_files | set(others) | {BUILD})  # the marker goes last
-    storage.write_atomic(dfs, dst_manifest, manifest_bytes)
+    manifest_bytes, where = read_manifest_bytes(src, storage_options)
+    manifest = parse_manifest(manifest_bytes, where)
+    if manifest_recipe(manifest) is None:
+        raise ValueError(f"{src} is a format-1 dataset (an older nca-datagen), whose records and tables carry no "
+                         f"recipe or sha256 to check: rebuild it with this version to publish it")
+    _verify_source(src, storage_options)
+    replacing = _check_destination(dfs, droot, manifest, overwrite)
+    copy = _Copy(sfs, sroot, dfs, droot, manifest, rehash, echo)
+    write_marker(dfs, droot, manifest["config"], manifest_recipe(manifest), {"publish": dataset_digest(manifest)})
+    if replacing:  # the old dataset stays readable until every new file is in place beside it
+        copy.to(storage.join(droot, STAGING))
+        storage.remove_files(dfs, [storage.join(droot, MANIFEST)])
+        _move_staged(dfs, droot)
+    stats = copy.to(droot)
+    _remove_unpublished(dfs, droot, published=copy.published | {BUILD})  # the marker goes last
+    storage.write_atomic(dfs, storage.join(droot, MANIFEST), manifest_bytes)
     remove_build_marker(dfs, droot)
     return stats
 
 
-def _mark_in_progress(dfs, droot: str, manifest: dict) -> None:
-    """DST's build marker while this publish writes it: the dataset's config, with settings saying a publish is
-    under way (no local path: an interrupted publish leaves it at DST). A `build` there sees another config's
-    build and does not take the half-published shards for its own; it asks for --overwrite."""
-    write_build_marker(dfs, droot, manifest["config"], {"publish": "in progress"})
+def _verify_source(src: str, storage_options) -> None:
+    """ValueError naming SRC's problems, if `verify` finds any: nothing at DST has been touched yet."""
+    from nca_datagen.verify import verify_dataset
+
+    problems = verify_dataset(src, storage_options, echo=lambda line: None)
+    if problems:
+        shown = "\n  ".join(problems[:10]) + ("\n  ..." if len(problems) > 10 else "")
+        raise ShardError(f"{src} fails verification, so nothing was published (DST is untouched):\n  {shown}\n"
+                         f"`nca-datagen verify {src}` lists every problem; rebuild or repair SRC first")
 
 
-def _refuse_other_data(dst: str, old_manifest: bytes, manifest: dict) -> None:
-    """ValueError unless DST's manifest lists the same shards (a rebuild of the same data may differ only in
-    provenance): replacing another published dataset takes --overwrite."""
+def _check_destination(dfs, droot: str, manifest: dict, overwrite: bool) -> bool:
+    """Refuse a DST the ownership rules do not let this publish write; True when DST holds another finished
+    dataset that `overwrite` replaces (it stays readable until the new one is complete)."""
+    folder = survey(dfs, droot)
+    where, digest = storage.url_of(dfs, droot), dataset_digest(manifest)
+    if folder.foreign:
+        refuse_foreign(where, folder.foreign)
+    if folder.manifest is not None:
+        if _digest_or_none(folder.manifest) == digest:
+            return False  # the same data: a republish or a deterministic rebuild
+        if not overwrite:
+            raise ValueError(f"{where} holds another finished dataset (its manifest.json lists other "
+                             f"shards); pass --overwrite to replace it, or publish to another prefix")
+        return True
+    if folder.marker is not None and folder.marker["settings"].get("publish") != digest and not overwrite:
+        raise ValueError(f"{where} holds an unfinished build or another dataset's unfinished publish "
+                         f"({BUILD}); pass --overwrite to replace it, or publish to another prefix")
+    if folder.record_recipes - {manifest_recipe(manifest)} and not overwrite:
+        raise ValueError(f"{where} holds shards of another recipe; pass --overwrite to replace them, or "
+                         f"publish to another prefix")
+    return False
+
+
+def _digest_or_none(manifest: dict) -> str | None:
     try:
-        same = dataset_digest(json.loads(old_manifest)) == dataset_digest(manifest)
-    except (ValueError, KeyError, TypeError, AttributeError):  # not a dataset manifest
-        same = False
-    if not same:
-        raise ValueError(f"{dst} holds another finished dataset (its manifest.json lists other shards); pass "
-                         f"--overwrite to replace it, or publish to another prefix")
+        return dataset_digest(manifest)
+    except (KeyError, TypeError, AttributeError):  # a manifest of ours too damaged to describe its data
+        return None
+
+
+class _Copy:
+    """Copies SRC's dataset files to a folder (DST, or its staging folder) and remembers what it placed."""
+
+    def __init__(self, sfs, sroot, dfs, droot, manifest, rehash, echo):
+        self.sfs, self.sroot, self.dfs, self.droot = sfs, sroot, dfs, droot
+        self.manifest, self.rehash, self.echo = manifest, rehash, echo
+        self.published: set[str] = set()
+
+    def to(self, target: str) -> dict:
+        """Make `target` hold every shard, record and listed file; returns the counts."""
+        stats = {"uploaded": 0, "skipped": 0, "files": 0}
+        staging = target != self.droot
+        for split, info in self.manifest["splits"].items():
+            present = storage.listing(self.dfs, storage.join(target, split))
+            final = storage.listing(self.dfs, storage.join(self.droot, split)) if staging else present
+            for index, shard in enumerate(info["shards"]):
+                self.published |= {shard["path"], record_name(split, index)}
+                if staging and self._already_there(self.droot, split, index, shard, final):
+                    continue  # DST holds this very shard already: it stays where it is
+                copied = self._shard(target, split, index, shard, present)
+                stats["uploaded" if copied else "skipped"] += 1
+                if not staging:
+                    self.echo(f"{'uploaded' if copied else 'skipped '} {shard['path']}")
+        for rel, info in self.manifest["files"].items():
+            self.published.add(rel)
+            stats["files"] += self._file(target, rel, info)
+        return stats
+
+    def _shard(self, target: str, split: str, index: int, shard: dict, present: dict[str, int]) -> bool:
+        """Make `target` hold this shard and its record; False when it already did."""
+        if self._already_there(target, split, index, shard, present):
+            return False
+        src_path = storage.join(self.sroot, shard["path"])
+        blob = storage.read_bytes(self.sfs, src_path, shard["bytes"] + 1)
+        check_blob(blob, storage.url_of(self.sfs, src_path), shard["sha256"], shard["bytes"])  # SRC changed since?
+        dst_path = storage.join(target, shard["path"])
+        upload_shard(self.dfs, dst_path, blob)
+        if hashlib.sha256(storage.read_bytes(self.dfs, dst_path)).hexdigest() != shard["sha256"]:
+            raise ShardError(f"{storage.url_of(self.dfs, dst_path)}: read back after upload, sha256 differs; "
+                             f"publish again")
+        record = load_record(self.sfs, self.sroot, split, index, manifest_recipe(self.manifest))
+        if record is None or record["sha256"] != shard["sha256"]:
+            raise ShardError(f"{storage.url_of(self.sfs, self.sroot)}: the record of {shard['path']} changed since "
+                             f"it was verified; nothing more was published")
+        storage.write_atomic(self.dfs, storage.join(target, record_name(split, index)), compact_json(record))
+        return True
+
+    def _already_there(self, root: str, split: str, index: int, shard: dict, present: dict[str, int]) -> bool:
+        """`root` holds the shard at its size and its record (ours, of this recipe) with its sha256; with
+        `rehash`, the shard's bytes also hash to it (one more read of the whole shard)."""
+        if present.get(storage.basename(shard["path"])) != shard["bytes"]:
+            return False
+        record = load_record(self.dfs, root, split, index, manifest_recipe(self.manifest))
+        if record is None or (record["sha256"], record["bytes"]) != (shard["sha256"], shard["bytes"]):
+            return False
+        if not self.rehash:
+            return True
+        data = storage.read_bytes(self.dfs, storage.join(root, shard["path"]))
+        return hashlib.sha256(data).hexdigest() == shard["sha256"]
+
+    def _file(self, target: str, rel: str, info: dict) -> int:
+        """Copy a listed table or card file unless `target` (or DST itself, when staging) holds it already."""
+        for root in dict.fromkeys((self.droot, target)):
+            path = storage.join(root, rel)
+            if storage.size(self.dfs, path) == info["bytes"] and _sha256(self.dfs, path) == info["sha256"]:
+                return 0
+        data = storage.read_bytes(self.sfs, storage.join(self.sroot, rel), info["bytes"] + 1)
+        check_blob(data, storage.url_of(self.sfs, storage.join(self.sroot, rel)), info["sha256"], info["bytes"])
+        storage.write_atomic(self.dfs, storage.join(target, rel), data)
+        return 1
+
+
+def _sha256(fs, path: str) -> str:
+    return hashlib.sha256(storage.read_bytes(fs, path)).hexdigest()
+
+
+def _move_staged(dfs, droot: str) -> None:
+    """Move every file under DST/_publish/ to its place in DST (records after their shards: the tables and card,
+    then each split's shards, then their records)."""
+    staging = storage.join(droot, STAGING)
+    prefix = len(staging.rstrip("/")) + 1
+    staged = sorted((path[prefix:] for path in dfs.find(staging)), key=lambda rel: (rel.endswith(".json"), rel))
+    for rel in staged:
+        storage.move(dfs, storage.join(staging, rel), storage.join(droot, rel))
+    remove_empty_folders(dfs, droot, [f"{STAGING}/{split}" for split in ("train", "val", "samples")] + [STAGING])
+
+
+def upload_shard(dfs, path: str, blob: bytes) -> None:
+    """One shard to its final name (a separate function so tests can interrupt a publish here)."""
+    storage.write_atomic(dfs, path, blob)
 
 
 def check_no_overlap(sfs, sroot: str, dfs, droot: str) -> None:
@@ -119,80 +226,14 @@ def _resolved_url(fs, root: str) -> str:
     return storage.url_of(fs, os.path.realpath(root) if storage.is_local(fs) else root).rstrip("/")
 
 
-def _publish_shard(sfs, sroot, dfs, droot, split: str, index: int, shard: dict, present: dict[str, int],
-                   rehash: bool) -> bool:
-    """Make DST hold this shard and its record; False when it already did. `present`: DST's listing of the
-    split's folder (names and sizes), so only records that exist are read."""
-    dst_path, dst_record_path = storage.join(droot, shard["path"]), storage.join(droot, record_name(split, index))
-    if _already_there(dfs, dst_path, dst_record_path, shard, present, rehash):
-        return False
-    src_path = storage.join(sroot, shard["path"])
-    try:
-        blob = storage.read_bytes(sfs, src_path)
-    except FileNotFoundError as exc:
-        raise ShardError(f"{storage.url_of(sfs, src_path)}: shard is missing; nothing was published for it") from exc
-    check_blob(blob, storage.url_of(sfs, src_path), shard["sha256"], shard["bytes"])
-    upload_shard(dfs, dst_path, blob)
-    after = storage.read_bytes(dfs, dst_path)
-    if hashlib.sha256(after).hexdigest() != shard["sha256"]:
-        raise ShardError(f"{storage.url_of(dfs, dst_path)}: read back after upload, sha256 differs; publish again")
-    record = read_json(sfs, storage.join(sroot, record_name(split, index))) or {"split": split, "index": index,
-                                                                                 **shard}
-    storage.write_atomic(dfs, dst_record_path, compact_json(record))  # the bytes build writes
-    return True
-
-
-def _already_there(dfs, dst_path: str, dst_record_path: str, shard: dict, present: dict[str, int],
-                   rehash: bool) -> bool:
-    """DST's object has the shard's size and DST's record its sha256 and size; with `rehash`, the object's bytes
-    also hash to that sha256 (one more read of the whole shard)."""
-    if present.get(storage.basename(dst_path)) != shard["bytes"] or storage.basename(dst_record_path) not in present:
-        return False
-    try:
-        dst_record = read_json(dfs, dst_record_path)
-    except ValueError:  # a damaged record (not JSON): publish the shard and its record again
-        return False
-    wanted = (shard["sha256"], shard["bytes"])
-    if not isinstance(dst_record, dict) or (dst_record.get("sha256"), dst_record.get("bytes")) != wanted:
-        return False
-    return not rehash or hashlib.sha256(storage.read_bytes(dfs, dst_path)).hexdigest() == shard["sha256"]
-
-
-def upload_shard(dfs, path: str, blob: bytes) -> None:
-    """One shard to its final name (a separate function so tests can interrupt a publish here)."""
-    storage.write_atomic(dfs, path, blob)
-
-
-def _other_files(sfs, sroot: str) -> list[str]:
-    """SRC's tables, card and figures (paths relative to SRC): the dataset's files outside the split folders
-    (`owned_path`), not a file of someone's beside them. Split folders are left out: what they carry to DST is
-    the manifest's shards and their records only, so a stray file beside them is never published."""
-    prefix = len(sroot.rstrip("/")) + 1
-    rels = [path[prefix:] for path in sorted(sfs.find(sroot))]
-    return [rel for rel in rels if owned_path(rel) and rel != BUILD and not TEMPORARY.search(rel)
-            and rel.split("/", 1)[0] not in SPLITS]
-
-
-def _copy_other_files(sfs, sroot, dfs, droot, rels: list[str]) -> int:
-    """Copy these files when missing or different at DST. Returns how many were copied."""
-    copied = 0
-    for rel in rels:
-        data = storage.read_bytes(sfs, storage.join(sroot, rel))
-        target = storage.join(droot, rel)
-        if storage.size(dfs, target) == len(data) and storage.read_bytes(dfs, target) == data:
-            continue
-        storage.write_atomic(dfs, target, data)
-        copied += 1
-    return copied
-
-
 def _remove_unpublished(dfs, droot: str, published: set[str]) -> None:
-    """Delete the dataset files at DST (`owned_path`: shards, records, tables, card files, leftovers of killed
-    writes) that this publish did not write or keep: an older dataset's. One listing, one batched delete.
-    Anything else stays, in the split folders too."""
+    """Delete the dataset files at DST (`owned_path`: shards, records, tables, card files, staged files, leftovers
+    of killed writes) that this publish did not write or keep: an older dataset's. One listing, one batched
+    delete. Anything else stays, in the split folders too."""
     dfs.invalidate_cache(droot)
     prefix = len(droot.rstrip("/")) + 1
-    stale = [path for path in dfs.find(droot) if owned_path(path[prefix:]) and path[prefix:] not in published]
+    stale = [path for path in dfs.find(droot) if owned_path(path[prefix:]) and path[prefix:] not in published
+             and path[prefix:] != MANIFEST]
     storage.remove_files(dfs, stale)
 
 

@@ -8,9 +8,9 @@ shard, byte-identical reruns) call `generate_shard` with `REAL`.
 
 import numpy as np
 
-from nca_datagen.config import DatasetConfig, NCAConfig
+from nca_datagen.config import DatasetConfig, NCAConfig, recipe_fingerprint
 from nca_datagen.generate import ShardData
-from nca_datagen.manifest import prepare_output, write_manifest
+from nca_datagen.ownership import finish_output, prepare_output
 from nca_datagen.shards import write_shard
 from nca_datagen.tokenizer import end_grid_token, grid_token
 
@@ -45,11 +45,17 @@ def real_shards(count: int, split: str = "train", config: DatasetConfig = REAL) 
 def make_dataset(out: str, shards: dict[str, int | list[ShardData]], *, compression: str = "zstd",
                  config: DatasetConfig = FAKE, storage_options=None) -> dict:
     """Write a finished dataset; `shards[split]` is a number of fake shards or a list of ShardData to write."""
-    prepare_output(out, config, storage_options=storage_options)
+    prepare_output(out, config, compression, storage_options=storage_options)
     records = {}
     for split, datas in shards.items():
         if isinstance(datas, int):
             datas = [fake_shard(split, i, config) for i in range(datas)]
-        records[split] = [write_shard(d, out, compression=compression, storage_options=storage_options)
-                          for d in datas]
-    return write_manifest(out, config, records, {"device": "cpu", "test": True}, storage_options, figures=False)
+        records[split] = [write_fake(d, out, config, compression, storage_options) for d in datas]
+    return finish_output(out, config, records, {"device": "cpu", "test": True}, storage_options, figures=False)
+
+
+def write_fake(data: ShardData, out: str, config: DatasetConfig = FAKE, compression: str = "zstd",
+               storage_options=None) -> dict:
+    """`write_shard` with the record naming `config`'s recipe, as a build of it writes."""
+    return write_shard(data, out, recipe=recipe_fingerprint(config, compression), compression=compression,
+                       storage_options=storage_options)

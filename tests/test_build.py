@@ -282,13 +282,13 @@ def test_a_storage_error_while_the_manifest_is_written_names_the_step(tmp_path, 
 def test_interrupt_while_the_manifest_is_written(tmp_path, monkeypatch):
     """Ctrl-C after the last shard: exit 130 with the usual message (not click's 'Aborted!'), no manifest, and the
     rerun only writes the manifest."""
-    from nca_datagen import manifest
+    from nca_datagen import ownership
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     out = tmp_path / "ds"
-    monkeypatch.setattr(manifest, "write_manifest", interrupted)
+    monkeypatch.setattr(ownership, "write_manifest", interrupted)
     result = CliRunner().invoke(main, ["build", *TINY, "--executor", "inline", "--out", str(out)])
     assert result.exit_code == 130, result.output
     assert "interrupted before the dataset was finished" in result.output and "rerun the same command" in result.output
@@ -299,11 +299,11 @@ def test_interrupt_while_the_manifest_is_written(tmp_path, monkeypatch):
     rerun = build("--executor", "inline", out=out)
     assert rerun.exit_code == 0 and "building 0 of" in rerun.output and (out / "manifest.json").exists()
 
-    def written_then_interrupted(*args, real=manifest.write_manifest, **kwargs):
+    def written_then_interrupted(*args, real=ownership.write_manifest, **kwargs):
         real(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(manifest, "write_manifest", written_then_interrupted)
+    monkeypatch.setattr(ownership, "write_manifest", written_then_interrupted)
     late = CliRunner().invoke(main, ["build", *TINY, "--executor", "inline", "--out", str(tmp_path / "late")])
     assert late.exit_code == 130 and "interrupted after the manifest was written" in late.output
 

@@ -27,12 +27,13 @@ HF_SENTENCE = "Hugging Face `datasets` and the Hub's dataset viewer read only pl
 
 def build(out: Path, compression: str, figures: bool = True):
     """A finished two-shard dataset: `write_manifest` writes the card as part of it."""
+    from shard_fixtures import write_fake
+
     from nca_datagen.generate import generate_shard
     from nca_datagen.manifest import write_manifest
-    from nca_datagen.shards import write_shard
 
-    recs = {"train": [write_shard(generate_shard(TINY, "train", i, backend=BUILD_BACKEND), str(out),
-                                  compression=compression) for i in range(2)]}
+    recs = {"train": [write_fake(generate_shard(TINY, "train", i, backend=BUILD_BACKEND), str(out), TINY, compression)
+                      for i in range(2)]}
     return out, write_manifest(str(out), TINY, recs, provenance={}, figures=figures)
 
 

@@ -1,27 +1,23 @@
-"""Manifest: resume-or-refuse on the output folder, a manifest that names exactly the files, written last."""
+"""Manifest: a manifest that names exactly the files, written last, and read as untrusted input."""
 
-import dataclasses
 import json
 
 import pyarrow.parquet as pq
 import pytest
 from braceexpand import braceexpand
-from shard_fixtures import FAKE, fake_shard, make_dataset
+from shard_fixtures import FAKE, fake_shard, make_dataset, write_fake
 
-from nca_datagen import storage
 from nca_datagen.complexity import ZLIB_VERSION
-from nca_datagen.config import NCAConfig
+from nca_datagen.config import RECIPE_VERSION, recipe_fingerprint
 from nca_datagen.manifest import (
     BUILD,
     MANIFEST,
     brace_pattern,
-    prepare_output,
     read_manifest,
-    remove_stale_shards,
     split_summary,
     write_manifest,
 )
-from nca_datagen.shards import write_shard
+from nca_datagen.ownership import finish_output, prepare_output
 
 
 def test_manifest_describes_exactly_the_files(tmp_path):
@@ -45,12 +41,15 @@ def test_manifest_describes_exactly_the_files(tmp_path):
     assert m["provenance"]["zlib"] == ZLIB_VERSION and m["provenance"]["device"] == "cpu"
     assert read_manifest(str(tmp_path)) == m == read_manifest(str(tmp_path / MANIFEST))
     assert (tmp_path / "README.md").exists()  # the dataset card
+    assert m["recipe"] == {"version": RECIPE_VERSION, "fingerprint": recipe_fingerprint(FAKE, "zstd")}
+    assert sorted(m["files"]) == ["README.md", "samples/train.parquet", "samples/val.parquet"]
+    assert m["files"]["README.md"]["bytes"] == (tmp_path / "README.md").stat().st_size
 
 
 def test_read_manifest_names_the_missing_path(tmp_path):
     with pytest.raises(ValueError, match=f"{tmp_path}/manifest.json does not exist"):
         read_manifest(str(tmp_path))
-    prepare_output(str(tmp_path), FAKE)
+    prepare_output(str(tmp_path), FAKE, "zstd")
     with pytest.raises(ValueError, match=r"rerun the same build command"):
         read_manifest(str(tmp_path))
     (tmp_path / MANIFEST).write_text('{"format": "nca-da')  # truncated
@@ -61,51 +60,9 @@ def test_read_manifest_names_the_missing_path(tmp_path):
         read_manifest(str(tmp_path))
 
 
-def test_prepare_output_resumes_same_config_and_refuses_another(tmp_path):
-    out = str(tmp_path / "ds")
-    prepare_output(out, FAKE, settings={"compression": "zstd"})
-    prepare_output(out, FAKE, settings={"compression": "zstd"})  # a rerun resumes
-    other = dataclasses.replace(FAKE, seed=3, nca=NCAConfig(frames=5))
-    with pytest.raises(ValueError, match=r"(?s)nca\.frames: 4 -> 5.*seed: 0 -> 3"):
-        prepare_output(out, other, settings={"compression": "zstd"})
-    with pytest.raises(ValueError, match=r"settings.compression: 'zstd' -> 'none'"):
-        prepare_output(out, FAKE, settings={"compression": "none"})
-    prepare_output(out, other, overwrite=True)
-    assert json.loads((tmp_path / "ds" / BUILD).read_text())["config"] == other.to_dict()
-
-
-def test_finished_dataset_is_not_overwritten_by_accident(tmp_path):
-    make_dataset(str(tmp_path), {"train": 2})
-    with pytest.raises(ValueError, match=r"already holds a finished dataset.*--overwrite"):
-        prepare_output(str(tmp_path), FAKE)
-    (tmp_path / "notes.txt").write_text("mine")
-    prepare_output(str(tmp_path), FAKE, overwrite=True)
-    assert not (tmp_path / MANIFEST).exists() and not (tmp_path / "train").exists()
-    assert (tmp_path / "notes.txt").read_text() == "mine"  # only our files are deleted
-
-
-def test_a_folder_with_other_files_is_refused_even_with_overwrite(tmp_path):
-    (tmp_path / "README.md").write_text("my notes")  # a dataset card would replace it
-    for overwrite in (False, True):
-        with pytest.raises(ValueError, match=r"is not empty \(README.md\) and holds no nca-datagen dataset"):
-            prepare_output(str(tmp_path), FAKE, overwrite=overwrite)
-    assert (tmp_path / "README.md").read_text() == "my notes" and not (tmp_path / BUILD).exists()
-    (tmp_path / "README.md").unlink()
-    (tmp_path / "_logs").mkdir()  # logs of an abandoned build, and the folders a build writes, do not count
-    (tmp_path / "train").mkdir()
-    prepare_output(str(tmp_path), FAKE)
-
-
-def test_unwritable_output_is_a_clear_error(tmp_path):
-    blocker = tmp_path / "file"
-    blocker.write_text("x")
-    with pytest.raises(ValueError, match=r"cannot write to .*check a writable output folder"):
-        prepare_output(str(blocker / "ds"), FAKE)
-
-
 def test_write_manifest_refuses_a_shard_that_is_missing_or_the_wrong_size(tmp_path):
     out = str(tmp_path)
-    recs = [write_shard(fake_shard("train", i), out) for i in range(2)]
+    recs = [write_fake(fake_shard("train", i), out) for i in range(2)]
     (tmp_path / recs[1]["path"]).write_bytes(b"short")
     with pytest.raises(ValueError, match=r"shard-000001.tar.zst: 5 bytes, its record says"):
         write_manifest(out, FAKE, {"train": recs}, {}, figures=False)
@@ -117,95 +74,13 @@ def test_write_manifest_refuses_a_shard_that_is_missing_or_the_wrong_size(tmp_pa
 
 def test_write_manifest_refuses_gaps_and_drops_stale_shards(tmp_path):
     out = str(tmp_path)
-    recs = [write_shard(fake_shard("train", i), out) for i in range(3)]
+    recs = [write_fake(fake_shard("train", i), out) for i in range(3)]
     with pytest.raises(ValueError, match=r"missing \[1\]"):
         write_manifest(out, FAKE, {"train": [recs[0], recs[2]]}, {}, figures=False)
-    m = write_manifest(out, FAKE, {"train": recs[:2]}, {}, figures=False)  # a smaller rebuild: shard 2 is stale
+    m = finish_output(out, FAKE, {"train": recs[:2]}, {}, figures=False)  # a smaller rebuild: shard 2 is stale
     assert list(braceexpand(m["splits"]["train"]["pattern"])) == [p.name and f"train/{p.name}" for p in
                                                                    sorted((tmp_path / "train").glob("*.tar.zst"))]
     assert not (tmp_path / "train" / "shard-000002.json").exists()
-
-
-def _write(folder, files: dict[str, str]) -> None:
-    for rel, text in files.items():
-        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-        (folder / rel).write_text(text)
-
-
-def _files(folder) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-THEIRS = {  # folders another tool made: nothing in them was written by nca-datagen
-    "webdataset": {f"train/shard-00000{i}.tar": f"data {i}" for i in range(4)} | {"train/labels.csv": "x"},
-    "shard-without-record": {"val/shard-000000.tar.zst": "no record says it is ours"},
-    "samples-table": {"samples/train.parquet": "their table"},
-    "their-manifest": {"manifest.json": '{"name": "theirs"}', "train/shard-000000.tar": "data"},
-    "their-build-json": {"build.json": '{"target": "x"}'},
-    "their-logs": {"_logs/run.log": "x"},
-}
-
-
-@pytest.mark.parametrize("files", THEIRS.values(), ids=THEIRS)
-def test_someone_elses_folder_is_refused_even_with_overwrite_and_left_as_it_was(tmp_path, files):
-    _write(tmp_path, files)
-    before = _files(tmp_path)
-    for overwrite in (False, True):
-        with pytest.raises(ValueError, match=r"is not empty \(.*\) and holds no nca-datagen dataset") as refused:
-            prepare_output(str(tmp_path), FAKE, overwrite=overwrite)
-        assert sorted(files)[0] in str(refused.value) and "--overwrite replaces only" in str(refused.value)
-    assert _files(tmp_path) == before
-
-
-def test_records_and_their_shards_are_ours_without_a_build_marker(tmp_path):
-    """Shards written through the library before `prepare_output` (each with its record) are a build's; a shard
-    file with no record beside it is not."""
-    write_shard(fake_shard("train", 0), str(tmp_path))
-    _write(tmp_path, {"train/shard-000001.tar": "a webdataset shard", "_logs/build-1.jsonl": "{}"})
-    with pytest.raises(ValueError, match=r"is not empty \(train/shard-000001.tar\)"):
-        prepare_output(str(tmp_path), FAKE)
-    (tmp_path / "train" / "shard-000001.tar").unlink()
-    prepare_output(str(tmp_path), FAKE)
-
-
-def test_overwrite_and_a_smaller_rebuild_delete_only_our_files(tmp_path):
-    out = str(tmp_path)
-    recs = [write_shard(fake_shard("train", i), out) for i in range(3)]
-    theirs = {"train/notes.txt": "mine", "train/shard-000009.txt": "mine too", "samples/mine.csv": "x",
-              "notes.txt": "mine", "_logs/run.log": "x"}
-    _write(tmp_path, theirs)
-    write_manifest(out, FAKE, {"train": recs[:2]}, {}, figures=False)  # shard 2 is stale, shard-000009.txt not
-    assert not (tmp_path / "train" / "shard-000002.tar.zst").exists()
-    assert (tmp_path / "train" / "shard-000009.txt").exists()
-    prepare_output(out, FAKE, overwrite=True)
-    assert _files(tmp_path) == {BUILD: (tmp_path / BUILD).read_bytes(), **{k: v.encode() for k, v in theirs.items()}}
-
-
-def test_an_interrupted_overwrite_leaves_a_folder_that_overwrite_can_finish(tmp_path, monkeypatch):
-    """Between deleting the old dataset's manifest and its other files the folder is still ours (a marker says
-    what is going on): a rerun with --overwrite finishes the job; one without is refused, not resumed."""
-    out = str(tmp_path)
-    make_dataset(out, {"train": 2})
-    deletions = []
-
-    def interrupted(real):
-        def delete(*args):
-            deletions.append(args)
-            if len(deletions) == 2:
-                raise KeyboardInterrupt
-            return real(*args)
-        return delete
-
-    monkeypatch.setattr(storage, "remove", interrupted(storage.remove))
-    monkeypatch.setattr(storage, "remove_files", interrupted(storage.remove_files))
-    with pytest.raises(KeyboardInterrupt):
-        prepare_output(out, FAKE, overwrite=True)
-    monkeypatch.undo()
-    assert not (tmp_path / MANIFEST).exists() and (tmp_path / "train" / "shard-000000.json").exists()
-    with pytest.raises(ValueError, match=r"an --overwrite was interrupted .* pass --overwrite again to finish"):
-        prepare_output(out, FAKE)
-    prepare_output(out, FAKE, overwrite=True)
-    assert _files(tmp_path) == {BUILD: (tmp_path / BUILD).read_bytes()}
 
 
 def test_brace_pattern_names_exactly_the_shards():
@@ -215,17 +90,59 @@ def test_brace_pattern_names_exactly_the_shards():
     assert split_summary("val", [], "samples/val.parquet")["pattern"] is None
 
 
-def test_a_killed_writes_temporary_files_do_not_outlive_the_build(tmp_path):
-    """A SIGKILL inside `storage.write_atomic` leaves NAME.tmp-PID-XXXXXXXX; the finished dataset must not keep
-    it, whatever the shard's index (a rerun rewrites the shard under a new temporary name)."""
-    from fsspec.implementations.local import LocalFileSystem
 
-    folder = tmp_path / "train"
-    folder.mkdir()
-    names = ["shard-000000.tar.zst", "shard-000000.json", "shard-000000.tar.zst.tmp-99999-deadbeef",
-             "shard-000000.json.tmp-4242-0123abcd", "notes.txt.tmp-1-0123abcd", "shard-000003.tar.zst"]
-    for name in names:
-        (folder / name).write_bytes(b"x")
-    remove_stale_shards(LocalFileSystem(), str(tmp_path), "train", 1)
-    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt.tmp-1-0123abcd", "shard-000000.json",
-                                                        "shard-000000.tar.zst"]
+
+def _edited(tmp_path, edit) -> str:
+    """A finished dataset whose manifest `edit` changed (as an attacker's bucket would serve it)."""
+    make_dataset(str(tmp_path), {"train": 2, "val": 1})
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    edit(manifest)
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    return str(tmp_path)
+
+
+def _shard(split, i, key, value):
+    def edit(m):
+        m["splits"][split]["shards"][i][key] = value
+    return edit
+
+
+UNSAFE = {  # each edit makes a reader go outside the dataset, trust a wrong layout, or hold unbounded memory
+    "dotdot": (_shard("train", 0, "path", "../../evil/shard-000000.tar.zst"), "is not 'train/shard-000000.tar.zst'"),
+    "absolute": (_shard("train", 1, "path", "/etc/passwd"), "is not 'train/shard-000001.tar.zst'"),
+    "other-split-folder": (_shard("train", 1, "path", "val/shard-000000.tar.zst"), "is not 'train/shard-000001"),
+    "renumbered": (_shard("val", 0, "path", "val/shard-000007.tar.zst"), "is not 'val/shard-000000.tar.zst'"),
+    "unknown-split": (lambda m: m["splits"].__setitem__("../x", m["splits"].pop("val")), "split '../x' is not one"),
+    "compression": (lambda m: m["splits"]["train"].__setitem__("compression", "/../"), "compression '/../' is not"),
+    "table": (lambda m: m["splits"]["train"].__setitem__("table", "../t.parquet"), "table '../t.parquet' is not"),
+    "files": (lambda m: m["files"].__setitem__("../../x", {"bytes": 1, "sha256": "0" * 64}), "files names '../../x'"),
+    "huge-shard": (_shard("train", 0, "bytes", 60 * 2**30), "bytes 64424509440 is more than 4 samples can take"),
+    "seq_len": (lambda m: m["sequence"].__setitem__("seq_len", 986), "sequence {"),
+    "tokens_per_frame": (lambda m: m["sequence"].__setitem__("tokens_per_frame", 18), "sequence {"),
+    "samples": (_shard("train", 0, "samples", 10**9), "samples / tokens 1000000000"),
+    "sha256": (_shard("train", 0, "sha256", "x" * 64), "is not a sha256 digest"),
+    "config": (lambda m: m["config"].__setitem__("seed", -1), "config is not a recipe"),
+    "recipe": (lambda m: m["config"].__setitem__("seed", 5), "recipe.fingerprint is not its config's"),
+}
+
+
+@pytest.mark.parametrize("edit, message", UNSAFE.values(), ids=UNSAFE)
+def test_a_manifest_naming_anything_but_its_own_files_is_refused_when_read(tmp_path, edit, message):
+    url = _edited(tmp_path, edit)
+    with pytest.raises(ValueError, match="is damaged or not safe to read") as refused:
+        read_manifest(url)
+    assert message in str(refused.value)
+
+
+def test_a_manifest_larger_than_any_we_write_is_refused_unread(tmp_path, monkeypatch):
+    import nca_datagen.manifest as manifest_mod
+
+    make_dataset(str(tmp_path), {"train": 1})
+    monkeypatch.setattr(manifest_mod, "MAX_MANIFEST_BYTES", 100)  # 256 MiB in earnest
+    with pytest.raises(ValueError, match="more than 100 bytes"):
+        read_manifest(str(tmp_path))
+
+
+def test_a_version_1_manifest_is_still_read(tmp_path):
+    url = _edited(tmp_path, lambda m: [m.pop("recipe"), m.pop("files"), m.__setitem__("format_version", 1)])
+    assert read_manifest(url)["format_version"] == 1

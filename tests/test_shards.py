@@ -6,6 +6,7 @@ import tarfile
 import numpy as np
 import pytest
 import zstandard
+from shard_fixtures import write_fake
 
 from nca_datagen import storage
 from nca_datagen.config import DatasetConfig, NCAConfig
@@ -17,7 +18,6 @@ from nca_datagen.shards import (
     record_name,
     shard_bytes,
     shard_name,
-    write_shard,
 )
 
 CONFIG = DatasetConfig(rules_per_shard=2, sims_per_rule=2, nca=NCAConfig(frames=4))
@@ -38,7 +38,7 @@ def test_shard_names():
 
 @pytest.mark.parametrize("compression", ["zstd", "none"])
 def test_round_trip(tmp_path, data, compression):
-    record = write_shard(data, str(tmp_path), compression=compression)
+    record = write_fake(data, str(tmp_path), CONFIG, compression)
     assert (tmp_path / record["path"]).stat().st_size == record["bytes"]
     assert load_record(*storage.filesystem(str(tmp_path)), "train", 0) == record
     assert record["samples"] == data.num_samples and record["tokens"] == data.tokens_NL.size
@@ -84,8 +84,8 @@ def ours_npy(data):
 
 def test_same_data_same_bytes(tmp_path, data):
     again = generate_shard(CONFIG, "train", 0, backend="torch")
-    a = write_shard(data, str(tmp_path / "a"))
-    b = write_shard(again, str(tmp_path / "b"))
+    a = write_fake(data, str(tmp_path / "a"), CONFIG)
+    b = write_fake(again, str(tmp_path / "b"), CONFIG)
     assert a == b
     assert (tmp_path / "a" / a["path"]).read_bytes() == (tmp_path / "b" / b["path"]).read_bytes()
     rec = record_name("train", 0)
@@ -94,7 +94,7 @@ def test_same_data_same_bytes(tmp_path, data):
 
 @pytest.mark.parametrize("damage", ["truncate", "bitflip"])
 def test_damaged_shard_is_named(tmp_path, data, damage):
-    record = write_shard(data, str(tmp_path))
+    record = write_fake(data, str(tmp_path), CONFIG)
     path = tmp_path / record["path"]
     blob = bytearray(path.read_bytes())
     if damage == "truncate":

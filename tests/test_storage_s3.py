@@ -10,12 +10,12 @@ import subprocess
 import sys
 
 import pytest
-from shard_fixtures import FAKE, fake_shard, make_dataset
+from shard_fixtures import FAKE, fake_shard, make_dataset, write_fake
 
 from nca_datagen import storage
 from nca_datagen.loader import NCADataset
 from nca_datagen.manifest import read_manifest
-from nca_datagen.shards import load_record, write_shard
+from nca_datagen.shards import load_record
 
 
 def test_filesystem_urls(tmp_path):
@@ -42,7 +42,7 @@ def test_s3_options_from_env_and_flags(monkeypatch):
 def test_write_shards_and_manifest_to_s3_with_endpoint_from_env(s3_server, s3_bucket, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
     url = f"{s3_bucket}/ds"
-    record = write_shard(fake_shard("train", 0), url)
+    record = write_fake(fake_shard("train", 0), url)
     assert load_record(*storage.filesystem(url), "train", 0) == record
     assert load_record(*storage.filesystem(url), "train", 1) is None
     manifest = make_dataset(url, {"train": 2})
@@ -74,10 +74,10 @@ def test_fresh_process_loads_from_s3(s3_server, s3_bucket):
 
 
 def test_missing_bucket_is_a_clear_error(s3_server):
-    from nca_datagen.manifest import prepare_output
+    from nca_datagen.ownership import prepare_output
 
     with pytest.raises(ValueError, match=r"cannot write to s3://no-such-bucket-here/ds.*bucket name"):
-        prepare_output("s3://no-such-bucket-here/ds", FAKE, storage_options={"endpoint_url": s3_server})
+        prepare_output("s3://no-such-bucket-here/ds", FAKE, "zstd", storage_options={"endpoint_url": s3_server})
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])

@@ -10,7 +10,7 @@ from shard_fixtures import FAKE, REAL, make_dataset, real_shards
 import nca_datagen.pipelines.publish as publish_mod
 from nca_datagen import storage
 from nca_datagen.cli import main
-from nca_datagen.manifest import check_output
+from nca_datagen.ownership import check_output
 
 
 def cli(*args, env=None):
@@ -134,15 +134,42 @@ def test_publish_to_a_missing_bucket_names_it(tmp_path, s3_server):
     assert "bucket does not exist" in result.output
 
 
-def test_republishing_another_version_hides_the_old_manifest_first(tmp_path, s3_server, s3_bucket, monkeypatch):
+@pytest.mark.parametrize("failure", ["upload", "corrupt-source"])
+def test_a_failed_publish_overwrite_keeps_the_published_dataset(tmp_path, s3_server, s3_bucket, monkeypatch, failure):
+    """Replacing a published dataset: SRC is verified whole before DST is touched, and the old dataset stays
+    readable (manifest and every shard) until the new one is complete; the rerun then finishes the job."""
     dst, opts = f"{s3_bucket}/nca", {"endpoint_url": s3_server}
-    make_dataset(str(tmp_path / "v1"), {"train": 2})
-    assert cli("publish", str(tmp_path / "v1"), dst, "--endpoint-url", s3_server).exit_code == 0
-    make_dataset(str(tmp_path / "v2"), {"train": 3}, config=dataclasses.replace(REAL, seed=9))
-    monkeypatch.setattr(publish_mod, "upload_shard", lambda *a: (_ for _ in ()).throw(ConnectionError("down")))
-    cli("publish", str(tmp_path / "v2"), dst, "--endpoint-url", s3_server, "--overwrite")
+    make_dataset(str(tmp_path / "v1"), {"train": 3, "val": 1})
+    assert _publish(tmp_path / "v1", dst, opts).exit_code == 0
     fs, root = storage.filesystem(dst, opts)
-    assert not fs.exists(f"{root}/manifest.json")
+    before = _tree(fs, root)
+    make_dataset(str(tmp_path / "v2"), {"train": 3}, config=dataclasses.replace(FAKE, seed=9))
+    if failure == "corrupt-source":
+        good = (tmp_path / "v2" / "train" / "shard-000002.tar.zst").read_bytes()
+        damage(tmp_path / "v2" / "train" / "shard-000002.tar.zst", "bitflip")
+    else:
+        real_upload, uploads = publish_mod.upload_shard, []
+
+        def fail_third(dfs, path, blob):
+            uploads.append(path)
+            if len(uploads) == 3:
+                raise ConnectionError("network went away")
+            real_upload(dfs, path, blob)
+
+        monkeypatch.setattr(publish_mod, "upload_shard", fail_third)
+    failed = _publish(tmp_path / "v2", dst, opts, "--overwrite")
+    assert failed.exit_code == 1, failed.output
+    assert storage.read_bytes(fs, f"{root}/manifest.json") == before["manifest.json"]
+    assert cli("verify", dst, "--endpoint-url", s3_server).exit_code == 0  # v1, whole and readable
+    if failure == "corrupt-source":
+        assert "fails verification" in failed.output and "shard-000002.tar.zst" in failed.output
+        assert _tree(fs, root) == before  # not a byte written
+        (tmp_path / "v2" / "train" / "shard-000002.tar.zst").write_bytes(good)
+    monkeypatch.undo()
+    assert _publish(tmp_path / "v2", dst, opts, "--overwrite").exit_code == 0
+    assert storage.read_bytes(fs, f"{root}/manifest.json") == (tmp_path / "v2" / "manifest.json").read_bytes()
+    assert cli("verify", dst, "--endpoint-url", s3_server).exit_code == 0
+    assert not any(path.startswith(f"{root}/_publish") for path in fs.find(root))
 
 
 def test_publish_refuses_a_corrupt_source(tmp_path, s3_server, s3_bucket):
@@ -374,7 +401,7 @@ def test_a_publish_interrupted_between_a_shard_and_its_record_resumes(tmp_path, 
     assert (dst / "train" / "shard-000000.tar.zst").exists() and not (dst / "train" / "shard-000000.json").exists()
     assert (dst / "build.json").exists() and not (dst / "manifest.json").exists()
     with pytest.raises(ValueError, match="a publish into this folder was interrupted; rerun that publish"):
-        check_output(str(dst), FAKE)  # a build there is told what the folder holds
+        check_output(str(dst), FAKE, "zstd")  # a build there is told what the folder holds
     monkeypatch.setattr(publish_mod, "upload_shard", real_upload)
     result = cli("publish", str(src), str(dst))
     assert result.exit_code == 0 and "2 shards uploaded" in result.output, result.output

@@ -205,13 +205,14 @@ def test_preview_to_a_missing_bucket_is_one_line(s3_server):
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
+    from shard_fixtures import write_fake
+
     from nca_datagen.generate import generate_shard
     from nca_datagen.manifest import write_manifest
-    from nca_datagen.shards import write_shard
 
     out = str(tmp_path_factory.mktemp("ds"))
     cfg = DatasetConfig(nca=NCAConfig(frames=4), rules_per_shard=2, sims_per_rule=2)
-    recs = {s: [write_shard(generate_shard(cfg, s, i, backend=BUILD_BACKEND), out) for i in range(n)]
+    recs = {s: [write_fake(generate_shard(cfg, s, i, backend=BUILD_BACKEND), out, cfg) for i in range(n)]
             for s, n in (("train", 2), ("val", 1))}
     return out, write_manifest(out, cfg, recs, provenance={})
 
