@@ -88,6 +88,8 @@ def cache_folder(name: str):
 def filesystem(url: str, storage_options: dict | None = None):
     """(fs, root): an fsspec filesystem and the path of `url` inside it (no scheme, no trailing slash)."""
     url = str(url)
+    if not url.strip():
+        raise ValueError("an empty path or URL: give a folder (data/nca-web) or an s3:// URL")
     if url.startswith("s3://") or url.startswith("s3a://"):
         path = url.split("://", 1)[1].rstrip("/")
         if "//" in path or not path:

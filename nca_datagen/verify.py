@@ -60,9 +60,10 @@ def verify_dataset(url: str, storage_options: dict | None = None, *, echo=print)
     for split, info in manifest["splits"].items():
         problems += _check_pattern(split, info)
         for index, shard in enumerate(info["shards"]):
-            problem = check_shard(fs, root, shard, seq_len)
+            metas: list[dict] = []
+            problem = check_shard(fs, root, shard, seq_len, metas)
             if problem is None and recipe is not None:
-                problem = _record_problem(fs, root, split, index, shard, recipe)
+                problem = _record_problem(fs, root, split, index, shard, recipe, metas)
             echo(f"{'BAD' if problem else 'ok '} {shard['path']}" + (f": {problem}" if problem else ""))
             if problem:
                 problems.append(problem)
@@ -81,8 +82,9 @@ def listed_but_absent(fs, root: str, manifest: dict) -> list[str]:
     return absent
 
 
-def _record_problem(fs, root: str, split: str, index: int, shard: dict, recipe: str) -> str | None:
-    """None when the shard's record is nca-datagen's, of `recipe`, and says what the manifest says."""
+def _record_problem(fs, root: str, split: str, index: int, shard: dict, recipe: str, metas: list[dict]) -> str | None:
+    """None when the shard's record is nca-datagen's, of `recipe`, says what the manifest says, and its per-sample
+    columns (what the samples table is made of) are the shard's own sample metadata `metas`."""
     path = storage.join(root, record_name(split, index))
     record = load_record(fs, root, split, index)
     where = storage.url_of(fs, path)
@@ -91,7 +93,21 @@ def _record_problem(fs, root: str, split: str, index: int, shard: dict, recipe: 
     if record["recipe"] != recipe:
         return f"{where}: made by another recipe ({record['recipe']}, the manifest's is {recipe})"
     differ = [k for k in SHARD_FIELDS if record[k] != shard[k]]
-    return f"{where}: {', '.join(differ)} differ from the manifest" if differ else None
+    if differ:
+        return f"{where}: {', '.join(differ)} differ from the manifest"
+    if _record_metas(record, split, index) != metas:
+        return f"{where}: its per-sample columns differ from the samples in the shard"
+    return None
+
+
+def _record_metas(record: dict, split: str, index: int) -> list[dict] | None:
+    """The sample metadata a shard's members hold, as its record's columns describe them (`shards._tar_bytes`)."""
+    columns = record["columns"]
+    if not isinstance(columns, dict) or not all(isinstance(v, list) for v in columns.values()):
+        return None
+    names = [c for c in columns if c != "key"]
+    return [{"key": key, "split": split, "shard": index, **{c: columns[c][i] for c in names}}
+            for i, key in enumerate(columns.get("key", []))]
 
 
 def _check_files(fs, root: str, manifest: dict, echo) -> list[str]:
@@ -145,16 +161,18 @@ def _unlisted_shards(fs, root: str, manifest: dict) -> list[str]:
     return problems
 
 
-def check_shard(fs, root: str, shard: dict, seq_len: int | None = None) -> str | None:
+def check_shard(fs, root: str, shard: dict, seq_len: int | None = None, metas: list | None = None) -> str | None:
     """None when the shard matches its manifest entry (and holds sequences of `seq_len`), else a message naming
-    the file."""
+    the file. `metas`, when given, receives each sample's metadata."""
     path = storage.join(root, shard["path"])
     samples = tokens = 0
     try:
-        for _, t, _ in iter_shard_samples(path, fs=fs, expected_sha256=shard["sha256"], expected_bytes=shard["bytes"],
-                                          seq_len=seq_len):
+        for _, t, meta in iter_shard_samples(path, fs=fs, expected_sha256=shard["sha256"],
+                                             expected_bytes=shard["bytes"], seq_len=seq_len):
             samples += 1
             tokens += t.size
+            if metas is not None:
+                metas.append(meta)
     except ShardError as exc:
         return str(exc)
     if (samples, tokens) != (shard["samples"], shard["tokens"]):

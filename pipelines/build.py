@@ -92,11 +92,17 @@ def _data_options(fn):
     return fn
 
 
+def _not_empty(ctx, param, value):
+    if value is not None and not value.strip():
+        raise click.BadParameter("is empty: give a folder (e.g. data/nca-web) or an s3:// URL")
+    return value
+
+
 def _run_options(fn):
     from nca_datagen.storage import storage_flags
 
     options = [
-        click.option("--out", required=True, metavar="PATH|s3://BUCKET/PREFIX",
+        click.option("--out", required=True, metavar="PATH|s3://BUCKET/PREFIX", callback=_not_empty,
                      help="Dataset folder: a local path or an s3:// URL."),
         click.option("--compression", type=click.Choice(["zstd", "none"]), default="zstd", show_default=True,
                      help="Shard compression (none = plain .tar, random access)."),
