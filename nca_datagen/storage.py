@@ -29,6 +29,7 @@ import click
 
 CHECKSUM_MODES = ("when_supported", "when_required")
 GLOB_CHARS = "*?["  # what fsspec's path expansion reads as a pattern
+READ_CHUNK = 2**20  # bounded reads go in pieces of this size
 _OUR_KEYS = ("endpoint_url", "profile", "key", "secret", "token", "region", "anon", "checksums")
 
 
@@ -176,7 +177,13 @@ def read_bytes(fs, path: str, limit: int | None = None) -> bytes:
     """The file's bytes; with `limit`, at most that many (a file from elsewhere may be any size: callers that
     know how large it may be read one byte more and refuse a longer one)."""
     with fs.open(path, "rb") as f:
-        return f.read() if limit is None else f.read(limit)
+        if limit is None:
+            return f.read()
+        chunks = []
+        while limit > 0 and (chunk := f.read(min(limit, READ_CHUNK))):  # read(n) may allocate n bytes up front
+            chunks.append(chunk)
+            limit -= len(chunk)
+        return b"".join(chunks)
 
 
 def exists(fs, path: str) -> bool:

@@ -228,10 +228,16 @@ def test_memory_a_tar_header_claiming_60_gib_is_a_named_shard_error(dataset):
 
 
 def test_memory_a_shard_larger_than_its_manifest_says_is_not_read_whole(dataset):
+    import tracemalloc
+
     shard = dataset / "train" / "shard-000000.tar.zst"
     shard.write_bytes(shard.read_bytes() + bytes(50 * 2**20))  # 50 MiB more than the manifest's ~1.5 KiB
+    tracemalloc.start()
     result = cli("verify", dataset)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
     assert result.exit_code == 1 and "truncated or replaced" in result.output, result.output
+    assert peak < 10 * 2**20, f"verify held {peak / 2**20:.0f} MiB"
 
 
 # -- messages ---------------------------------------------------------------------------------------------
