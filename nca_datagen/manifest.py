@@ -40,6 +40,7 @@ import numpy as np
 
 from nca_datagen import __version__, storage
 from nca_datagen.card import write_card
+from nca_datagen.claim import CLAIM
 from nca_datagen.config import SPLITS, DatasetConfig
 from nca_datagen.shards import COMPRESSIONS
 
@@ -156,7 +157,9 @@ def _foreign_files(fs, root: str, limit: int = 6) -> list[str]:
 
 def _ours_unmarked(folder: str, name: str, siblings: set[str]) -> bool:
     """Whether file `name` in `folder` (relative to a dataset folder) can be nca-datagen's when there is no
-    manifest or build marker: a shard record, a shard beside its record, an event log."""
+    manifest or build marker: a writer's claim, a shard record, a shard beside its record, an event log."""
+    if (folder, name) == ("", CLAIM):
+        return True
     if folder == LOGS:
         return name.startswith("build-") and name.endswith(".jsonl")  # driver._log_path's names
     shard = SHARD_FILE.fullmatch(name)
