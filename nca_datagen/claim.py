@@ -66,7 +66,7 @@ def claim(url: str, storage_options: dict | None = None, *, doing: str, command:
     owner = _owner(doing, command)
     if storage.is_local(fs):
         held = _LocalClaim(root, owner)
-    elif "s3" in _protocols(fs):
+    elif storage.is_s3(fs):
         held = _S3Claim(fs, root, owner, heartbeat, stale_after)
     else:
         raise ValueError(f"{storage.url_of(fs, root)}: no claim for {fs.protocol} outputs (nothing would keep a "
@@ -105,16 +105,20 @@ class _LocalClaim:
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _parse(os.pread(fd, 1 << 16, 0))
+            except OSError as exc:  # BlockingIOError: held; others: no locks here (an NFS mount without them)
+                holder = _parse(os.pread(fd, 1 << 16, 0)) if isinstance(exc, BlockingIOError) else None
                 os.close(fd)
+                if holder is None:
+                    raise
                 raise LocationBusy(_busy(self.where, holder, "a lock the kernel drops when its holder ends, even "
                                                              "killed")) from None
             if _names(fd, self.path) and writable:
                 break
-            if _names(fd, self.path):  # another user's file, left unlocked by its ended holder: ours to replace
-                os.unlink(self.path)
-            os.close(fd)  # else its holder removed it as we opened it: lock the file there now
+            try:
+                if _names(fd, self.path):  # another user's file, left unlocked by its ended holder: ours to replace
+                    os.unlink(self.path)
+            finally:
+                os.close(fd)  # (or its holder removed it as we opened it): lock the file there now
         self.fd = fd
         os.ftruncate(fd, 0)
         os.pwrite(fd, _json(self.owner), 0)
@@ -188,7 +192,7 @@ class _S3Claim:
 
     def acquire(self) -> None:
         for _ in range(3):  # a claim released or taken over while we read it: look again
-            if self._put(IfNoneMatch="*"):
+            if self._put(IfNoneMatch="*"):  # what s3fs's mode="create" sends, on s3fs releases without it too
                 break
             current = self._read()
             if current is None:
@@ -233,8 +237,7 @@ class _S3Claim:
                 pass
             except storage.errors():  # the store did not answer: try again at the next beat
                 continue
-            holder = self._read_quietly()
-            self.lost = f"was taken over by {_describe(holder)}" if holder else "was deleted"
+            self.lost = self._lost_to()
             return
 
     def _put(self, **condition) -> bool:
@@ -257,11 +260,13 @@ class _S3Claim:
         self.etag = current["etag"]
         return True
 
-    def _read_quietly(self) -> dict | None:
-        with contextlib.suppress(*storage.errors()):
+    def _lost_to(self) -> str:
+        """How the claim was lost, for `check()`'s message."""
+        try:
             current = self._read()
-            return current and current["record"]
-        return None
+        except storage.errors():
+            return "was taken over"
+        return "was deleted" if current is None else f"was taken over by {_describe(current['record'])}"
 
     def _read(self) -> dict | None:
         """The claim as stored: {"record", "etag", "age"} (seconds since its last write by the store's clock);
@@ -393,6 +398,3 @@ def _parse(data: bytes) -> dict:
         return {}
     return record if isinstance(record, dict) else {}
 
-
-def _protocols(fs) -> tuple:
-    return (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)

@@ -68,6 +68,10 @@ def is_local(fs) -> bool:
     return "file" in _protocols(fs)
 
 
+def is_s3(fs) -> bool:
+    return "s3" in _protocols(fs)
+
+
 def url_of(fs, path: str) -> str:
     """A URL for messages and for `filesystem()`: s3://bucket/key, or the local path."""
     return path if is_local(fs) else f"s3://{path}"
