@@ -32,6 +32,7 @@ import os
 from dataclasses import dataclass, field
 
 from nca_datagen import storage
+from nca_datagen.claim import CLAIM
 from nca_datagen.config import SPLITS, DatasetConfig, recipe_fingerprint
 from nca_datagen.manifest import (
     BUILD,
@@ -135,6 +136,14 @@ def _refuse_shrinking(where: str, manifest: dict, planned: dict[str, int]) -> No
                              f"the smaller one, or ask for at least as many tokens")
 
 
+def check_not_foreign(fs, root: str) -> None:
+    """Refuse `root` when it holds files not proven ours and no manifest or marker of ours (writing nothing): the
+    one refusal that comes before a writer claims the folder (the claim is a file written there)."""
+    folder = survey(fs, root)
+    if folder.foreign:
+        refuse_foreign(storage.url_of(fs, root), folder.foreign)
+
+
 def refuse_foreign(where: str, foreign: list[str]) -> None:
     shown = ", ".join(foreign[:FOREIGN_SHOWN]) + (", ..." if len(foreign) > FOREIGN_SHOWN else "")
     raise ValueError(f"{where} is not empty ({shown}) and holds no nca-datagen dataset or build ({MANIFEST}, "
@@ -214,8 +223,10 @@ def _proven_in_split(fs, folder: str, split: str, entries: dict, recipes: set[st
 
 
 def _passes_by_name(folder: str, name: str) -> bool:
-    """Files let through by name alone: build event logs, which nothing ever modifies or deletes (so taking one
-    for ours harms no one)."""
+    """Files let through by name alone: the writer's claim and build event logs, which no cleanup ever modifies or
+    deletes (so taking one for ours harms no one)."""
+    if (folder, name) == ("", CLAIM):
+        return True
     return folder == LOGS and name.startswith("build-") and name.endswith(".jsonl")  # driver._log_path's names
 
 

@@ -33,45 +33,8 @@ READ_CHUNK = 2**20  # bounded reads go in pieces of this size
 _OUR_KEYS = ("endpoint_url", "profile", "key", "secret", "token", "region", "anon", "checksums")
 
 
-class LocationBusy(click.ClickException):
-    """Another command on this machine is writing that dataset location (see `exclusive`)."""
-
-
-@contextlib.contextmanager
-def exclusive(url: str, storage_options: dict | None = None, *, doing: str):
-    """Hold this machine's lock on a dataset location while `doing` (e.g. "build") writes it: a second command
-    writing the same place from this machine fails at once, naming the first. Two writers with other settings
-    would otherwise mix their shards, each checking only its own records. An advisory `flock` on a file under
-    ~/.cache/nca-datagen/locks (the temporary folder if that is not writable), keyed by the location: the kernel
-    releases it when the process ends, even on SIGKILL, so no stale lock outlives a crash. The trade-off: it
-    covers one machine; writers on different machines are not seen."""
-    import fcntl
-    import hashlib
-
-    try:
-        fs, root = filesystem(url, storage_options)
-    except ValueError as exc:  # an unsupported or malformed URL
-        raise click.ClickException(str(exc)) from None
-    where = url_of(fs, os.path.realpath(root) if is_local(fs) else root)
-    endpoint = s3_kwargs(storage_options).get("endpoint_url", "") if not is_local(fs) else ""
-    name = hashlib.sha256(f"{endpoint}|{where}".encode()).hexdigest()[:16] + ".lock"
-    with open(cache_folder("locks") / name, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise LocationBusy(f"{where} is being written by {holder}; wait for it to end (or stop it) and "
-                               f"rerun") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"nca-datagen {doing} (pid {os.getpid()})")
-        f.flush()
-        yield
-
-
 def cache_folder(name: str):
-    """A writable folder of this machine's for nca-datagen's own files (locks, event-log spools):
+    """A writable folder of this machine's for nca-datagen's own files (event-log spools, matplotlib's cache):
     ~/.cache/nca-datagen/NAME (XDG_CACHE_HOME honoured), else the temporary folder's (a read-only HOME)."""
     from pathlib import Path
 
@@ -106,6 +69,10 @@ def filesystem(url: str, storage_options: dict | None = None):
 
 def is_local(fs) -> bool:
     return "file" in _protocols(fs)
+
+
+def is_s3(fs) -> bool:
+    return "s3" in _protocols(fs)
 
 
 def url_of(fs, path: str) -> str:

@@ -1,6 +1,6 @@
 """`nca-datagen build`: one command from a token budget to a finished dataset.
 
-    options -> plan (`plan.py`) -> lock the output -> executor (Ray or inline) -> driver (`driver.py`) -> summary
+    options -> plan (`plan.py`) -> claim the output -> executor (Ray or inline) -> driver (`driver.py`) -> summary
 
 This module is the command line: options grouped for `--help`, the paper preset, checks that fail before
 anything is written or Ray starts (a taken output, a missing GPU, a bad address), and the plan table. The
@@ -161,13 +161,18 @@ def build_command(ctx, **kw):
             _check_inline_flags(kw)
         _print_plan(plan, kw)
         return
-    from nca_datagen.storage import exclusive
+    from nca_datagen.claim import claim
+    from nca_datagen.ownership import check_output
 
-    with exclusive(kw["out"], storage_options, doing="build"):  # a second build here fails at once
-        _build(ctx, kw, plan, storage_options)
+    try:  # someone else's folder is refused before the claim writes into it (the refusal --overwrite keeps)
+        check_output(kw["out"], plan.config, kw["compression"], overwrite=True, storage_options=storage_options)
+        with claim(kw["out"], storage_options, doing="build", command=_command_line(ctx)) as held:  # one writer
+            _build(ctx, kw, plan, storage_options, held)
+    except ValueError as exc:  # LocationBusy, an unwritable output, ClaimLost
+        raise click.ClickException(str(exc)) from None
 
 
-def _build(ctx, kw, plan: BuildPlan, storage_options) -> None:
+def _build(ctx, kw, plan: BuildPlan, storage_options, held=None) -> None:
     """The build command once the output is this process's: a no-op, or Ray (or inline) and `run_build`."""
     from nca_datagen.ownership import check_output
 
@@ -188,7 +193,7 @@ def _build(ctx, kw, plan: BuildPlan, storage_options) -> None:
     opts = BuildOptions(out_url=kw["out"], compression=kw["compression"], storage_options=storage_options,
                         backend=backend, device=device,
                         overwrite=kw["overwrite"], quiet=kw["quiet"], max_attempts=kw["retries"] + 1,
-                        command=_command_line(ctx))
+                        command=_command_line(ctx), claim=held)
     if not kw["quiet"]:
         _print_plan(plan, kw, brief=True)
     try:

@@ -42,6 +42,7 @@ class BuildOptions:
     quiet: bool = False
     max_attempts: int = 3  # first try + 2 retries
     command: str = ""
+    claim: object = None  # the output's claim (`nca_datagen.claim`): checked between shards and before the manifest
 
 
 class BuildFailed(click.ClickException):
@@ -113,7 +114,7 @@ def _run_build(plan: BuildPlan, executor, opts: BuildOptions) -> dict:
 
         threading.Thread(target=preload, name="card-preload", daemon=True).start()
     try:
-        failed = _drive(executor, job, todo, records, progress, log, opts.max_attempts)
+        failed = _drive(executor, job, todo, records, progress, log, opts)
     except _Unreachable as exc:
         _halt(executor, progress)
         log.emit("build_abandoned", error=str(exc))
@@ -170,6 +171,8 @@ def _finish(plan, opts, records, failed, log, provenance, progress) -> dict:
                           f"{', '.join(names)}. No manifest was written; the other shards are kept. Fix the "
                           f"cause (see {log.path}) and rerun the same command to build only what is missing.")
     log.emit("shards_done", seconds=progress.elapsed)
+    if opts.claim is not None:
+        opts.claim.check()  # no manifest over shards another writer may have replaced
     ordered = {split: [records[split][i] for i in range(n)] for split, n in plan.shards.items()}
     try:
         result = ownership.finish_output(opts.out_url, plan.config, ordered, provenance,
@@ -251,14 +254,18 @@ def _terminate_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _drive(executor, job, todo, records, progress, log, max_attempts) -> dict:
-    """Submit while slots are free, collect results, resubmit failures; returns {(split, index): error}."""
+def _drive(executor, job, todo, records, progress, log, opts: BuildOptions) -> dict:
+    """Submit while slots are free, collect results, resubmit failures; returns {(split, index): error}. Stops
+    (`claim.ClaimLost`) once another writer has taken the output over."""
     from nca_datagen.generate import UnreachableBandError
 
     queue = deque(todo)
     attempts: dict[tuple[str, int], int] = {}
     failed = {}
+    max_attempts = opts.max_attempts
     while queue or executor.pending():
+        if opts.claim is not None:
+            opts.claim.check()
         while queue and executor.pending() < executor.slots:
             key = queue.popleft()
             attempts[key] = attempts.get(key, 0) + 1

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 
 import click
 
 from nca_datagen import storage
+from nca_datagen.claim import claim
 from nca_datagen.manifest import (
     MANIFEST,
     dataset_digest,
@@ -40,6 +42,7 @@ from nca_datagen.manifest import (
 from nca_datagen.ownership import (
     BUILD,
     STAGING,
+    check_not_foreign,
     owned_path,
     refuse_foreign,
     remove_build_marker,
@@ -249,8 +252,13 @@ def _remove_unpublished(dfs, droot: str, published: set[str]) -> None:
 def publish_command(src, dst, overwrite, rehash, endpoint_url, profile, s3_checksums):
     """Copy the finished dataset at SRC to DST (e.g. a folder to s3://bucket/prefix), manifest last."""
     opts = storage.storage_options_from_flags(endpoint_url, profile, s3_checksums)
+    command = shlex.join(["nca-datagen", "publish", src, dst, *(["--overwrite"] if overwrite else []),
+                          *(["--rehash"] if rehash else [])])
     try:
-        with storage.exclusive(dst, opts, doing="publish"):  # two publishes to one DST would mix datasets
+        dfs, droot = storage.filesystem(dst, opts)  # publish's refusals that need no claim, before it writes to DST:
+        check_no_overlap(*dataset_root(src, opts), dfs, droot)
+        check_not_foreign(dfs, droot)  # the claim is a write: someone else's folder is refused before it
+        with claim(dst, opts, doing="publish", command=command):  # two publishes to one DST would mix datasets
             stats = publish(src, dst, opts, rehash=rehash, overwrite=overwrite, echo=click.echo)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -191,16 +191,23 @@ def test_a_local_ray_that_cannot_start_is_one_clear_line(tmp_path, monkeypatch):
 
 
 def test_a_second_build_into_the_same_output_fails_at_once(tmp_path):
-    """Two builds with other settings into one folder would mix their shards: this machine's lock refuses the
-    second before it writes anything (in-process here: flock locks conflict across open files of one process)."""
-    from nca_datagen import storage
+    """Two builds with other settings into one folder would mix their shards: the claim in the output refuses the
+    second before it writes anything (in-process here, as flock locks conflict across open files of one process;
+    tests/test_claim.py has other processes, machines' spellings, S3 and takeovers)."""
+    import os
+
+    from nca_datagen.claim import CLAIM, claim
 
     out = tmp_path / "ds"
-    with storage.exclusive(str(out) + "/", doing="build"):  # the same place, spelled differently
+    with claim(str(out) + "/", doing="build", command="nca-datagen build --first"):  # spelled differently
         result = build("--executor", "inline", out=out)
-    assert result.exit_code == 1 and f"{out} is being written by nca-datagen build (pid " in result.output
-    assert not out.exists()
-    assert build("--executor", "inline", out=out).exit_code == 0  # the lock went with its holder
+        assert [p.name for p in out.iterdir()] == [CLAIM]  # the second build wrote nothing
+    assert result.exit_code == 1
+    assert f"{out} is being written by nca-datagen build (pid {os.getpid()} on " in result.output
+    assert "nca-datagen build --first" in result.output
+    assert not out.exists()  # the claim made the folder, and took it away with it
+    assert build("--executor", "inline", out=out).exit_code == 0
+    assert not (out / CLAIM).exists()
 
 
 def test_a_taken_output_is_refused_before_ray_starts(tmp_path, monkeypatch):

@@ -130,7 +130,7 @@ def test_publish_to_a_missing_bucket_names_it(tmp_path, s3_server):
     make_dataset(src, {"train": 1})
     result = cli("publish", src, "s3://no-such-bucket/nca", "--endpoint-url", s3_server)
     assert result.exit_code == 1 and result.exception is not None and "Traceback" not in result.output
-    assert "publishing" in result.output and "s3://no-such-bucket/nca failed" in result.output
+    assert "cannot write to s3://no-such-bucket/nca" in result.output  # its claim, the first write, fails
     assert "bucket does not exist" in result.output
 
 
@@ -237,28 +237,31 @@ def test_republishing_the_same_data_needs_no_flag_and_logs_stay_home(tmp_path):
 
 
 def test_a_publish_to_a_destination_being_written_fails_until_the_writer_dies(tmp_path):
-    """The lock is the kernel's: a writer killed with SIGKILL leaves no stale lock behind."""
+    """The claim is a kernel lock in DST: a writer killed with SIGKILL leaves its file, but no lock, behind."""
     import subprocess
     import sys
+
+    from nca_datagen.claim import CLAIM
 
     make_dataset(str(tmp_path / "src"), {"train": 1})
     dst = str(tmp_path / "dst")
     holder = subprocess.Popen([sys.executable, "-c", f"""
 import time
-from nca_datagen import storage
-with storage.exclusive({dst!r}, doing="publish"):
+from nca_datagen.claim import claim
+with claim({dst!r}, doing="publish", command="nca-datagen publish src dst"):
     print("held", flush=True)
     time.sleep(120)
 """], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         busy = cli("publish", str(tmp_path / "src"), dst)
-        assert busy.exit_code == 1 and f"is being written by nca-datagen publish (pid {holder.pid})" in busy.output
-        assert not (tmp_path / "dst").exists()
+        assert busy.exit_code == 1 and f"is being written by nca-datagen publish (pid {holder.pid} on " in busy.output
+        assert [p.name for p in (tmp_path / "dst").iterdir()] == [CLAIM]  # the publish wrote nothing
     finally:
         holder.kill()
         holder.wait()
     assert cli("publish", str(tmp_path / "src"), dst).exit_code == 0
+    assert not (tmp_path / "dst" / CLAIM).exists()
 
 
 @pytest.mark.parametrize("src, dst", [("x", "x/mirror"), ("x", "x"), ("x/manifest.json", "x/"), ("x", "."),
