@@ -189,6 +189,28 @@ def errors() -> tuple[type[BaseException], ...]:
     return (OSError,) if botocore is None else (OSError, botocore.BotoCoreError, botocore.ClientError)
 
 
+def unreachable(fs, root: str) -> str | None:
+    """None when the storage of `root` answers (a missing folder is an answer), else its error in one line. One
+    quick request: an object store is asked by a client with short timeouts and no retries, so a store that is
+    gone costs seconds here, not the minute of retries a normal request rides out."""
+    probe = fs
+    if not is_local(fs):
+        import s3fs
+
+        options = dict(getattr(fs, "storage_options", {}) or {})
+        config = {**options.pop("config_kwargs", {}), "connect_timeout": 5, "read_timeout": 10,
+                  "retries": {"max_attempts": 1}}
+        probe = s3fs.S3FileSystem(**options, config_kwargs=config, skip_instance_cache=True)
+        probe.retries = 1  # s3fs's own retry loop, besides botocore's
+    try:
+        probe.ls(root, detail=False)
+    except FileNotFoundError:
+        return None
+    except errors() as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def access_hint(fs) -> str:
     """What to check when storage refuses or fails: a local folder's permissions, or an object store's endpoint
     and the credentials in use, named with where they came from."""

@@ -29,6 +29,12 @@ from nca_datagen.units import format_bytes, format_count, format_duration, plura
 from .plan import BuildPlan
 
 RESUME_THREADS = 16  # records read and shards hashed at once when a build resumes (I/O-bound on object storage)
+# A store that stops answering is waited for this long before the build stops (the rerun resumes). Together with
+# the ~10 s a failing write takes to give up, a store gone for good stops a build in about a minute and a quarter,
+# and an outage of a minute is ridden out. It stays below the claim's staleness (claim.STALE_S): a build that
+# waited this long has not lost its claim to a takeover it could not see.
+OUTAGE_LIMIT_S = 60.0
+PROBE_EVERY_S = 3.0
 
 
 @dataclass
@@ -125,6 +131,10 @@ def _run_build(plan: BuildPlan, executor, opts: BuildOptions) -> dict:
         advice = (f"{kept} complete shard(s) are kept: rerun with --overwrite to change --complexity" if kept else
                   "Nothing was kept: fix --complexity and rerun.")
         raise click.ClickException(f"{exc}\n{advice}") from None
+    except StorageUnreachable as exc:
+        _halt(executor, progress)
+        _end_log(log, fs, root, "build_abandoned", error=str(exc))
+        raise click.ClickException(f"{exc} ({progress.done_count} of {plan.total_shards} shards are complete)") from None
     except KeyboardInterrupt as exc:
         _halt(executor, progress)
         try:
@@ -263,17 +273,23 @@ def _drive(executor, job, todo, records, progress, log, opts: BuildOptions) -> d
     attempts: dict[tuple[str, int], int] = {}
     failed = {}
     max_attempts = opts.max_attempts
+    storage_watch = _StorageWatch(opts, progress, log)
     while queue or executor.pending():
         if opts.claim is not None:
             opts.claim.check()
         while queue and executor.pending() < executor.slots:
             key = queue.popleft()
             attempts[key] = attempts.get(key, 0) + 1
+            storage_watch.submitted(key)
             executor.submit(job, *key)
         for (split, index), result in executor.wait(timeout=1.0):
             if isinstance(result, BaseException):
                 if _is(result, UnreachableBandError):
                     raise _Unreachable(_cause_text(result, UnreachableBandError))
+                if storage_watch.casualty((split, index)):  # the store, not the shard: no attempt spent
+                    attempts[(split, index)] -= 1
+                    queue.appendleft((split, index))
+                    continue
                 final = attempts[(split, index)] >= max_attempts
                 progress.failed(split, index, result, final)
                 log.emit("shard_failed", split=split, index=index, attempt=attempts[(split, index)], final=final,
@@ -292,6 +308,56 @@ def _drive(executor, job, todo, records, progress, log, opts: BuildOptions) -> d
                      node=result.node, pid=result.pid,
                      peak_rss_mb=round(result.peak_rss_mb, 1))
     return failed
+
+
+class StorageUnreachable(Exception):
+    """The output's storage stopped answering for longer than `OUTAGE_LIMIT_S`."""
+
+
+class _StorageWatch:
+    """Tells a shard that failed because the store stopped answering from one that failed on its own.
+
+    On a failure the store is probed (`storage.unreachable`); while it does not answer the driver waits, probing
+    every `PROBE_EVERY_S`, up to `OUTAGE_LIMIT_S`, then raises `StorageUnreachable`. Shards submitted before an
+    outage ended are its casualties: they go back to the queue without spending an attempt."""
+
+    def __init__(self, opts, progress, log):
+        from nca_datagen import storage
+
+        self.fs, self.root = storage.filesystem(opts.out_url, opts.storage_options)
+        self.progress, self.log = progress, log
+        self.submitted_at: dict[tuple[str, int], float] = {}
+        self.outage_ended = float("-inf")
+
+    def submitted(self, key) -> None:
+        self.submitted_at[key] = time.monotonic()
+
+    def casualty(self, key) -> bool:
+        """Whether the failed shard `key` met an outage (waiting one out if it is still on)."""
+        from nca_datagen import storage
+
+        error = storage.unreachable(self.fs, self.root)
+        if error is not None:
+            self._wait(error)
+        return self.submitted_at.get(key, float("inf")) < self.outage_ended
+
+    def _wait(self, error: str) -> None:
+        from nca_datagen import storage
+
+        where, start = storage.url_of(self.fs, self.root), time.monotonic()
+        self.log.emit("storage_down", error=error)
+        self.progress.message(f"{where} is not answering ({error}); waiting up to {OUTAGE_LIMIT_S:.0f} s for it")
+        while time.monotonic() - start < OUTAGE_LIMIT_S:
+            time.sleep(PROBE_EVERY_S)
+            if (error := storage.unreachable(self.fs, self.root)) is None:
+                self.outage_ended = time.monotonic()
+                self.log.emit("storage_back", seconds=round(self.outage_ended - start, 1))
+                self.progress.message(f"{where} answers again after {format_duration(self.outage_ended - start)}; "
+                                      f"going on")
+                return
+        raise StorageUnreachable(f"{where} did not answer for {OUTAGE_LIMIT_S:.0f} s ({error}): the build stopped. "
+                                 f"Complete shards are kept; rerun the same command once the storage answers, "
+                                 f"and it resumes")
 
 
 def _is(exc: BaseException, cls) -> bool:
