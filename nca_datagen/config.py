@@ -24,6 +24,10 @@ CANDIDATES_PER_RULE = 100  # automatic probe budget per wanted rule: 6x what the
 # (0.1-0.2 keeps 6.0% of random rules, paper-facts.md §3, so ~17 candidates a rule on average)
 MAX_SAMPLES_PER_SHARD = 10**6  # sample keys are {split}-{shard:06d}-{sample:06d} (nca_datagen.shards)
 MAX_STATES = 64  # the kernels unroll loops over states; beyond this nothing in the field uses them
+# What one machine can do for one shard (a shard is the unit of work, retry and resume):
+MAX_GRID_CELLS = 256 * 256  # the paper's grid is 12 x 12; a 256 x 256 state is 64 KiB, its frames a few MiB
+MAX_SHARD_TOKENS = 2**27  # 256 MiB as uint16, held a few times over (tar, zstd) while the shard is written
+MAX_SHARD_CELL_UPDATES = 4 * 10**9  # ~5 minutes of one CPU core at the ~15M cell updates/s numba runs per core
 # The version of what a recipe makes: bumped whenever the same config gives other shard bytes (the integer
 # arithmetic, tokenization, the shard format). Recorded in manifests and shard records, so that a dataset made
 # by another version is named as such, not as corrupt.
@@ -68,6 +72,9 @@ class NCAConfig:
                  "(paper: 1e-4)")
         _require(0 <= self.identity_bias < math.inf, f"identity_bias={self.identity_bias}: must be >= 0 and finite "
                  "(paper: 0)")
+        _require(h * w <= MAX_GRID_CELLS,
+                 f"grid {h}x{w} has {h * w:,} cells, more than the {MAX_GRID_CELLS:,} (256x256) one shard's "
+                 f"rollouts hold in memory at once; choose a smaller grid")
         _require(8 <= self.weight_frac_bits <= 14,
                  f"weight_frac_bits={self.weight_frac_bits}: choose 8..14 (default 12)")
         from nca_datagen.rules import check_fixed_point_fits  # late: rules imports this module
@@ -125,6 +132,16 @@ class DatasetConfig:
         _require(self.samples_per_shard <= MAX_SAMPLES_PER_SHARD,
                  f"{self.samples_per_shard:,} samples per shard: at most {MAX_SAMPLES_PER_SHARD:,} (sample keys "
                  f"number them with six digits, so that keys sort in sample order)")
+        _require(self.samples_per_shard * self.nca.seq_len <= MAX_SHARD_TOKENS,
+                 f"a shard of {self.samples_per_shard:,} sequences x {self.nca.seq_len:,} tokens holds "
+                 f"{self.samples_per_shard * self.nca.seq_len:,} tokens, more than the {MAX_SHARD_TOKENS:,} one "
+                 f"shard may hold in memory; choose fewer samples per shard or frames")
+        _require(self.shard_cell_updates <= MAX_SHARD_CELL_UPDATES,
+                 f"one shard would take up to {self.shard_cell_updates:.3g} cell updates ({self.samples_per_shard:,} "
+                 f"sequences x {self.nca.grid[0] * self.nca.grid[1]:,} cells x {self.nca.steps:,} steps, plus "
+                 f"probing up to {self.candidate_limit:,} candidate rules), more than the {MAX_SHARD_CELL_UPDATES:.0e} "
+                 f"one machine does in a few minutes (~5 min on one CPU core): lower burn-in, frames, grid or "
+                 f"samples per shard")
         _require(self.candidate_limit <= RULE_ID_STRIDE,
                  f"{self.rules_per_shard:,} rules per shard (samples per shard / sims per rule) need up to "
                  f"{self.candidate_limit:,} candidate rules, but a shard owns {RULE_ID_STRIDE:,} candidate ids: "
@@ -133,6 +150,18 @@ class DatasetConfig:
     @property
     def samples_per_shard(self) -> int:
         return self.rules_per_shard * self.sims_per_rule
+
+    @property
+    def probe_steps(self) -> int:
+        """Update steps of one probe trajectory: burn-in, then `probe_frames` frames."""
+        return self.nca.burn_in + (self.probe_frames - 1) * self.nca.frame_stride
+
+    @property
+    def shard_cell_updates(self) -> int:
+        """The most cell updates one shard takes: its rollouts, and probing its whole candidate budget (a band
+        that keeps few rules probes all of it)."""
+        cells = self.nca.grid[0] * self.nca.grid[1]
+        return cells * (self.samples_per_shard * self.nca.steps + self.candidate_limit * self.probe_steps)
 
     @property
     def candidate_limit(self) -> int:

@@ -28,6 +28,7 @@ from nca_datagen.seeds import trajectory_inputs
 from nca_datagen.tokenizer import encode_patches, sequence_to_frames
 
 PROBE_BATCH_MIN = 64  # probe at least this many candidates per batch (amortises kernel launches)
+PROBE_BATCH_BYTES = 256 * 2**20  # ... but hold at most this much of their frames and tokens at once (large grids)
 
 
 class UnreachableBandError(RuntimeError):
@@ -101,7 +102,7 @@ def select_rules(config: DatasetConfig, split: str, shard_index: int, *, backend
     while len(kept) < need:
         if probed >= limit:
             raise _unreachable(config, np.concatenate(ratios), split, shard_index)
-        batch = min(limit - probed, max(PROBE_BATCH_MIN, 2 * (need - len(kept))))
+        batch = min(limit - probed, max(PROBE_BATCH_MIN, 2 * (need - len(kept))), _probe_batch_cap(config))
         ids = np.arange(first + probed, first + probed + batch)
         tables = sample_rules(config.nca, config.seed, split_id(split), ids)
         r = probe_ratios(config, split, ids, backend=backend, device=device, tables=tables)
@@ -121,6 +122,12 @@ def select_rules(config: DatasetConfig, split: str, shard_index: int, *, backend
     }
     tables = RuleTables.concat(kept_tables).select(slice(0, need))
     return Selection(np.array(kept[:need], dtype=np.int64), tables, considered, counts)
+
+
+def _probe_batch_cap(config: DatasetConfig) -> int:
+    """Candidates whose probe frames (uint8 cells) and tokens (int32 for gzip) fit `PROBE_BATCH_BYTES`."""
+    per_candidate = config.probe_frames * config.nca.grid[0] * config.nca.grid[1] * 5
+    return max(1, PROBE_BATCH_BYTES // per_candidate)
 
 
 def _unreachable(config, ratios, split, shard_index) -> UnreachableBandError:

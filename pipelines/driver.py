@@ -134,7 +134,8 @@ def _run_build(plan: BuildPlan, executor, opts: BuildOptions) -> dict:
     except StorageUnreachable as exc:
         _halt(executor, progress)
         _end_log(log, fs, root, "build_abandoned", error=str(exc))
-        raise click.ClickException(f"{exc} ({progress.done_count} of {plan.total_shards} shards are complete)") from None
+        done = f"{progress.done_count} of {plan.total_shards} shards are complete"
+        raise click.ClickException(f"{exc} ({done})") from None
     except KeyboardInterrupt as exc:
         _halt(executor, progress)
         try:

@@ -14,6 +14,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+import numpy as np
+
+from nca_datagen.config import CANDIDATES_PER_RULE
 from nca_datagen.units import format_count, plural
 
 # Estimates for --dry-run. Speed: benchmarks/bench_build.py at 45M tokens on a shared 2-core Xeon (numba backend,
@@ -69,8 +72,39 @@ class BuildPlan:
         return int(self.total_tokens * EST_BYTES_PER_TOKEN[compression])
 
     def estimated_seconds(self, cpus: int, gpus: int = 0) -> float:
+        """Start-up plus the plan's expected work at the measured speed. The speeds are tokens/s at the paper's
+        config, so the work is counted in cell updates (rollouts and probes) and converted at that config's cell
+        updates per token: a long burn-in, a large grid or a narrow band then costs what it does."""
         rate = gpus * EST_TOKENS_PER_S_PER_GPU if gpus else max(cpus, 1) * EST_TOKENS_PER_S_PER_CPU
-        return EST_STARTUP_S + self.total_tokens / rate
+        return EST_STARTUP_S + self.expected_cell_updates() / (rate * _paper_cell_updates_per_token())
+
+    def expected_cell_updates(self) -> float:
+        """Cell updates the plan takes: every sequence's steps, and the probes of the candidate rules its band
+        needs to keep its rules (`band_share` of random rules fall inside)."""
+        cfg = self.config
+        sequences, rules = sum(s.sequences for s in self.splits), sum(s.rules for s in self.splits)
+        candidates = rules / max(band_share(cfg.band), 1 / CANDIDATES_PER_RULE)
+        return cfg.nca.grid[0] * cfg.nca.grid[1] * (sequences * cfg.nca.steps + candidates * cfg.probe_steps)
+
+
+# The reference's gzip ratios of random rules, as (ratio, share of rules at or below it): the quantiles in
+# paper-facts.md, section 3 (a constant grid scores 0.0222, nothing scores below it).
+REFERENCE_RATIO_CDF = ((0.0222, 0.0), (0.031, 0.10), (0.279, 0.25), (0.483, 0.50), (0.566, 0.75), (0.606, 0.90),
+                       (0.641, 0.99), (0.663, 1.0))
+
+
+def band_share(band) -> float:
+    """The share of random rules a band keeps, read off the reference's ratio distribution (50%+: 0.45)."""
+    ratios, shares = zip(*REFERENCE_RATIO_CDF, strict=True)
+    return float(np.interp(min(band.hi, 1.0), ratios, shares) - np.interp(band.lo, ratios, shares))
+
+
+def _paper_cell_updates_per_token() -> float:
+    """Cell updates per stored token of the config the speed constants were measured on (the paper's)."""
+    from nca_datagen.config import DatasetConfig
+
+    paper = plan_build(DatasetConfig(), 10**6, 0)
+    return paper.expected_cell_updates() / paper.total_tokens
 
 
 def plan_build(config, tokens: int, val_tokens: int | None = None, val_fraction: float | None = None) -> BuildPlan:

@@ -88,6 +88,26 @@ def test_dry_run_prints_plan_and_writes_nothing(tmp_path):
     assert odd.exit_code == 2 and "dividing both" in odd.output  # 16,020 rules would not be the paper's data
 
 
+def test_dry_run_estimates_the_work_not_the_tokens(tmp_path):
+    """A long burn-in costs time without adding tokens: the estimate follows the cell updates a build takes."""
+    def estimate(*flags):
+        result = CliRunner().invoke(main, ["build", "--tokens", "10M", "--samples-per-shard", "10", "--device",
+                                           "cpu", "--workers", "1", "--out", str(tmp_path), "--dry-run", *flags])
+        assert result.exit_code == 0, result.output
+        return _seconds(result.output.split("estimated time", 1)[1].split("on 1 CPU", 1)[0])
+
+    short, long = estimate(), estimate("--burn-in", "2000")
+    assert long > 10 * short, (short, long)  # 2,036 steps a sequence instead of 36
+
+
+def _seconds(text: str) -> float:
+    """'12s', '3m 4s', '1h 2m' (format_duration's output) in seconds."""
+    import re
+
+    units = {"h": 3600, "m": 60, "s": 1}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([0-9.]+)([hms])", text))
+
+
 def _dry_run(tmp_path, *args) -> str:
     result = CliRunner().invoke(main, ["build", "--preset", "paper", "--out", str(tmp_path / "ds"), "--dry-run", *args])
     assert result.exit_code == 0, result.output
@@ -141,6 +161,9 @@ def test_help_is_grouped():
     (["--gpus", "1"], "no CUDA GPU"),
     (["--gpus", "1", "--device", "cpu"], "drop one of them"),
     (["--backend", "triton", "--executor", "inline"], "needs a CUDA device"),
+    (["--burn-in", "1000000000"], "more than the 4e+09 one machine does"),  # hours of work per shard
+    (["--grid", "100000"], "more than the 65,536 (256x256)"),  # a 7 TiB allocation per shard
+    (["--frames", "100000", "--samples-per-shard", "2000", "--sims-per-rule", "2"], "more than the 134,217,728"),
 ])
 def test_bad_input_is_refused_before_writing(tmp_path, monkeypatch, args, message):
     if "cuda" in args or "--gpus" in args or "triton" in args:
