@@ -224,7 +224,7 @@ def _already_built(plan: BuildPlan, out: str, compression: str, storage_options)
     from nca_datagen import storage
     from nca_datagen.config import recipe_fingerprint
     from nca_datagen.manifest import manifest_recipe, read_manifest
-    from nca_datagen.ownership import remove_build_marker
+    from nca_datagen.ownership import remove_build_marker, remove_stale_files
 
     from .driver import damaged_files, resume_state
 
@@ -245,6 +245,7 @@ def _already_built(plan: BuildPlan, out: str, compression: str, storage_options)
                    + (f", and rewriting {', '.join(damaged)}" if damaged else ""), err=True)
         return False
     remove_build_marker(fs, root)  # a build interrupted between its manifest and removing its marker left one
+    remove_stale_files(fs, root, plan.shards)  # and a killed write its temporary file
     click.echo(f"{out} already holds this dataset ({plural(plan.total_shards, 'shard')}, "
                f"{format_count(plan.total_tokens)} tokens, each shard verified): nothing to do "
                f"(--overwrite rebuilds it)")

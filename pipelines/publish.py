@@ -263,8 +263,9 @@ def publish_command(src, dst, overwrite, rehash, endpoint_url, profile, s3_check
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     except storage.errors() as exc:  # a missing bucket, permissions, credentials, an endpoint that went away
-        raise click.ClickException(f"publishing {src} -> {dst} failed: {type(exc).__name__}: {exc}. No manifest was "
-                                   f"written at DST; fix the cause and rerun: shards already uploaded are "
-                                   f"skipped") from exc
+        hints = {storage.access_hint(storage.filesystem(url, opts)[0]) for url in (src, dst)}
+        raise click.ClickException(f"publishing {src} -> {dst} failed: {type(exc).__name__}: {exc}. Check "
+                                   f"{' and '.join(sorted(hints))}; no new manifest was written at DST. Rerun once "
+                                   f"fixed: shards already uploaded are skipped") from exc
     click.echo(f"published {src} -> {dst}: {plural(stats['uploaded'], 'shard')} uploaded, {stats['skipped']:,} "
                f"already present, {plural(stats['files'], 'other file')} copied; manifest written last")

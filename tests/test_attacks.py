@@ -247,3 +247,63 @@ def test_an_empty_out_is_refused(tmp_path, monkeypatch):
     result = cli("build", *TINY, "--out", "")
     assert result.exit_code == 2 and "--out" in result.output, result.output
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("flags", [(), ("--overwrite",)], ids=["rerun", "overwrite"])
+def test_a_killed_writes_temporary_files_do_not_outlive_a_rerun(dataset, flags):
+    """A SIGKILL inside an atomic write leaves NAME.tmp-PID-XXXXXXXX; whichever way the build is rerun, the
+    finished dataset keeps none of them (someone's own file that merely looks similar stays)."""
+    litter = ["manifest.json.tmp-4242-deadbeef", "README.md.tmp-4242-0123abcd", "samples/train.parquet.tmp-1-00000000",
+              "train/shard-000000.json.tmp-7-abcdef01"]
+    for rel in litter:
+        (dataset / rel).write_bytes(b"half written")
+    (dataset / "notes.txt.tmp-1-0123abcd").write_bytes(b"mine")
+    result = cli("build", *TINY, *flags, "--out", dataset)
+    assert result.exit_code == 0, result.output
+    assert not [rel for rel in litter if (dataset / rel).exists()]
+    assert (dataset / "notes.txt.tmp-1-0123abcd").exists()
+
+
+def test_verify_after_an_interrupted_publish_says_to_rerun_the_publish(built, tmp_path):
+    marker = json.loads(json.dumps({"format": "nca-datagen-build", "recipe": None, "settings": {"publish": "x"},
+                                    "config": json.loads((built / "manifest.json").read_text())["config"]}))
+    (tmp_path / "dst").mkdir()
+    (tmp_path / "dst" / "build.json").write_text(json.dumps(marker))
+    result = cli("verify", tmp_path / "dst")
+    assert result.exit_code == 1 and "rerun that publish" in result.output, result.output
+    assert "build command" not in result.output
+
+
+@pytest.fixture(scope="module")
+def strict_s3():
+    """A moto S3 server that checks credentials (INITIAL_NO_AUTH_ACTION_COUNT=0): unknown keys are refused."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while socket.socket().connect_ex(("127.0.0.1", port)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    server.kill()
+
+
+@pytest.mark.parametrize("command", ["verify", "build", "publish"])
+def test_wrong_credentials_name_the_url_and_where_the_credentials_came_from(built, strict_s3, monkeypatch, command):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "not-a-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    url = "s3://their-bucket/ds"
+    args = {"verify": ["verify", url], "build": ["build", *TINY, "--out", url], "publish": ["publish", built, url]}
+    result = cli(*args[command], "--endpoint-url", strict_s3)
+    assert result.exit_code == 1, result.output
+    assert url in result.output and "AWS_ACCESS_KEY_ID from the environment" in result.output, result.output
+    assert strict_s3 in result.output and "Traceback" not in result.output
