@@ -70,7 +70,7 @@ def shard_stages(config: DatasetConfig, index: int, repeat: int, out: str) -> di
         "writer: gzip complexity": cpu_time(lambda: sequence_ratios(tokens, cfg.tokens_per_frame,
                                                                     config.probe_frames), repeat),
         "writer: grid stats": cpu_time(lambda: grid_stats(frames), repeat),
-        "writer: tar + zstd + write": cpu_time(lambda: shards.write_shard(data, out), repeat),
+        "writer: tar + zstd + write": cpu_time(lambda: shards.write_shard(data, out, recipe="0" * 16), repeat),
         "(GPU on a GPU build) numba rollout, main": cpu_time(
             lambda: rollout_tokens(cfg, tables, rule_of_sample, states, keys), repeat),
     }, tokens.size

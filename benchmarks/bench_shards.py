@@ -17,19 +17,20 @@ import tempfile
 import time
 
 from benchmarks.report import peak_rss_mb, write_report
-from nca_datagen.config import DatasetConfig
+from nca_datagen.config import DatasetConfig, recipe_fingerprint
 from nca_datagen.generate import generate_shard
-from nca_datagen.manifest import prepare_output, write_manifest
+from nca_datagen.ownership import finish_output, prepare_output
 from nca_datagen.shards import iter_shard_samples, write_shard
 
 
 def build(out: str, data, shards: int, compression: str, config) -> tuple[list[dict], float]:
-    prepare_output(out, config)
+    prepare_output(out, config, compression)
+    recipe = recipe_fingerprint(config, compression)
     t0 = time.perf_counter()
-    records = [write_shard(dataclasses.replace(data, shard_index=i), out, compression=compression)
+    records = [write_shard(dataclasses.replace(data, shard_index=i), out, recipe=recipe, compression=compression)
                for i in range(shards)]
     seconds = time.perf_counter() - t0
-    write_manifest(out, config, {"train": records}, {"device": "cpu"}, figures=False)
+    finish_output(out, config, {"train": records}, {"device": "cpu"}, figures=False)
     return records, seconds
 
 

@@ -182,14 +182,16 @@ class DatasetConfig:
         return cls(nca=nca, band=band, **d)
 
 
-def recipe_fingerprint(config: DatasetConfig, compression: str, version: int = RECIPE_VERSION) -> str:
-    """The identity of what a recipe makes: 16 hex digits of the sha256 of its config, shard compression and
-    recipe version. Shard records, build markers and manifests carry it, so a folder's files prove which recipe
-    wrote them: a resume adopts, and a cleanup deletes, only shards whose record carries its own."""
+def recipe_fingerprint(config: DatasetConfig | dict, compression: str, version: int = RECIPE_VERSION) -> str:
+    """The identity of what a recipe makes: 16 hex digits of the sha256 of its config (a `DatasetConfig` or its
+    `to_dict()`), shard compression and recipe version. Shard records, build markers and manifests carry it, so a
+    folder's files prove which recipe wrote them: a resume adopts, and a cleanup deletes, only shards whose record
+    carries its own."""
     import hashlib
     import json
 
-    identity = {"config": config.to_dict(), "compression": compression, "recipe_version": version}
+    config = config.to_dict() if isinstance(config, DatasetConfig) else config
+    identity = {"config": config, "compression": compression, "recipe_version": version}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 

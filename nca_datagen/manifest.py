@@ -60,7 +60,7 @@ def write_manifest(out_url: str, config: DatasetConfig, records: dict[str, list[
     imports matplotlib: about a second or more, which tests skip).
     """
     fs, root = storage.filesystem(out_url, storage_options)
-    splits, files = {}, {}
+    splits, files = {}, {}  # files: the tables, by name: their bytes and sha256
     for split, recs in records.items():
         recs = sorted(recs, key=lambda r: r["index"])
         _check_complete(fs, root, split, recs, recipe_fingerprint(config, recs[0]["compression"]) if recs else None)
@@ -74,15 +74,16 @@ def write_manifest(out_url: str, config: DatasetConfig, records: dict[str, list[
         "tool_version": __version__,
         "config": config.to_dict(),
         "recipe": {"version": RECIPE_VERSION, "fingerprint": recipe_fingerprint(config, compression)},
-        "sequence": sequence_layout(config),
+        "sequence": sequence_layout(config.to_dict()["nca"]),
         "seeds": {"seed": config.seed, "derivation": SEED_DERIVATION},
         "splits": splits,
         "totals": {k: sum(s[k] for s in splits.values()) for k in ("num_shards", "samples", "tokens", "bytes")},
         "provenance": {**environment(), **provenance},
     }
-    for name, data in write_card(fs, root, manifest, figures=figures).items():
-        files[name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     manifest["files"] = dict(sorted(files.items()))
+    card = write_card(fs, root, manifest, figures=figures)  # presentation: its text shows the provenance
+    manifest["card"] = {name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+                        for name, data in sorted(card.items())}
     storage.write_atomic(fs, storage.join(root, MANIFEST), json_bytes(manifest))
     return manifest
 
@@ -92,12 +93,18 @@ def _write_hashed(fs, root: str, rel: str, data: bytes) -> dict:
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def sequence_layout(config: DatasetConfig) -> dict:
-    """What a reader needs to cut sequences into examples, so readers never rebuild the generator's config."""
-    nca = config.nca
-    return {"seq_len": nca.seq_len, "tokens_per_frame": nca.tokens_per_frame, "frames": nca.frames,
-            "vocab_size": nca.vocab_size, "grid_token": nca.vocab_size - 2, "end_grid_token": nca.vocab_size - 1,
-            "dtype": "uint16"}
+def sequence_layout(nca: dict) -> dict:
+    """What a reader needs to cut sequences into examples, from a config's `nca` block (a dict: readers never
+    build the generator's config). ValueError when the block is not one a recipe has."""
+    try:
+        (h, w), p, states, frames = nca["grid"], nca["patch"], nca["states"], nca["frames"]
+        if not all(type(v) is int and v >= 1 for v in (h, w, p, states, frames)) or h % p or w % p:
+            raise ValueError
+    except (KeyError, TypeError, ValueError):
+        raise ValueError("its nca block has no valid grid, patch, states and frames") from None
+    tokens_per_frame, vocab = (h // p) * (w // p) + 2, states ** (p * p) + 2
+    return {"seq_len": frames * tokens_per_frame, "tokens_per_frame": tokens_per_frame, "frames": frames,
+            "vocab_size": vocab, "grid_token": vocab - 2, "end_grid_token": vocab - 1, "dtype": "uint16"}
 
 
 def split_summary(split: str, recs: list[dict], table: str) -> dict:
@@ -224,26 +231,29 @@ _DIGEST = re.compile(r"[0-9a-f]{64}")
 def manifest_problem(manifest: dict) -> str | None:
     """The first thing a reader could not trust in `manifest`, else None: a field missing or of the wrong type,
     a name other than the canonical one, a size the format cannot have, a `sequence` or recipe that is not its
-    config's. Readers then fail with this message, not deep inside (or outside the dataset)."""
+    config's. Readers then fail with this message, not deep inside (or outside the dataset). Plain arithmetic on
+    the config's numbers: a reader never imports the generator to read a manifest."""
     problem = _wrong_field(manifest, _TOP_FIELDS, "")
     if problem:
         return problem
+    config = manifest["config"]
     try:
-        config = DatasetConfig.from_dict(manifest["config"])
-    except (TypeError, ValueError, KeyError, AttributeError) as exc:
-        return f"config is not a recipe this version reads ({type(exc).__name__}: {exc})"
-    if manifest["sequence"] != sequence_layout(config):
-        return f"sequence {manifest['sequence']} is not what its config makes ({sequence_layout(config)})"
+        layout = sequence_layout(config.get("nca"))
+        samples_per_shard = config["rules_per_shard"] * config["sims_per_rule"]
+    except (ValueError, AttributeError, KeyError, TypeError) as exc:
+        return f"config is not a recipe this version reads ({exc or type(exc).__name__})"
+    if manifest["sequence"] != layout:
+        return f"sequence {str(manifest['sequence'])[:200]} is not what its config makes ({layout})"
     for split, info in manifest["splits"].items():
-        problem = _split_problem(split, info, config)
+        problem = _split_problem(split, info, layout["seq_len"], samples_per_shard)
         if problem:
             return problem
     if manifest["format_version"] >= 2:
-        return _recipe_problem(manifest, config) or _files_problem(manifest)
+        return _recipe_problem(manifest) or _files_problem(manifest)
     return None
 
 
-def _split_problem(split: str, info, config: DatasetConfig) -> str | None:
+def _split_problem(split: str, info, seq_len: int, samples_per_shard) -> str | None:
     if split not in SPLITS:
         return f"split {split!r} is not one of {', '.join(SPLITS)}"
     where = f"splits.{split}."
@@ -254,7 +264,6 @@ def _split_problem(split: str, info, config: DatasetConfig) -> str | None:
         return f"{where}compression {info['compression']!r} is not one of {', '.join(COMPRESSIONS)}"
     if info.get("table", f"samples/{split}.parquet") != f"samples/{split}.parquet":
         return f"{where}table {info.get('table')!r} is not samples/{split}.parquet"
-    seq_len = config.nca.seq_len
     for i, shard in enumerate(info["shards"]):
         at = f"{where}shards[{i}]."
         problem = _wrong_field(shard, _SHARD_TYPES, at)
@@ -262,7 +271,7 @@ def _split_problem(split: str, info, config: DatasetConfig) -> str | None:
             return problem
         if shard["path"] != shard_name(split, i, info["compression"]):
             return f"{at}path {shard['path']!r} is not {shard_name(split, i, info['compression'])!r}"
-        if not 0 <= shard["samples"] <= config.samples_per_shard or shard["tokens"] != shard["samples"] * seq_len:
+        if not 0 <= shard["samples"] <= samples_per_shard or shard["tokens"] != shard["samples"] * seq_len:
             return f"{at}samples / tokens {shard['samples']} / {shard['tokens']} do not fit its config"
         if not 0 <= shard["bytes"] <= max_shard_bytes(shard["samples"], seq_len):
             return f"{at}bytes {shard['bytes']} is more than {shard['samples']} samples can take"
@@ -271,32 +280,39 @@ def _split_problem(split: str, info, config: DatasetConfig) -> str | None:
     return None
 
 
-def _recipe_problem(manifest: dict, config: DatasetConfig) -> str | None:
+def _recipe_problem(manifest: dict) -> str | None:
     problem = _wrong_field(manifest.get("recipe"), _RECIPE_TYPES, "recipe.")
     if problem:
         return problem
     compressions = {info["compression"] for info in manifest["splits"].values()} or {"zstd"}
     recipe = manifest["recipe"]
-    if len(compressions) > 1 or recipe["fingerprint"] != recipe_fingerprint(config, compressions.pop(),
+    if len(compressions) > 1 or recipe["fingerprint"] != recipe_fingerprint(manifest["config"], compressions.pop(),
                                                                             recipe["version"]):
         return "recipe.fingerprint is not its config's"
     return None
 
 
 def _files_problem(manifest: dict) -> str | None:
-    files = manifest.get("files")
-    if not isinstance(files, dict):
-        return f"files is {files!r}, expected an object"
-    allowed = {*CARD_FILES, *(f"samples/{table}" for table in TABLES)}
-    for name, info in files.items():
-        if name not in allowed:
-            return f"files names {name[:80]!r}, not one of the dataset's tables or card files"
-        problem = _wrong_field(info, _FILE_TYPES, f"files.{name}.")
-        if problem:
-            return problem
-        if not _DIGEST.fullmatch(info["sha256"]) or info["bytes"] < 0:
-            return f"files.{name} has no valid size and sha256"
+    """`files` may name the tables only, `card` the card's files only, each with a size and a sha256."""
+    for key, allowed in (("files", {f"samples/{table}" for table in TABLES}), ("card", set(CARD_FILES))):
+        listed = manifest.get(key)
+        if not isinstance(listed, dict):
+            return f"{key} is {str(listed)[:80]}, expected an object"
+        for name, info in listed.items():
+            if name not in allowed:
+                return f"{key} names {name[:80]!r}, not one of the dataset's {'tables' if key == 'files' else key}"
+            problem = _wrong_field(info, _FILE_TYPES, f"{key}.{name}.")
+            if problem:
+                return problem
+            if not _DIGEST.fullmatch(info["sha256"]) or info["bytes"] < 0:
+                return f"{key}.{name} has no valid size and sha256"
     return None
+
+
+def listed_files(manifest: dict) -> dict[str, dict]:
+    """Every file besides shards and records that a manifest lists, {name: {"bytes", "sha256"}}: the tables and
+    the card (none for version 1)."""
+    return {**(manifest.get("files") or {}), **(manifest.get("card") or {})}
 
 
 def _wrong_field(obj, fields: dict, where: str) -> str | None:

@@ -31,6 +31,7 @@ from nca_datagen.manifest import (
     SHARD_FIELDS,
     brace_pattern,
     dataset_root,
+    listed_files,
     manifest_recipe,
     read_manifest,
     recipe_version,
@@ -77,8 +78,8 @@ def listed_but_absent(fs, root: str, manifest: dict) -> list[str]:
     for split, info in manifest["splits"].items():
         sizes = storage.listing(fs, storage.join(root, split))
         absent += [s["path"] for s in info["shards"] if sizes.get(storage.basename(s["path"])) != s["bytes"]]
-    files = manifest.get("files") or {}
-    absent += [rel for rel, f in files.items() if storage.size(fs, storage.join(root, rel)) != f["bytes"]]
+    listed = listed_files(manifest).items()
+    absent += [rel for rel, f in listed if storage.size(fs, storage.join(root, rel)) != f["bytes"]]
     return absent
 
 
@@ -113,7 +114,7 @@ def _record_metas(record: dict, split: str, index: int) -> list[dict] | None:
 def _check_files(fs, root: str, manifest: dict, echo) -> list[str]:
     """The tables and card files the manifest lists, at their recorded size and sha256."""
     problems = []
-    for rel, info in (manifest.get("files") or {}).items():
+    for rel, info in listed_files(manifest).items():
         path = storage.join(root, rel)
         try:
             data = storage.read_bytes(fs, path, info["bytes"] + 1)

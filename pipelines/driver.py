@@ -401,8 +401,9 @@ def resume_state(plan, fs, root, recipe: str):
 def damaged_files(fs, root: str, manifest: dict) -> list[str]:
     """The tables and card files a manifest lists that are missing or differ from their recorded sha256."""
     from nca_datagen import storage
+    from nca_datagen.manifest import listed_files
 
-    listed = (manifest.get("files") or {}).items()
+    listed = listed_files(manifest).items()
     return [rel for rel, info in listed if storage.size(fs, storage.join(root, rel)) != info["bytes"]
             or hashlib.sha256(storage.read_bytes(fs, storage.join(root, rel))).hexdigest() != info["sha256"]]
 

@@ -35,6 +35,7 @@ from nca_datagen.manifest import (
     MANIFEST,
     dataset_digest,
     dataset_root,
+    listed_files,
     manifest_recipe,
     parse_manifest,
     read_manifest_bytes,
@@ -146,7 +147,7 @@ class _Copy:
                 stats["uploaded" if copied else "skipped"] += 1
                 if not staging:
                     self.echo(f"{'uploaded' if copied else 'skipped '} {shard['path']}")
-        for rel, info in self.manifest["files"].items():
+        for rel, info in listed_files(self.manifest).items():
             self.published.add(rel)
             stats["files"] += self._file(target, rel, info)
         return stats

@@ -44,7 +44,7 @@ def shard_bytes(root: Path) -> dict[str, bytes]:
 
 
 def comparable(manifest: dict) -> dict:
-    return {k: v for k, v in manifest.items() if k != "provenance"}  # provenance: times, command (its --out)
+    return {k: v for k, v in manifest.items() if k not in ("provenance", "card")}  # times, command (its --out)
 
 
 def start_and_wait(out, signum, executor=("--executor", "inline"), complete=2, faults="train:2:hang"):

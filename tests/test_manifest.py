@@ -42,8 +42,8 @@ def test_manifest_describes_exactly_the_files(tmp_path):
     assert read_manifest(str(tmp_path)) == m == read_manifest(str(tmp_path / MANIFEST))
     assert (tmp_path / "README.md").exists()  # the dataset card
     assert m["recipe"] == {"version": RECIPE_VERSION, "fingerprint": recipe_fingerprint(FAKE, "zstd")}
-    assert sorted(m["files"]) == ["README.md", "samples/train.parquet", "samples/val.parquet"]
-    assert m["files"]["README.md"]["bytes"] == (tmp_path / "README.md").stat().st_size
+    assert sorted(m["files"]) == ["samples/train.parquet", "samples/val.parquet"] and sorted(m["card"]) == ["README.md"]
+    assert m["card"]["README.md"]["bytes"] == (tmp_path / "README.md").stat().st_size
 
 
 def test_read_manifest_names_the_missing_path(tmp_path):
@@ -116,12 +116,13 @@ UNSAFE = {  # each edit makes a reader go outside the dataset, trust a wrong lay
     "compression": (lambda m: m["splits"]["train"].__setitem__("compression", "/../"), "compression '/../' is not"),
     "table": (lambda m: m["splits"]["train"].__setitem__("table", "../t.parquet"), "table '../t.parquet' is not"),
     "files": (lambda m: m["files"].__setitem__("../../x", {"bytes": 1, "sha256": "0" * 64}), "files names '../../x'"),
+    "card": (lambda m: m["card"].__setitem__("train/x.tar", {"bytes": 1, "sha256": "0" * 64}), "card names 'train/x"),
     "huge-shard": (_shard("train", 0, "bytes", 60 * 2**30), "bytes 64424509440 is more than 4 samples can take"),
     "seq_len": (lambda m: m["sequence"].__setitem__("seq_len", 986), "sequence {"),
     "tokens_per_frame": (lambda m: m["sequence"].__setitem__("tokens_per_frame", 18), "sequence {"),
     "samples": (_shard("train", 0, "samples", 10**9), "samples / tokens 1000000000"),
     "sha256": (_shard("train", 0, "sha256", "x" * 64), "is not a sha256 digest"),
-    "config": (lambda m: m["config"].__setitem__("seed", -1), "config is not a recipe"),
+    "config": (lambda m: m["config"]["nca"].__setitem__("patch", "2"), "config is not a recipe"),
     "recipe": (lambda m: m["config"].__setitem__("seed", 5), "recipe.fingerprint is not its config's"),
 }
 
@@ -144,5 +145,10 @@ def test_a_manifest_larger_than_any_we_write_is_refused_unread(tmp_path, monkeyp
 
 
 def test_a_version_1_manifest_is_still_read(tmp_path):
-    url = _edited(tmp_path, lambda m: [m.pop("recipe"), m.pop("files"), m.__setitem__("format_version", 1)])
+    def version_1(m):
+        for key in ("recipe", "files", "card"):
+            m.pop(key)
+        m["format_version"] = 1
+
+    url = _edited(tmp_path, version_1)
     assert read_manifest(url)["format_version"] == 1

@@ -100,11 +100,11 @@ def test_nca_run_is_identified_by_its_data_not_its_path(tmp_path, dataset):
 
 
 def test_sweep_datasets_are_rebuilt_or_refused_not_reused(tmp_path, dataset):
-    """build_dataset always runs the build: the same command is a no-op, other --tokens are refused."""
+    """build_dataset always runs the build: the same command is a no-op, fewer --tokens are refused."""
     data = shutil.copytree(dataset, tmp_path / "data")  # built by `build()` above: 0.3:, 20K tokens, seed 0
     manifest = (data / "manifest.json").read_bytes()
     assert build_dataset("0.3:", 20_000, data, extra_args=TINY_DATA) == data
-    with pytest.raises(ValueError, match="already holds a finished dataset"):
+    with pytest.raises(ValueError, match="holds this recipe's dataset with 6 train shards, more than this build plans"):
         build_dataset("0.3:", 8_000, data, extra_args=TINY_DATA)
     assert (data / "manifest.json").read_bytes() == manifest
 
@@ -146,8 +146,8 @@ def test_sweep_builds_with_the_cli_and_picks_a_band(tmp_path, corpus):
         assert row["nca_train_tokens"] == manifest["splits"]["train"]["tokens"] >= 8000
     again = CliRunner().invoke(main, args)  # the same sweep again: nothing to build or train
     assert again.exit_code == 0 and json.loads((tmp_path / "sw" / "sweep.json").read_text()) == report, again.output
-    other = CliRunner().invoke(main, [a if a != "8000" else "16000" for a in args])
-    assert other.exit_code == 1 and "already holds a finished dataset" in other.output, other.output
+    other = CliRunner().invoke(main, [a if a != "8000" else "16000" for a in args])  # the data grows, the runs stay
+    assert other.exit_code == 1 and "was trained with other settings (data_id" in other.output, other.output
 
 
 def test_the_loader_is_the_only_data_path():
