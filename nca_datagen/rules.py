@@ -220,16 +220,17 @@ def fixed_point_bounds(cfg, frac_bits=None, spec: RolloutSpec | None = None) -> 
     """Worst-case |value| of every integer intermediate for any rule the sampler can produce.
 
     Each weight is at most 2 truncation units, i.e. 2 * std / 0.8796 before rounding at its layer's bits; the
-    first layer's entries for the wrapped states are sums of two draws; every sum takes all terms at their
-    maximum, and the hidden pre-activation also carries the rounding offset (`RolloutSpec.hidden_round`).
-    `frac_bits` and `spec` default to the config's own; others describe another format (bench_fidelity.py).
+    first layer's entries for the wrapped states are sums of two draws, rounded after the sum (so up to
+    rint(2 * limit), which can be 2 * rint(limit) + 1); every sum takes all terms at their maximum, and the
+    hidden pre-activation also carries the rounding offset (`RolloutSpec.hidden_round`). `frac_bits` and
+    `spec` default to the config's own; others describe another format (benchmarks/bench_fidelity.py).
     """
     frac_bits = frac_bits or layer_frac_bits(cfg.weight_frac_bits)
     spec = spec or RolloutSpec.from_config(cfg)
     c1, c2 = cfg.hidden
-    w_max = [int(np.rint(TRUNC_LIMIT * weight_std(fan_in) / TRUNC_STD_CORRECTION * 2.0**bits))
-             for fan_in, bits in zip(fan_ins(cfg), frac_bits, strict=True)]
-    entry1 = 2 * w_max[0]  # states 0 and n-1 light two padded channels
+    limits = [TRUNC_LIMIT * weight_std(fan_in) / TRUNC_STD_CORRECTION for fan_in in fan_ins(cfg)]
+    entry1 = int(np.rint(2 * limits[0] * 2.0 ** frac_bits[0]))  # states 0 and n-1 light two padded channels
+    w_max = [int(np.rint(limit * 2.0**bits)) for limit, bits in zip(limits, frac_bits, strict=True)]
     h = 9 * entry1
     pre2 = c1 * w_max[1] * h + spec.hidden_round
     a = pre2 >> spec.hidden_shift
