@@ -29,10 +29,10 @@ sizes; the w1 table is 1.4 KiB). Keeping them in registers across steps needs 22
 any working set, i.e. spills, so they are re-read each step (see `pin` in `_step`).
 
 Instruction counts per step, compiled for sm_90 with triton 3.9's ptxas (no GPU; benchmarks/kernel_sass.py,
-results/kernel_sass.md), per real cell: "gather" at (2 trajectories, 4 warps) 1,983 (4,462 per thread, 255
+results/kernel_sass.md), per real cell: "gather" at (2 trajectories, 4 warps) 1,982 (4,460 per thread, 255
 registers, a 112-byte stack; 1.12e9 tokens/s of kernel time on the H200); "scratch" at (7 trajectories,
-8 warps) 639 (2,516 per thread, 255 registers, no stack); under triton 3.6 (the H200 image's) 668 with a
-512-byte stack (results/kernel_sass_triton36.md; the tile's orientation follows the Triton version, see
+8 warps) 645 (2,538 per thread, 255 registers, no stack); under triton 3.6 (the H200 image's) 668 with a
+496-byte stack (results/kernel_sass_triton36.md; the tile's orientation follows the Triton version, see
 `scratch_rows_first`). benchmarks/gpu_check.py sweeps variants (neighbours, trajectories per program, cells
 per row, num_warps, maxnreg, sparse noise) on the H200.
 Needs Triton >= 3.3 (tl.gather came in 3.2, tuples in jit code in 3.3); the H200 image has 3.6, CI 3.9.
