@@ -97,7 +97,8 @@ def integer_update(cells: dict, kind: str, frac_bits, spec: RolloutSpec) -> np.n
     tables = quantise_rules(*cells["floats"], frac_bits)
     tabs = [torch.from_numpy(t) for t in (tables.w1_RKSC, tables.w2_RCJ, tables.w3_RJS)]
     grids = torch.from_numpy(cells["grids"][kind])
-    frames = rollout_reference(*tabs, torch.from_numpy(cells["rule_ids"]), grids, torch.zeros(len(grids)), spec)
+    frames = rollout_reference(*tabs, torch.from_numpy(cells["rule_ids"]), grids,
+                               torch.zeros(len(grids), dtype=torch.int64), spec)  # noise keys: unused at tau = 0
     return frames[:, 0].numpy()
 
 

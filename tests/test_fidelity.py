@@ -41,7 +41,8 @@ def integer_update(floats, rule_ids, grids_BHW, frac_bits, spec: RolloutSpec) ->
     tables = quantise_rules(*floats, frac_bits)
     tabs = [torch.from_numpy(t) for t in (tables.w1_RKSC, tables.w2_RCJ, tables.w3_RJS)]
     b = len(grids_BHW)
-    frames = rollout_reference(*tabs, torch.from_numpy(rule_ids), torch.from_numpy(grids_BHW), torch.zeros(b), spec)
+    frames = rollout_reference(*tabs, torch.from_numpy(rule_ids), torch.from_numpy(grids_BHW),
+                               torch.zeros(b, dtype=torch.int64), spec)  # noise keys: unused at tau = 0
     return frames[:, 0].numpy()
 
 
