@@ -2,16 +2,17 @@
 
 The torch reference materialises every intermediate as a (B, C, ...) int64 tensor and is memory-bound; this
 keeps one trajectory's grid and its scratch (hidden, logits) in L1 and runs the integer semantics of
-`common.py` for all cells of a chunk at a time: first-layer lookups -> C1 sums, C1 -> C2 matvec + ReLU + shift,
-C2 -> S matvec, argmax. Cells are the innermost loop, so LLVM vectorises every stage across cells with the
-weights broadcast from scalars (AVX2/AVX-512 ymm lanes here). Trajectories are spread over threads (`prange`).
+`common.py` for all cells of a chunk at a time: first-layer lookups -> C1 sums, C1 -> C2 matvec + rounding
+offset + ReLU + shift, C2 -> S matvec, argmax. Cells are the innermost loop, so LLVM vectorises every stage across
+cells with the weights broadcast from scalars (AVX2/AVX-512 ymm lanes here). Trajectories are spread over threads
+(`prange`).
 
 Three tricks, each exact:
 - Padded grid: the state lives in an (H+2) x (W+2) uint8 buffer whose border is the periodic wrap, so each
   neighbour is a fixed offset (no modulo, no index table); the 2 border positions per row are computed too
   and overwritten (17% extra work at W = 12, cheaper than gathers).
 - Packed lookups: the first layer's entries, shifted to be non-negative, are packed as `bits`-wide lanes in
-  int64 words (15 bits, 4 channels per word at the paper's settings; a 9-term sum cannot carry into the next
+  int64 words (16 bits, 4 channels per word at the paper's settings; a 9-term sum cannot carry into the next
   lane), and for S <= TRIPLE_MAX_STATES a whole row of 3 neighbours is one lookup into an S^3 table built per
   rule. So 9 x C1 scalar lookups become 3 vector gathers per cell.
 - Noise only where it can matter: if the top-1 logit (identity bias included) beats the runner-up by more than
@@ -111,13 +112,13 @@ def _first_layer(pad_P, p, n, wp, w1p_WKS, tri_WRT, triples, bits, bias9, acc_N,
 
 
 @njit(inline="always")
-def _matvec(x_IN, w_IO, n, y_ON, relu_shift):
-    """y[o, i] = sum_c x[c, i] * w[c, o], then (if relu_shift >= 0) max(y, 0) >> relu_shift."""
+def _matvec(x_IN, w_IO, n, y_ON, offset, relu_shift):
+    """y[o, i] = offset + sum_c x[c, i] * w[c, o], then (if relu_shift >= 0) max(y, 0) >> relu_shift."""
     for o in range(w_IO.shape[1]):
         y = y_ON[o]
         x, wv = x_IN[0], w_IO[0, o]
         for i in range(n):
-            y[i] = x[i] * wv
+            y[i] = x[i] * wv + offset
         for c in range(1, w_IO.shape[0]):
             x, wv = x_IN[c], w_IO[c, o]
             for i in range(n):
@@ -176,7 +177,7 @@ def _step(cur_P, next_P, h, w, t, key, rule, scratch):
     Works on the padded grid's flat positions from cell (0, 0) to cell (h-1, w-1): neighbours are fixed
     offsets, no modulo; the 2 border positions per row in between are computed and then overwritten.
     """
-    w1p_WKS, tri_WRT, triples, bits, bias9, w2_CJ, w3_JS, shift, beta, table, span = rule
+    w1p_WKS, tri_WRT, triples, bits, bias9, w2_CJ, w3_JS, shift, hround, beta, table, span = rule
     acc_N, h_CN, a_JN, z_SN, best_N, second_N, arg_N = scratch
     wp = w + 2
     first, npos = wp + 1, (h - 1) * wp + w
@@ -184,8 +185,8 @@ def _step(cur_P, next_P, h, w, t, key, rule, scratch):
         n = min(CHUNK, npos - q0)
         p = first + q0
         _first_layer(cur_P, p, n, wp, w1p_WKS, tri_WRT, triples, bits, bias9, acc_N, h_CN)
-        _matvec(h_CN, w2_CJ, n, a_JN, shift)
-        _matvec(a_JN, w3_JS, n, z_SN, -1)
+        _matvec(h_CN, w2_CJ, n, a_JN, hround, shift)
+        _matvec(a_JN, w3_JS, n, z_SN, 0, -1)
         if beta != 0:
             for i in range(n):
                 z_SN[cur_P[p + i], i] += beta
@@ -256,7 +257,7 @@ def _rollout_one(b, cur_P, next_P, rule, scratch, schedule, out):
 
 @njit(parallel=True, cache=True)
 def _rollout_kernel(w1p_RWKS, bits, bias9, w2_RCJ, w3_RJS, rule_B, states_BHW, keys_B, table, steps, burn_in,
-                    stride, span, beta, shift, frames_BFHW, tokens_BL, patch_PD, digit_D, grid_tok, want_tokens,
+                    stride, span, beta, shift, hround, frames_BFHW, tokens_BL, patch_PD, digit_D, grid_tok, want_tokens,
                     nblocks):
     """Roll out every trajectory; writes frames_BFHW (uint8) or, if want_tokens, tokens_BL (uint16).
 
@@ -281,7 +282,8 @@ def _rollout_kernel(w1p_RWKS, bits, bias9, w2_RCJ, w3_RJS, rule_B, states_BHW, k
             if triples and r != built:
                 _build_triples(w1p_RWKS[r], tri_WRT)
                 built = r
-            rule = (w1p_RWKS[r], tri_WRT, triples, bits, bias9, w2_RCJ[r], w3_RJS[r], shift, beta, table, span)
+            rule = (w1p_RWKS[r], tri_WRT, triples, bits, bias9, w2_RCJ[r], w3_RJS[r], shift, hround, beta, table,
+                    span)
             _load_grid(states_BHW[b], cur_P)
             _rollout_one(b, cur_P, next_P, rule, scratch, (steps, burn_in, stride, np.int64(keys_B[b]) & MASK32),
                          out)
@@ -290,7 +292,7 @@ def _rollout_kernel(w1p_RWKS, bits, bias9, w2_RCJ, w3_RJS, rule_B, states_BHW, k
 def pack_first_layer(w1_RKSC: np.ndarray) -> tuple[np.ndarray, int, int]:
     """Pack the first-layer tables into int64 words of biased lanes: (R, words, 9, S) int64, bits, 9 * bias.
 
-    Lane width is the fewest bits that hold a 9-term sum of entries shifted to be non-negative (15 bits, so
+    Lane width is the fewest bits that hold a 9-term sum of entries shifted to be non-negative (16 bits, so
     4 channels per word, at the paper's settings); the kernel subtracts 9 * bias after unpacking.
     """
     r, _, s_n, c1 = w1_RKSC.shape
@@ -318,7 +320,7 @@ def patch_index(height: int, width: int, patch: int) -> np.ndarray:
 def _check_int32(w1_RKSC, w2_RCJ, w3_RJS, spec: RolloutSpec) -> None:
     """Assert every intermediate of these actual tables fits int32 (the loop has no overflow checks)."""
     h_RC = np.abs(w1_RKSC.astype(np.int64)).max(axis=2).sum(axis=1)
-    pre_RJ = np.einsum("rc,rcj->rj", h_RC, np.abs(w2_RCJ.astype(np.int64)))
+    pre_RJ = np.einsum("rc,rcj->rj", h_RC, np.abs(w2_RCJ.astype(np.int64))) + spec.hidden_round
     a_RJ = pre_RJ >> spec.hidden_shift
     z_RS = np.einsum("rj,rjs->rs", a_RJ, np.abs(w3_RJS.astype(np.int64)))
     worst = max(int(pre_RJ.max(initial=0)), int(z_RS.max(initial=0)) + abs(spec.beta_q))
@@ -340,7 +342,7 @@ def _launch(w1_RKSC, w2_RCJ, w3_RJS, rule_B, states_BHW, keys_B, spec: RolloutSp
     _rollout_kernel(*pack_first_layer(w1_RKSC), w2, w3, np.ascontiguousarray(rule_B, dtype=np.int64),
                     np.ascontiguousarray(states_BHW, dtype=np.uint8), np.asarray(keys_B).astype(np.int64),
                     spec.noise_table.astype(np.int64), spec.steps, spec.burn_in, spec.frame_stride,
-                    spec.noise_span, spec.beta_q, spec.hidden_shift, frames, tokens, patch_PD,
+                    spec.noise_span, spec.beta_q, spec.hidden_shift, spec.hidden_round, frames, tokens, patch_PD,
                     spec.states ** np.arange(p * p, dtype=np.int32), spec.states ** (p * p), want_tokens,
                     min(b, 4 * numba.get_num_threads()))  # a few blocks per thread evens out their cost
     return tokens if want_tokens else frames

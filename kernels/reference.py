@@ -35,8 +35,8 @@ def gumbel_noise(keys_B: torch.Tensor, step: int, spec: RolloutSpec, table: torc
     return table[state_bits >> (32 - GUMBEL_BITS)]
 
 
-def step_reference(state_BHW, w1_BKSC, w2_BCJ, w3_BJS, keys_B, step: int, spec: RolloutSpec, table):
-    """One synchronous update of every cell (int64 in, int64 out)."""
+def logits_reference(state_BHW, w1_BKSC, w2_BCJ, w3_BJS, spec: RolloutSpec) -> torch.Tensor:
+    """The network's integer logits (B, C, S) at scale 2^logit_frac_bits, before identity bias and noise."""
     b, h, w = state_BHW.shape
     c1 = w1_BKSC.shape[-1]
     hid_BCC1 = torch.zeros(b, h * w, c1, dtype=torch.int64, device=state_BHW.device)
@@ -45,9 +45,15 @@ def step_reference(state_BHW, w1_BKSC, w2_BCJ, w3_BJS, keys_B, step: int, spec: 
             nb_BC = torch.roll(state_BHW, shifts=(1 - dy, 1 - dx), dims=(1, 2)).reshape(b, h * w)
             table_BSC1 = w1_BKSC[:, 3 * dy + dx]
             hid_BCC1 += torch.gather(table_BSC1, 1, nb_BC[..., None].expand(b, h * w, c1))
-    pre_BCJ = (hid_BCC1[..., :, None] * w2_BCJ[:, None]).sum(dim=-2)
-    act_BCJ = pre_BCJ.clamp_min(0) >> spec.hidden_shift
-    logits_BCS = (act_BCJ[..., :, None] * w3_BJS[:, None]).sum(dim=-2)
+    pre_BCJ = (hid_BCC1[..., :, None] * w2_BCJ[:, None]).sum(dim=-2) + spec.hidden_round
+    act_BCJ = pre_BCJ.clamp_min(0) >> spec.hidden_shift  # = (relu(sum) + round) >> shift: rounded half up
+    return (act_BCJ[..., :, None] * w3_BJS[:, None]).sum(dim=-2)
+
+
+def step_reference(state_BHW, w1_BKSC, w2_BCJ, w3_BJS, keys_B, step: int, spec: RolloutSpec, table):
+    """One synchronous update of every cell (int64 in, int64 out)."""
+    b, h, w = state_BHW.shape
+    logits_BCS = logits_reference(state_BHW, w1_BKSC, w2_BCJ, w3_BJS, spec)
     now_BC = state_BHW.reshape(b, h * w)
     if spec.beta_q:
         logits_BCS += spec.beta_q * torch.nn.functional.one_hot(now_BC, spec.states)

@@ -10,10 +10,10 @@ row of all its H*W cells padded to a power of 2 (CH = 256 at 12x12: 56% real cel
 trajectories into rows of CH = 4 cells (CPT = 36 rows each at 12x12: 7 trajectories fill 252 of 256 rows,
 98% real cells), see `tile_layout`. One step of one cell:
 
-    neighbours   9 x state[idx_k] (gather or scratch load)  idx_k: periodic (y+dy, x+dx), hoisted
-    first layer  h_c = sum_k w1[rule, k, nb_k, c]           9*C1 = 36 L1-resident table loads
-    hidden       a_j = relu(sum_c h_c * w2[c, j]) >> SHIFT  C1*C2 = 64 int32 multiply-adds
-    logits       z_s = sum_j a_j * w3[j, s] (+ beta, noise) C2*S = 160 multiply-adds
+    neighbours   9 x state[idx_k] (gather or scratch load)          idx_k: periodic (y+dy, x+dx), hoisted
+    first layer  h_c = sum_k w1[rule, k, nb_k, c]                   9*C1 = 36 L1-resident table loads
+    hidden       a_j = relu(ROUND + sum_c h_c * w2[c, j]) >> SHIFT  C1*C2 = 64 int32 multiply-adds (rounded)
+    logits       z_s = sum_j a_j * w3[j, s] (+ beta, noise)         C2*S = 160 multiply-adds
     update       running argmax over s with a strict `>`, so the lowest state wins every tie
 
 Neighbours, two ways (the SCRATCH constexpr; `neighbours=` at launch). A periodic roll is not a Triton
@@ -29,10 +29,10 @@ sizes; the w1 table is 1.4 KiB). Keeping them in registers across steps needs 22
 any working set, i.e. spills, so they are re-read each step (see `pin` in `_step`).
 
 Instruction counts per step, compiled for sm_90 with triton 3.9's ptxas (no GPU; benchmarks/kernel_sass.py,
-results/kernel_sass.md), per real cell: "gather" at (2 trajectories, 4 warps) 1,983 (4,462 per thread, 255
+results/kernel_sass.md), per real cell: "gather" at (2 trajectories, 4 warps) 1,982 (4,460 per thread, 255
 registers, a 112-byte stack; 1.12e9 tokens/s of kernel time on the H200); "scratch" at (7 trajectories,
-8 warps) 639 (2,516 per thread, 255 registers, no stack); under triton 3.6 (the H200 image's) 668 with a
-512-byte stack (results/kernel_sass_triton36.md; the tile's orientation follows the Triton version, see
+8 warps) 645 (2,538 per thread, 255 registers, no stack); under triton 3.6 (the H200 image's) 668 with a
+496-byte stack (results/kernel_sass_triton36.md; the tile's orientation follows the Triton version, see
 `scratch_rows_first`). benchmarks/gpu_check.py sweeps variants (neighbours, trajectories per program, cells
 per row, num_warps, maxnreg, sparse noise) on the H200.
 Needs Triton >= 3.3 (tl.gather came in 3.2, tuples in jit code in 3.3); the H200 image has 3.6, CI 3.9.
@@ -111,7 +111,7 @@ def _noise(cell_bits, s, noise_ptr, mask):
 @triton.jit
 def _step(state, t, pin, mask, row_ok, rows_off, cols_off, cell, own, key, w1_row, w2_row, w3_row, noise_ptr, beta_q,
           noise_span, scratch, H: tl.constexpr, W: tl.constexpr, S: tl.constexpr, C1: tl.constexpr,
-          C2: tl.constexpr, SHIFT: tl.constexpr, ROWS: tl.constexpr, CH: tl.constexpr,
+          C2: tl.constexpr, SHIFT: tl.constexpr, ROUND: tl.constexpr, ROWS: tl.constexpr, CH: tl.constexpr,
           USE_NOISE: tl.constexpr, USE_BETA: tl.constexpr, SCRATCH: tl.constexpr, SPARSE_NOISE: tl.constexpr):
     """One synchronous update of the int32 cell tile `state` (ROWS x CH, either orientation) from t to t + 1."""
     # `pin` is always 0 at run time, but the compiler cannot know it: the weight addresses then vary with t,
@@ -135,10 +135,11 @@ def _step(state, t, pin, mask, row_ok, rows_off, cols_off, cell, own, key, w1_ro
         for c in tl.static_range(C1):
             hn = hn + (h[c] + tl.load(w1_row + base + c, mask=mask, other=0),)  # noqa: RUF005
         h = hn
-    # Hidden layer: 1x1 conv C1 -> C2, ReLU, arithmetic shift back to scale 2^(f-2).
+    # Hidden layer: 1x1 conv C1 -> C2, ReLU, arithmetic shift back to scale 2^(f-1), rounded half up: the
+    # accumulator starts at ROUND = 2^(SHIFT-1), the addend of the first multiply-add (no extra instruction).
     a = ()
     for j in tl.static_range(C2):
-        pre = h[0] * tl.load(w2_row + j, mask=row_ok, other=0)
+        pre = ROUND + h[0] * tl.load(w2_row + j, mask=row_ok, other=0)
         for c in tl.static_range(1, C1):
             pre += h[c] * tl.load(w2_row + c * C2 + j, mask=row_ok, other=0)
         a = a + (tl.maximum(pre, 0) >> SHIFT,)  # noqa: RUF005
@@ -241,7 +242,8 @@ def nca_rollout_kernel(
     pin,  # always 0; opaque to the compiler (see _step), never specialised
     scratch_ptr,  # uint8 (programs, ROWS * CH): each program's neighbour exchange (used iff SCRATCH)
     H: tl.constexpr, W: tl.constexpr, S: tl.constexpr, PATCH: tl.constexpr,
-    C1: tl.constexpr, C2: tl.constexpr, SHIFT: tl.constexpr,
+    C1: tl.constexpr, C2: tl.constexpr,
+    SHIFT: tl.constexpr, ROUND: tl.constexpr,  # hidden activations: (pre-activation + ROUND) >> SHIFT after ReLU
     ROWS: tl.constexpr,  # tile rows per program (a power of 2)
     CH: tl.constexpr,  # cells per tile row (a power of 2)
     CPT: tl.constexpr,  # tile rows per trajectory: cdiv(H*W, CH), 1 in gather mode
@@ -328,7 +330,7 @@ def nca_rollout_kernel(
         n_steps = tl.where(f < 0, burn_in, tl.where(f + 1 < frames, stride, 0))
         for i in range(n_steps):
             state = _step(state, t0 + i, pin, mask, row_ok, rows_off, cols_off, cell, own, key, w1_row, w2_row,
-                          w3_row, noise_ptr, beta_q, noise_span, scratch, H, W, S, C1, C2, SHIFT, ROWS, CH,
+                          w3_row, noise_ptr, beta_q, noise_span, scratch, H, W, S, C1, C2, SHIFT, ROUND, ROWS, CH,
                           USE_NOISE, USE_BETA, SCRATCH, SPARSE_NOISE)
 
 
@@ -448,6 +450,7 @@ def kernel_constexprs(spec: RolloutSpec, hidden: tuple[int, int], layout: TileLa
     h, w, p = spec.height, spec.width, spec.patch
     c1, c2 = hidden
     return dict(H=h, W=w, S=spec.states, PATCH=p, C1=c1, C2=c2, SHIFT=spec.hidden_shift,
+                ROUND=spec.hidden_round,
                 ROWS=layout.rows, CH=layout.cells_per_row, CPT=layout.rows_per_trajectory, TPP=layout.trajectories,
                 TOK_ROWS=layout.token_rows, PATCHES_PAD=triton.next_power_of_2((h // p) * (w // p)),
                 USE_NOISE=spec.noise_span != 0, USE_BETA=spec.beta_q != 0,

@@ -9,6 +9,8 @@ carries none.
 Because the first conv's input is one-hot, it is a lookup: `w1[offset, state, :]` is the sum of the kernel
 rows for the channels that state lights (two for states 0 and n-1, one otherwise). Weights are drawn as
 float64 with numpy, folded, then quantised to fixed point (format in `nca_datagen.kernels.common`).
+`float_logits` is the same network in float64 on the unquantised weights (the reference code's semantics, no
+folding), against which tests/test_fidelity.py measures what the quantisation changes.
 
 Seeds: a rule's weights come from SeedSequence([run seed, split, rule id, STREAM_RULE]); nothing global.
 """
@@ -21,13 +23,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from nca_datagen import streams
-from nca_datagen.kernels.common import INT32_LIMIT, RolloutSpec, logit_frac_bits
+from nca_datagen.kernels.common import INT32_LIMIT, RolloutSpec, layer_frac_bits, logit_frac_bits
 
 TRUNC_STD_CORRECTION = 0.87962566103423978  # std of a standard normal truncated to [-2, 2] (Flax's constant)
 TRUNC_LIMIT = 2.0  # truncation at +-2 standard units
 
 # Seed streams: one integer per purpose, so the draws for different purposes never share a sequence.
 STREAM_RULE, STREAM_INIT, STREAM_PROBE, STREAM_NOISE = 0, 1, 2, 3
+STREAM_FIDELITY = 4  # the uniform grids of `fidelity_grids` (never part of a dataset)
 PROBE_SIM = 0  # the probe trajectory lives on its own stream; its sim index is always 0
 
 
@@ -97,6 +100,40 @@ def quantise(w: np.ndarray, frac_bits: int) -> np.ndarray:
     return np.rint(w * 2.0**frac_bits).astype(np.int32)
 
 
+def float_logits(states_BHW: np.ndarray, k1_BYXIC: np.ndarray, k2_BCJ: np.ndarray, k3_BJS: np.ndarray) -> np.ndarray:
+    """The paper's network in float64, trajectory b on its own kernels: logits (B, H, W, S).
+
+    The reference code's semantics, step by step: one-hot, wrap-pad all three axes (channels included, so they
+    read [s_{n-1}, s_0, ..., s_{n-1}, s_0]), conv 3x3 VALID with the float kernels (no folding), conv 1x1, ReLU,
+    conv 1x1; zero biases. `logits.argmax(-1)` is the noiseless update (lowest state wins exact ties).
+    """
+    n = k3_BJS.shape[-1]
+    _, h, w = states_BHW.shape
+    padded_BHWI = np.pad(np.eye(n)[states_BHW], [(0, 0), (1, 1), (1, 1), (1, 1)], mode="wrap")
+    hid_BHWC = np.zeros((*states_BHW.shape, k1_BYXIC.shape[-1]))
+    for dy in range(3):
+        for dx in range(3):
+            hid_BHWC += np.einsum("byxi,bic->byxc", padded_BHWI[:, dy : dy + h, dx : dx + w], k1_BYXIC[:, dy, dx])
+    act_BHWJ = np.maximum(np.einsum("byxc,bcj->byxj", hid_BHWC, k2_BCJ), 0.0)
+    return np.einsum("byxj,bjs->byxs", act_BHWJ, k3_BJS)
+
+
+def fidelity_grids(cfg, seed: int, rule_ids, sims, kernels, burn_in: int = 10) -> dict[str, np.ndarray]:
+    """Grids (B, H, W) on which to compare quantised rules with `float_logits`, one per (rule id, sim) pair
+    and of each kind: "uniform", every cell i.i.d. uniform over the states; "trajectory", the state of a
+    noiseless float-network trajectory `burn_in` steps after that pair's initial state in a dataset (split 0).
+    `kernels` are each pair's float kernels, (B, ...) as `float_logits` takes them.
+    """
+    from nca_datagen.seeds import trajectory_inputs  # late: seeds imports this module
+
+    rng = np.random.default_rng(np.random.SeedSequence([seed, STREAM_FIDELITY]))
+    uniform_BHW = rng.integers(0, cfg.states, (len(kernels[0]), *cfg.grid))
+    state_BHW = trajectory_inputs(cfg, seed, 0, rule_ids, sims)[0].astype(np.int64)
+    for _ in range(burn_in):
+        state_BHW = float_logits(state_BHW, *kernels).argmax(-1)
+    return {"uniform": uniform_BHW, "trajectory": state_BHW}
+
+
 @dataclass(frozen=True)
 class RuleTables:
     """Integer tables of R rules. Legend: R rules, K=9 neighbour offsets, S states, C/J hidden widths."""
@@ -118,7 +155,13 @@ class RuleTables:
 
 
 def sample_rules(cfg, seed: int, split_id: int, rule_ids) -> RuleTables:
-    """Draw, fold and quantise the rules `rule_ids` (any order; each rule depends only on its own id).
+    """Draw, fold and quantise the rules `rule_ids` (any order; each rule depends only on its own id)."""
+    floats = sample_floats(cfg, seed, split_id, rule_ids)
+    return quantise_rules(*floats, layer_frac_bits(cfg.weight_frac_bits))
+
+
+def sample_floats(cfg, seed: int, split_id: int, rule_ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The float64 kernels of the rules `rule_ids`, stacked: (R,3,3,n+2,C1), (R,C1,C2), (R,C2,n).
 
     Same draws as `sample_rule_floats` rule by rule, seeded through `nca_datagen.streams` (vectorised)."""
     rule_ids = np.asarray(rule_ids, dtype=np.int64).reshape(-1)
@@ -138,8 +181,13 @@ def sample_rules(cfg, seed: int, split_id: int, rule_ids) -> RuleTables:
     for i in np.flatnonzero(pos > budget):  # a stream ran past its budget: draw that rule the plain way
         for k, kernel in zip(kernels, sample_rule_floats(cfg, seed, split_id, int(rule_ids[i])), strict=True):
             k[i] = kernel
-    f = cfg.weight_frac_bits
-    return RuleTables(quantise(fold_first_layer(kernels[0]), f), quantise(kernels[1], f), quantise(kernels[2], f))
+    return tuple(kernels)
+
+
+def quantise_rules(k1_RYXIC: np.ndarray, k2_RCJ: np.ndarray, k3_RJS: np.ndarray, frac_bits) -> RuleTables:
+    """Fold the first layer, then quantise each layer to its fractional bits (`common.layer_frac_bits`)."""
+    f1, f2, f3 = frac_bits
+    return RuleTables(quantise(fold_first_layer(k1_RYXIC), f1), quantise(k2_RCJ, f2), quantise(k3_RJS, f3))
 
 
 def _stream_budget(draws: int) -> int:
@@ -168,24 +216,28 @@ def _truncate_rows(normals: np.ndarray, pos: np.ndarray, size: int) -> np.ndarra
     return x
 
 
-def fixed_point_bounds(cfg) -> dict[str, int]:
+def fixed_point_bounds(cfg, frac_bits=None, spec: RolloutSpec | None = None) -> dict[str, int]:
     """Worst-case |value| of every integer intermediate for any rule the sampler can produce.
 
-    Each weight is at most 2 truncation units, i.e. 2 * std / 0.8796 before rounding; the first layer's
-    entries for the wrapped states are sums of two draws; every sum takes all terms at their maximum.
+    Each weight is at most 2 truncation units, i.e. 2 * std / 0.8796 before rounding at its layer's bits; the
+    first layer's entries for the wrapped states are sums of two draws, rounded after the sum (so up to
+    rint(2 * limit), which can be 2 * rint(limit) + 1); every sum takes all terms at their maximum, and the
+    hidden pre-activation also carries the rounding offset (`RolloutSpec.hidden_round`). `frac_bits` and
+    `spec` default to the config's own; others describe another format (benchmarks/bench_fidelity.py).
     """
-    f = cfg.weight_frac_bits
-    spec = RolloutSpec.from_config(cfg)
+    frac_bits = frac_bits or layer_frac_bits(cfg.weight_frac_bits)
+    spec = spec or RolloutSpec.from_config(cfg)
     c1, c2 = cfg.hidden
-    w_max = [int(np.rint(TRUNC_LIMIT * weight_std(fi) / TRUNC_STD_CORRECTION * 2.0**f)) for fi in fan_ins(cfg)]
-    entry1 = 2 * w_max[0]  # states 0 and n-1 light two padded channels
+    limits = [TRUNC_LIMIT * weight_std(fan_in) / TRUNC_STD_CORRECTION for fan_in in fan_ins(cfg)]
+    entry1 = int(np.rint(2 * limits[0] * 2.0 ** frac_bits[0]))  # states 0 and n-1 light two padded channels
+    w_max = [int(np.rint(limit * 2.0**bits)) for limit, bits in zip(limits, frac_bits, strict=True)]
     h = 9 * entry1
-    pre2 = c1 * w_max[1] * h
+    pre2 = c1 * w_max[1] * h + spec.hidden_round
     a = pre2 >> spec.hidden_shift
     logits = c2 * w_max[2] * a
     noise = max(abs(v) for v in spec.noise_q)
-    return {"w1_entry": entry1, "h": h, "hidden_preact": pre2, "hidden": a, "logits": logits,
-            "logits_plus_noise": logits + spec.beta_q + noise, "weight_max": max(w_max)}
+    return {"w1_entry": entry1, "h": h, "w2": w_max[1], "hidden_preact": pre2, "hidden": a, "w3": w_max[2],
+            "logits": logits, "logits_plus_noise": logits + spec.beta_q + noise}
 
 
 def check_fixed_point_fits(cfg) -> None:

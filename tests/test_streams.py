@@ -9,6 +9,7 @@ import pytest
 
 from nca_datagen import rules, streams
 from nca_datagen.config import NCAConfig
+from nca_datagen.kernels.common import layer_frac_bits
 from nca_datagen.rules import fold_first_layer, quantise, sample_rule_floats, sample_rules
 from nca_datagen.seeds import initial_state, noise_key, trajectory_inputs
 
@@ -71,12 +72,12 @@ def test_sample_rules_equal_the_per_rule_definition(states, budget, monkeypatch)
     cfg = NCAConfig(states=states, patch=1)
     rule_ids = np.random.default_rng(1).integers(0, 2**42, 80)
     tables = sample_rules(cfg, 9, 1, rule_ids)
-    f = cfg.weight_frac_bits
+    f1, f2, f3 = layer_frac_bits(cfg.weight_frac_bits)
     for i, r in enumerate(rule_ids.tolist()):
         k1, k2, k3 = sample_rule_floats(cfg, 9, 1, r)
-        assert np.array_equal(tables.w1_RKSC[i], quantise(fold_first_layer(k1), f))
-        assert np.array_equal(tables.w2_RCJ[i], quantise(k2, f))
-        assert np.array_equal(tables.w3_RJS[i], quantise(k3, f))
+        assert np.array_equal(tables.w1_RKSC[i], quantise(fold_first_layer(k1), f1))
+        assert np.array_equal(tables.w2_RCJ[i], quantise(k2, f2))
+        assert np.array_equal(tables.w3_RJS[i], quantise(k3, f3))
 
 
 def test_empty_batches_keep_their_shapes_and_dtypes():
