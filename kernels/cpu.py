@@ -39,6 +39,8 @@ digits, W packed words per first-layer entry (in array suffixes), T = S^3 row-tr
 
 from __future__ import annotations
 
+import threading
+
 import numba
 import numpy as np
 from numba import njit, prange
@@ -255,7 +257,7 @@ def _rollout_one(b, cur_P, next_P, rule, scratch, schedule, out):
             cur_P, next_P = next_P, cur_P
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _rollout_kernel(w1p_RWKS, bits, bias9, w2_RCJ, w3_RJS, rule_B, states_BHW, keys_B, table, steps, burn_in,
                     stride, span, beta, shift, hround, frames_BFHW, tokens_BL, patch_PD, digit_D, grid_tok, want_tokens,
                     nblocks):
@@ -339,13 +341,37 @@ def _launch(w1_RKSC, w2_RCJ, w3_RJS, rule_B, states_BHW, keys_B, spec: RolloutSp
     frames = np.empty((0 if want_tokens else b, spec.frames, h, w), np.uint8)  # (H, W) read from it
     tokens = np.empty((b if want_tokens else 0, spec.frames * tokens_per_frame), np.uint16)
     w2, w3 = (np.ascontiguousarray(a, dtype=np.int32) for a in (w2_RCJ, w3_RJS))
-    _rollout_kernel(*pack_first_layer(w1_RKSC), w2, w3, np.ascontiguousarray(rule_B, dtype=np.int64),
-                    np.ascontiguousarray(states_BHW, dtype=np.uint8), np.asarray(keys_B).astype(np.int64),
-                    spec.noise_table.astype(np.int64), spec.steps, spec.burn_in, spec.frame_stride,
-                    spec.noise_span, spec.beta_q, spec.hidden_shift, spec.hidden_round, frames, tokens, patch_PD,
-                    spec.states ** np.arange(p * p, dtype=np.int32), spec.states ** (p * p), want_tokens,
-                    min(b, 4 * numba.get_num_threads()))  # a few blocks per thread evens out their cost
+    run_interruptibly(_rollout_kernel, *pack_first_layer(w1_RKSC), w2, w3, np.ascontiguousarray(rule_B, dtype=np.int64),
+                      np.ascontiguousarray(states_BHW, dtype=np.uint8), np.asarray(keys_B).astype(np.int64),
+                      spec.noise_table.astype(np.int64), spec.steps, spec.burn_in, spec.frame_stride,
+                      spec.noise_span, spec.beta_q, spec.hidden_shift, spec.hidden_round, frames, tokens, patch_PD,
+                      spec.states ** np.arange(p * p, dtype=np.int32), spec.states ** (p * p), want_tokens,
+                      min(b, 4 * numba.get_num_threads()))  # a few blocks per thread evens out their cost
     return tokens if want_tokens else frames
+
+
+def run_interruptibly(compiled, *args):
+    """Call `compiled` (nogil machine code, which never looks at signals) in a thread while the main thread waits
+    in Python, so Ctrl-C and SIGTERM reach the caller at once however long the call runs. The call itself cannot be
+    stopped: it is a daemon thread that ends with the process, and the build exits after an interrupt."""
+    if threading.current_thread() is not threading.main_thread():  # signals only ever reach the main thread
+        return compiled(*args)
+    outcome: list = []
+
+    def call():
+        try:
+            outcome.append((True, compiled(*args)))
+        except BaseException as exc:  # handed to the caller below
+            outcome.append((False, exc))
+
+    worker = threading.Thread(target=call, name="nca-compiled", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.1)  # a timed wait is interruptible: KeyboardInterrupt (or the SIGTERM handler) raises here
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
 
 
 def rollout_cpu(w1_RKSC, w2_RCJ, w3_RJS, rule_B, states_BHW, keys_B, spec: RolloutSpec) -> np.ndarray:

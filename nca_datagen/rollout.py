@@ -99,6 +99,23 @@ def resolve_backend(backend: str | None, device: str) -> str:
     return "numba"
 
 
+def compile_cpu_kernel() -> bool:
+    """Compile the numba rollout kernel, or load it from numba's on-disk cache, through one tiny rollout of the
+    real code path (its one specialisation: the argument types never change). True when it had to compile
+    (~20-30 s on 2 cores, once per machine and kernel version), False when the cache had it (under a second)."""
+    from nca_datagen.config import NCAConfig
+    from nca_datagen.kernels import cpu
+    from nca_datagen.rules import sample_rules
+    from nca_datagen.seeds import trajectory_inputs
+
+    cfg = NCAConfig(grid=(4, 4), frames=1, burn_in=0)
+    misses = sum(cpu._rollout_kernel.stats.cache_misses.values())
+    tables = sample_rules(cfg, 0, 0, np.arange(1))
+    states, keys = trajectory_inputs(cfg, 0, 0, np.zeros(1, np.int64), np.zeros(1, np.int64))
+    rollout_tokens(cfg, tables, np.zeros(1, np.int64), states, keys, backend="numba", device="cpu")
+    return sum(cpu._rollout_kernel.stats.cache_misses.values()) > misses
+
+
 def rollout_frames(cfg, tables: RuleTables, rule_B, states_BHW, keys_B, *, backend=None, device=None):
     """Frames (B, F, H, W) uint8 numpy for trajectories `rule_B` (indices into `tables`)."""
     return _run("frames", cfg, tables, rule_B, states_BHW, keys_B, backend, device)

@@ -112,6 +112,8 @@ def _run_build(plan: BuildPlan, executor, opts: BuildOptions) -> dict:
     log.emit("build_start", out=job.out_url, executor=executor.description, backend=backend, device=opts.device,
              shards=plan.shards, skipped=sum(len(r) for r in records.values()), todo=len(todo),
              config=config.to_dict(), command=opts.command)
+    if backend == "numba" and todo:
+        _compile_before_the_shards(opts.quiet)  # its time then counts in no shard's speed or stages
     progress = BuildProgress(plan.total_shards, already_done=plan.total_shards - len(todo), quiet=opts.quiet)
     progress.message(f"building {len(todo)} of {plan.total_shards} shards on {executor.description}, "
                      f"backend {backend} on {opts.device}; log: {log_path}")
@@ -167,6 +169,28 @@ def _run_build(plan: BuildPlan, executor, opts: BuildOptions) -> dict:
         closing.join()
     _summary(plan, opts, progress, result, log_path)
     return result
+
+
+COMPILE_NOTICE_S = 3.0  # loading numba's cached kernel takes under a second: still busy after this, it compiles
+
+
+def _compile_before_the_shards(quiet: bool) -> None:
+    """Compile (or load) the CPU kernel here, once, before any shard runs: a new machine's first build says it is
+    compiling instead of sitting at 0 shards, and Ray workers on this machine then load the cached kernel."""
+    from nca_datagen.rollout import compile_cpu_kernel
+
+    notice = threading.Timer(COMPILE_NOTICE_S, lambda: quiet or click.echo(
+        "compiling the CPU kernel: once per machine (and nca-datagen version), about 30 s on 2 cores; later builds "
+        "load it in under a second", err=True))
+    notice.start()
+    t0 = time.perf_counter()
+    try:
+        compiled = compile_cpu_kernel()
+    finally:
+        notice.cancel()
+    if compiled and not quiet:
+        click.echo(f"compiled the CPU kernel in {format_duration(time.perf_counter() - t0)} (cached for later "
+                   f"builds)", err=True)
 
 
 def _finish(plan, opts, records, failed, log, provenance, progress) -> dict:

@@ -162,3 +162,74 @@ def test_ray_retries_once_failures_and_names_permanent_ones(tmp_path, reference)
     assert rerun.returncode == 0, rerun.stderr
     assert "building 1 of 5 shards" in rerun.stderr
     assert shard_bytes(out) == shard_bytes(reference)
+
+
+@pytest.mark.parametrize("signum, executor", [
+    (signal.SIGINT, ("--executor", "inline")),
+    (signal.SIGTERM, ("--executor", "inline")),
+    pytest.param(signal.SIGINT, ("--workers", "1"), marks=pytest.mark.slow),  # the worker dies with its Ray
+], ids=["ctrl-c", "sigterm", "ray-ctrl-c"])
+def test_a_signal_stops_a_build_inside_compiled_work_within_seconds(tmp_path, signum, executor):
+    """One shard whose rollout is a single compiled call of ~430M cell updates (3,000 frames x 1,000 sequences:
+    tens of seconds on 2 cores, within the per-shard limits): the signal must not wait for the call to return,
+    and no process goes on computing it."""
+    out = tmp_path / "ds"
+    args = [CONSOLE, "build", "--frames", "3000", "--samples-per-shard", "1000", "--sims-per-rule", "10",
+            "--tokens", "1", "--val-tokens", "0", *executor, "--out", str(out)]
+    proc = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = None
+    deadline = time.time() + 120
+    while log is None:  # the event log appears when the shards start
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        log = next(out.glob("_logs/*.jsonl"), None)
+        time.sleep(0.1)
+    time.sleep(4)  # into the rollout (the probe of 64 candidates takes well under a second)
+    proc.send_signal(signum)
+    sent = time.time()
+    output, _ = proc.communicate(timeout=300)
+    took = time.time() - sent
+    assert proc.returncode == 128 + signum, output
+    assert took < 5, f"{took:.1f} s from the signal to the exit"
+    assert "interrupted: 0 of 1 shards are complete" in output
+    time.sleep(3)
+    assert not _computing(proc.pid), "a process of the build still runs the shard"
+
+
+def _computing(driver_pid: int) -> list[int]:
+    """Processes of this build still alive: the driver, or any holding files of its Ray session."""
+    alive = []
+    for proc_dir in Path("/proc").iterdir():
+        if not proc_dir.name.isdigit():
+            continue
+        try:
+            links = [os.readlink(fd) for fd in (proc_dir / "fd").iterdir()]
+            state = (proc_dir / "stat").read_text().split()[2]
+        except OSError:
+            continue
+        if state != "Z" and (int(proc_dir.name) == driver_pid or any(
+                "/session_" in link and f"_{driver_pid}/" in link for link in links)):
+            alive.append(int(proc_dir.name))
+    return alive
+
+
+@pytest.mark.slow
+def test_a_first_build_says_it_compiles_and_keeps_the_compile_out_of_its_speed(tmp_path):
+    """A machine without numba's cache (a fresh NUMBA_CACHE_DIR): the build says it is compiling, once, before the
+    shards; the shards' speed and stage times do not include it; the next build loads the cache silently."""
+    env = {**_env(), "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
+
+    def build(out):
+        proc = subprocess.run(command(out, "--executor", "inline"), env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout + proc.stderr
+
+    first = build(tmp_path / "a")
+    assert "compiling the CPU kernel: once per machine" in first and "compiled the CPU kernel in" in first
+    compile_s = float(first.split("compiled the CPU kernel in ")[1].split("s", 1)[0])
+    events = [json.loads(line) for line in next((tmp_path / "a" / "_logs").glob("*.jsonl")).read_text().splitlines()]
+    shards_s = next(e["seconds"] for e in events if e["event"] == "shards_done")
+    assert shards_s < compile_s / 3, (shards_s, compile_s)  # 5 tiny shards take a fraction of the compile
+    assert all(sum(e["timings"].values()) < compile_s / 3 for e in events if e["event"] == "shard_done")
+    second = build(tmp_path / "b")
+    assert "compil" not in second
