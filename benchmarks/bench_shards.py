@@ -19,7 +19,8 @@ import time
 from benchmarks.report import peak_rss_mb, write_report
 from nca_datagen.config import DatasetConfig, recipe_fingerprint
 from nca_datagen.generate import generate_shard
-from nca_datagen.ownership import finish_output, prepare_output
+from nca_datagen.ownership import prepare_output
+from nca_datagen.pipelines.finish import finish_dataset
 from nca_datagen.shards import iter_shard_samples, write_shard
 
 
@@ -30,7 +31,7 @@ def build(out: str, data, shards: int, compression: str, config) -> tuple[list[d
     records = [write_shard(dataclasses.replace(data, shard_index=i), out, recipe=recipe, compression=compression)
                for i in range(shards)]
     seconds = time.perf_counter() - t0
-    finish_output(out, config, {"train": records}, {"device": "cpu"}, figures=False)
+    finish_dataset(out, config, {"train": records}, {"device": "cpu"}, figures=False)
     return records, seconds
 
 

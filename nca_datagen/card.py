@@ -3,8 +3,8 @@
 The front matter names the shards in `configs` only when they are plain `.tar` (`--compression none`): Hugging
 Face's WebDataset reader cannot open `.tar.zst`, so for zstd shards the card says so instead.
 
-`write_card(fs, root, manifest)` is called by `manifest.write_manifest` once every shard is written and before
-`manifest.json` is. The text comes from the manifest alone and is defensive about its shape: a section whose
+`write_card(fs, root, manifest)` is called once every shard and table is written, before `manifest.json` is
+(`pipelines/finish.py`). The text comes from the manifest alone and is defensive about its shape: a section whose
 keys are missing is left out rather than failing the build. Figures:
 
 - `complexity.png`: probe-ratio histograms of candidate vs kept rules (and per-sample ratios), band edges marked.
@@ -24,6 +24,8 @@ import warnings
 
 import numpy as np
 
+from nca_datagen.figures import PreviewRow, figure_png, plot_histograms, plot_rank_frequency, png_bytes, render_strip
+from nca_datagen.manifest import band_of, merged_histograms
 from nca_datagen.storage import write_atomic
 from nca_datagen.tokenizer import default_context
 from nca_datagen.units import format_bytes
@@ -348,7 +350,7 @@ def draw_figures(manifest: dict, fs=None, root: str | None = None) -> dict[str, 
     """{file name: (caption, PNG bytes)} for every figure that can be drawn: histograms from the manifest,
     preview and token frequencies from samples of the dataset's first shard(s) (needs `fs` and `root`)."""
     out: dict[str, tuple[str, bytes] | None] = {}
-    hists = merged_histograms(manifest)
+    hists = _optional("histograms", "", lambda: merged_histograms(manifest))
     if hists:
         out["complexity.png"] = _optional(
             "complexity.png", "gzip ratio of candidate and kept rules (probe trajectory) and of the kept sequences; "
@@ -375,20 +377,6 @@ def _optional(name: str, caption: str, make):
         warnings.warn(f"dataset card: skipped {name} ({type(exc).__name__}: {exc})", stacklevel=3)
         return None
     return (caption, result) if caption else result
-
-
-def merged_histograms(manifest: dict) -> dict:
-    """Sum each histogram kind over splits (edges are fixed on [0, 1], so counts add)."""
-    out: dict[str, dict] = {}
-    for split in (manifest.get("splits") or {}).values():
-        for kind, h in (split.get("histograms") or {}).items():
-            if not isinstance(h, dict) or "counts" not in h:
-                continue
-            if kind not in out:
-                out[kind] = {"lo": h.get("lo", 0.0), "hi": h.get("hi", 1.0), "counts": list(h["counts"])}
-            elif len(out[kind]["counts"]) == len(h["counts"]):
-                out[kind]["counts"] = [a + b for a, b in zip(out[kind]["counts"], h["counts"], strict=True)]
-    return out
 
 
 def read_samples(fs, root: str, manifest: dict, limit: int = SAMPLE_LIMIT):
@@ -424,14 +412,11 @@ def first_kept_rules(samples, rules: int) -> list[tuple[int, float, np.ndarray]]
 
 
 def _complexity_png(hists: dict, manifest: dict) -> bytes:
-    from nca_datagen.viz import band_of, figure_png, plot_histograms
-
     return figure_png(plot_histograms(hists, band_of(manifest), title="gzip ratio, all splits"))
 
 
 def _preview_png(cfg, split: str, rows) -> bytes:
     from nca_datagen.tokenizer import sequence_to_frames
-    from nca_datagen.viz import PreviewRow, png_bytes, render_strip
 
     n = cfg.nca
     frames = sequence_to_frames(np.stack([t for _, _, t in rows]), n)[:, :PREVIEW_FRAMES]
@@ -445,7 +430,6 @@ def _preview_png(cfg, split: str, rows) -> bytes:
 
 def _token_png(cfg, split: str, samples) -> bytes:
     from nca_datagen.complexity import patch_tokens
-    from nca_datagen.viz import figure_png, plot_rank_frequency
 
     tokens = np.concatenate([patch_tokens(t, cfg.nca.tokens_per_frame).ravel() for _, t, _ in samples])
     title = f"token rank/frequency, {len(samples)} {split} sequences"

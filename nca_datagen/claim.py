@@ -41,19 +41,12 @@ import uuid
 from email.utils import parsedate_to_datetime
 
 from nca_datagen import storage
+from nca_datagen.errors import ClaimLost, LocationBusy, StorageError
 
 CLAIM = ".nca-datagen-claim.json"  # at the output's root; hidden, so readers that glob the folder skip it
 HEARTBEAT_S = 10.0  # how often an S3 holder refreshes its claim
 STALE_S = 60.0  # an S3 claim this long without a heartbeat (six missed ones) is taken over
 _RACED = ("PreconditionFailed", "ConditionalRequestConflict")  # S3's 412, and the 409 of a write racing a delete
-
-
-class LocationBusy(ValueError):
-    """Another writer holds the claim on that dataset location."""
-
-
-class ClaimLost(ValueError):
-    """This writer's claim was taken over or removed: another writer may be writing the location now."""
 
 
 @contextlib.contextmanager
@@ -69,14 +62,14 @@ def claim(url: str, storage_options: dict | None = None, *, doing: str, command:
     elif storage.is_s3(fs):
         held = _S3Claim(fs, root, owner, heartbeat, stale_after)
     else:
-        raise ValueError(f"{storage.url_of(fs, root)}: no claim for {fs.protocol} outputs (nothing would keep a "
+        raise StorageError(f"{storage.url_of(fs, root)}: no claim for {fs.protocol} outputs (nothing would keep a "
                          f"second writer out); write to a local folder or s3://")
     try:
         try:
             held.acquire()
         except storage.errors() as exc:
             fix = "a writable output folder" if storage.is_local(fs) else "the bucket name, endpoint and credentials"
-            raise ValueError(f"cannot write to {storage.url_of(fs, root)} ({type(exc).__name__}: {exc}); check "
+            raise StorageError(f"cannot write to {storage.url_of(fs, root)} ({type(exc).__name__}: {exc}); check "
                              f"{fix}") from exc
         yield held
     finally:

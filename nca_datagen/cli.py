@@ -4,19 +4,21 @@
 from __future__ import annotations
 
 import importlib
+import shlex
 
 import click
 
-from nca_datagen import __version__
+from nca_datagen import __version__, storage
+from nca_datagen.cli_options import storage_flags
 
 # name -> "module:attribute" of a click command; imported only when that command runs (or --help lists it)
 COMMANDS = {
     "build": ("nca_datagen.pipelines.build:build_command", "Generate, filter, tokenize and write a dataset."),
-    "verify": ("nca_datagen.verify:verify_command", "Check a dataset's shards against its manifest."),
-    "publish": ("nca_datagen.pipelines.publish:publish_command", "Copy a finished dataset to object storage."),
-    "inspect": ("nca_datagen.viz:inspect_command", "Show a dataset's config, totals and histograms."),
-    "preview": ("nca_datagen.viz:preview_command", "Draw sampled rules of a complexity band (PNG/GIF)."),
-    "complexity": ("nca_datagen.viz:complexity_command", "gzip ratio of your own corpus vs the NCA bands."),
+    "verify": ("nca_datagen.cli:verify_command", "Check a dataset's shards against its manifest."),
+    "publish": ("nca_datagen.cli:publish_command", "Copy a finished dataset to object storage."),
+    "inspect": ("nca_datagen.inspection:inspect_command", "Show a dataset's config, totals and histograms."),
+    "preview": ("nca_datagen.preview:preview_command", "Draw sampled rules of a complexity band (PNG/GIF)."),
+    "complexity": ("nca_datagen.measure:complexity_command", "gzip ratio of your own corpus vs the NCA bands."),
     "train": ("nca_datagen.train.cli:train_group", "Pre-pre-train on NCA data, transfer to text, compare."),
 }
 
@@ -37,15 +39,25 @@ class LazyGroup(click.Group):
                                  callback=lambda: _unavailable(name, reason))
 
     def invoke(self, ctx):
-        """Storage errors of any command (a path that cannot be written, a bucket that does not exist, an endpoint
-        that does not answer, missing credentials) end in one line naming the cause, not a traceback."""
+        """Every command's refusals end in one `Error:` line and their exit code (`errors.py`), not a traceback:
+        nca-datagen's own errors, and storage errors that reach here (a path that cannot be written, a bucket that
+        does not exist, an endpoint that does not answer, missing credentials)."""
         from nca_datagen import storage
+        from nca_datagen.errors import Interrupted, NcaDatagenError
 
         try:
             return super().invoke(ctx)
+        except Interrupted as exc:
+            click.echo(str(exc), err=True)
+            raise SystemExit(exc.exit_code) from None
+        except NcaDatagenError as exc:
+            error = click.ClickException(str(exc))
+            error.exit_code = exc.exit_code
+            raise error from exc
         except storage.errors() as exc:
             hint = "" if isinstance(exc, OSError) else (
-                " (for s3:// URLs check --endpoint-url / AWS_ENDPOINT_URL, --profile and the credentials)")
+                f" (for s3:// URLs check --endpoint-url / AWS_ENDPOINT_URL, --profile and the credentials: "
+                f"{storage.credentials_source({})})")
             raise click.ClickException(f"{type(exc).__name__}: {exc}{hint}") from exc
 
     def format_commands(self, ctx, formatter):
@@ -62,3 +74,50 @@ def _unavailable(name, exc):
 @click.version_option(__version__, prog_name="nca-datagen")
 def main():
     """Neural-cellular-automata token datasets for pre-pre-training language models (arXiv 2603.10055)."""
+
+
+@click.command("verify")
+@click.argument("url")
+@click.option("--regenerate", "regenerate", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also rebuild N randomly chosen shards from the manifest's recipe and compare sha256.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Which shards --regenerate picks.")
+@click.option("--backend", type=click.Choice(("auto", "triton", "numba", "torch")), default="auto",
+              show_default=True, help="Rollout backend for --regenerate; auto: the fastest available.")
+@storage_flags
+def verify_command(url, regenerate, seed, backend, endpoint_url, profile, s3_checksums):
+    """Check every shard of the dataset at URL (folder or manifest.json, local or s3://) against its manifest."""
+    from nca_datagen.verify import regenerate_and_compare, verify_dataset
+
+    opts = storage.storage_options_from_flags(endpoint_url, profile, s3_checksums)
+    problems = verify_dataset(url, opts, echo=click.echo)
+    if regenerate:
+        problems += regenerate_and_compare(url, regenerate, opts, seed=seed,
+                                           backend=None if backend == "auto" else backend, echo=click.echo)
+    if problems:
+        click.echo(f"{len(problems)} problem(s):", err=True)
+        for p in problems:
+            click.echo(f"  {p}", err=True)
+        raise SystemExit(1)
+    click.echo("dataset verified: every shard matches the manifest")
+
+
+@click.command("publish")
+@click.argument("src")
+@click.argument("dst")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a finished dataset with other data at DST (without it, publish refuses).")
+@click.option("--rehash", is_flag=True,
+              help="Re-read and re-hash every shard DST already holds (default: trust its record and size), "
+                   "re-uploading those that differ: repairs a shard `verify` reports BAD at DST.")
+@storage_flags
+def publish_command(src, dst, overwrite, rehash, endpoint_url, profile, s3_checksums):
+    """Copy the finished dataset at SRC to DST (e.g. a folder to s3://bucket/prefix), manifest last."""
+    from nca_datagen.pipelines.publish import publish
+    from nca_datagen.units import plural
+
+    opts = storage.storage_options_from_flags(endpoint_url, profile, s3_checksums)
+    command = shlex.join(["nca-datagen", "publish", src, dst, *(["--overwrite"] if overwrite else []),
+                          *(["--rehash"] if rehash else [])])
+    stats = publish(src, dst, opts, rehash=rehash, overwrite=overwrite, echo=click.echo, command=command)
+    click.echo(f"published {src} -> {dst}: {plural(stats['uploaded'], 'shard')} uploaded, {stats['skipped']:,} "
+               f"already present, {plural(stats['files'], 'other file')} copied; manifest written last")

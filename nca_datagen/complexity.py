@@ -18,11 +18,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nca_datagen.errors import ConfigError
+
 GZIP_OVERHEAD = 18  # 10-byte gzip header (mtime 0, no name) + 8-byte trailer (CRC32, ISIZE)
 ZLIB_VERSION = zlib.ZLIB_RUNTIME_VERSION
 
 # The paper's recommendations per target domain (paper-facts.md §3): web text and math 50%+, code 30-40%.
 PRESETS = {"web": "50%+", "math": "50%+", "code": "30-40%"}
+# How the reference's random rules spread over the ratio (paper-facts.md §3, 4000 rules): the share per band, and
+# the quantiles as (ratio, share of rules at or below it); a constant grid scores 0.0222, nothing scores less.
+PAPER_BAND_SHARES = (((0.0, 0.1), 0.139), ((0.1, 0.2), 0.060), ((0.2, 0.3), 0.070), ((0.3, 0.4), 0.080),
+                     ((0.4, 0.5), 0.192), ((0.5, 1.0), 0.457))
+PAPER_RATIO_QUANTILES = ((0.0222, 0.0), (0.031, 0.10), (0.279, 0.25), (0.483, 0.50), (0.566, 0.75), (0.606, 0.90),
+                         (0.641, 0.99), (0.663, 1.0))
 
 
 def gzip_ratio(tokens: np.ndarray) -> float:
@@ -68,7 +76,7 @@ class Band:
 
     def __post_init__(self):
         if not (0.0 <= self.lo < self.hi <= 1.0):
-            raise ValueError(
+            raise ConfigError(
                 f"complexity band ({self.lo}, {self.hi}) is invalid: need 0 <= lo < hi <= 1, e.g. 0.5:1.0 "
                 f"or 50%+ (lo is the lower gzip ratio, hi the upper)")
 
@@ -86,7 +94,7 @@ class Band:
         m = re.fullmatch(r"(\d*\.?\d*)[:-](\d*\.?\d*)", s)
         if m and (m[1] or m[2]) and m[1] != "." and m[2] != ".":
             return cls(float(m[1] or 0.0), float(m[2] or 1.0))
-        raise ValueError(
+        raise ConfigError(
             f"cannot parse complexity band {text!r}: use lo:hi (0.5:1.0, 0.5:), a percent range (30-40%), "
             f"a percent floor (50%+), or a preset ({', '.join(PRESETS)})")
 
@@ -135,3 +143,9 @@ def grid_stats(grids_NFHW: np.ndarray) -> dict[str, np.ndarray]:
     present[np.arange(n)[:, None], last] = True
     colours = present.sum(axis=1)
     return {"cell_change_rate": change, "colors_last_frame": colours}
+
+
+def band_share(band: Band) -> float:
+    """The share of random rules a band keeps, read off the reference's quantiles (50%+: 0.45)."""
+    ratios, shares = zip(*PAPER_RATIO_QUANTILES, strict=True)
+    return float(np.interp(min(band.hi, 1.0), ratios, shares) - np.interp(band.lo, ratios, shares))

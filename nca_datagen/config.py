@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 
 from nca_datagen.complexity import Band
+from nca_datagen.errors import ConfigError
 
 SPLITS = ("train", "val")  # split ids in seed derivation are the positions here: train=0, val=1
 
@@ -118,7 +119,7 @@ class DatasetConfig:
     band: Band = field(default_factory=lambda: Band.parse("50%+"))
     seed: int = 0  # run seed; every random draw derives from (seed, split, rule id, sim index)
     sims_per_rule: int = 10  # simulations per accepted rule, each from a fresh initial state (paper: 10)
-    rules_per_shard: int = 16  # accepted rules per shard; a shard holds rules_per_shard * sims_per_rule samples
+    rules_per_shard: int = 50  # accepted rules per shard: 500 sequences (~1 MB of zstd) at 10 sims per rule
     probe_frames: int = 10  # frames s10..s19 of the probe trajectory feed the gzip filter (paper: 10)
     max_candidates_per_shard: int = 0  # 0 = automatic: max(2000, 100 x rules_per_shard), then fail loudly
 
@@ -205,4 +206,4 @@ def split_id(split: str) -> int:
 
 def _require(ok: bool, message: str) -> None:
     if not ok:
-        raise ValueError(message)
+        raise ConfigError(message)

@@ -22,6 +22,7 @@ import numpy as np
 
 from nca_datagen.complexity import grid_stats, gzip_ratio, sequence_ratios
 from nca_datagen.config import RULE_ID_STRIDE, DatasetConfig, split_id
+from nca_datagen.errors import BandUnreachable
 from nca_datagen.rollout import rollout_frames, rollout_tokens
 from nca_datagen.rules import PROBE_SIM, RuleTables, sample_rules
 from nca_datagen.seeds import trajectory_inputs
@@ -29,10 +30,6 @@ from nca_datagen.tokenizer import encode_patches, sequence_to_frames
 
 PROBE_BATCH_MIN = 64  # probe at least this many candidates per batch (amortises kernel launches)
 PROBE_BATCH_BYTES = 256 * 2**20  # ... but hold at most this much of their frames and tokens at once (large grids)
-
-
-class UnreachableBandError(RuntimeError):
-    """The band kept too few of the candidates a shard may probe."""
 
 
 @dataclass
@@ -130,10 +127,10 @@ def _probe_batch_cap(config: DatasetConfig) -> int:
     return max(1, PROBE_BATCH_BYTES // per_candidate)
 
 
-def _unreachable(config, ratios, split, shard_index) -> UnreachableBandError:
+def _unreachable(config, ratios, split, shard_index) -> BandUnreachable:
     lo, hi = (float(ratios.min()), float(ratios.max())) if len(ratios) else (float("nan"),) * 2
     kept = int(config.band.contains(ratios).sum())
-    return UnreachableBandError(
+    return BandUnreachable(
         f"{split} shard {shard_index}: band {config.band} kept {kept} of {len(ratios)} candidate rules, fewer "
         f"than the {config.rules_per_shard} a shard needs; observed probe ratios span {lo:.3f}..{hi:.3f} "
         f"(uniform random tokens score about 0.669). Choose a band inside that range, or fewer rules per shard.")

@@ -32,8 +32,8 @@ from importlib import metadata
 import numpy as np
 
 from nca_datagen import __version__, storage
-from nca_datagen.card import write_card
 from nca_datagen.config import RECIPE_VERSION, SPLITS, DatasetConfig, recipe_fingerprint
+from nca_datagen.errors import DatasetError, StorageError
 from nca_datagen.shards import COMPRESSIONS, max_shard_bytes, shard_name
 
 FORMAT = "nca-datagen-dataset"
@@ -51,24 +51,18 @@ SEED_DERIVATION = ("numpy SeedSequence / integer hash of (seed, split id, rule i
                    "split ids: " + ", ".join(f"{s}={i}" for i, s in enumerate(SPLITS)))
 
 
-def write_manifest(out_url: str, config: DatasetConfig, records: dict[str, list[dict]], provenance: dict,
-                   storage_options=None, *, figures: bool = True) -> dict:
-    """Write the Parquet tables, the dataset card and then `manifest.json`; return the manifest. Every listed
-    shard must be present at its recorded size (a reader that sees a manifest sees every shard it names).
-
-    `figures=False` writes the card's text without its PNG figures (drawing them reads a few samples and
-    imports matplotlib: about a second or more, which tests skip).
-    """
-    fs, root = storage.filesystem(out_url, storage_options)
-    splits, files = {}, {}  # files: the tables, by name: their bytes and sha256
+def describe_dataset(fs, root: str, config: DatasetConfig, records: dict[str, list[dict]],
+                     provenance: dict) -> dict:
+    """The manifest of a dataset whose every shard is written (`records`, per split); its `files` and `card`
+    are added by whoever writes them. ValueError when a shard is missing, not at its recorded size, numbered with
+    a gap or made by another recipe: a reader that sees a manifest sees every shard it names."""
+    splits = {}
     for split, recs in records.items():
         recs = sorted(recs, key=lambda r: r["index"])
         _check_complete(fs, root, split, recs, recipe_fingerprint(config, recs[0]["compression"]) if recs else None)
-        table = f"samples/{split}.parquet"
-        files[table] = _write_hashed(fs, root, table, samples_table(recs))
-        splits[split] = split_summary(split, recs, table)
+        splits[split] = split_summary(split, recs, f"samples/{split}.parquet")
     compression = next((s["compression"] for s in splits.values()), "zstd")
-    manifest = {
+    return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "tool_version": __version__,
@@ -80,17 +74,30 @@ def write_manifest(out_url: str, config: DatasetConfig, records: dict[str, list[
         "totals": {k: sum(s[k] for s in splits.values()) for k in ("num_shards", "samples", "tokens", "bytes")},
         "provenance": {**environment(), **provenance},
     }
-    manifest["files"] = dict(sorted(files.items()))
-    card = write_card(fs, root, manifest, figures=figures)  # presentation: its text shows the provenance
-    manifest["card"] = {name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-                        for name, data in sorted(card.items())}
-    storage.write_atomic(fs, storage.join(root, MANIFEST), json_bytes(manifest))
-    return manifest
 
 
-def _write_hashed(fs, root: str, rel: str, data: bytes) -> dict:
+def write_tables(fs, root: str, records: dict[str, list[dict]]) -> dict[str, dict]:
+    """Write samples/SPLIT.parquet for each split; returns the manifest's `files`: {name: {bytes, sha256}}."""
+    files = {}
+    for split, recs in records.items():
+        name = f"samples/{split}.parquet"
+        files[name] = write_hashed(fs, root, name, samples_table(sorted(recs, key=lambda r: r["index"])))
+    return dict(sorted(files.items()))
+
+
+def write_hashed(fs, root: str, rel: str, data: bytes) -> dict:
+    """Write `data` to `rel` under `root`; returns its {bytes, sha256}, as the manifest lists files."""
     storage.write_atomic(fs, storage.join(root, rel), data)
+    return file_entry(data)
+
+
+def file_entry(data: bytes) -> dict:
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def write_manifest(fs, root: str, manifest: dict) -> None:
+    """Write `manifest.json`, atomically: the last file of a dataset."""
+    storage.write_atomic(fs, storage.join(root, MANIFEST), json_bytes(manifest))
 
 
 def sequence_layout(nca: dict) -> dict:
@@ -116,7 +123,7 @@ def split_summary(split: str, recs: list[dict], table: str) -> dict:
         for k, v in r["counts"].items():
             counts[k] = counts.get(k, 0) + v
         for k, h in r["histograms"].items():
-            hists[k] = _add_hist(hists.get(k), h)
+            hists[k] = add_histograms(hists.get(k), h, f"{split} shard {r['index']}")
     return {
         "pattern": brace_pattern(split, len(recs), compression),
         "compression": compression,
@@ -174,12 +181,12 @@ def read_manifest_bytes(url: str, storage_options=None) -> tuple[bytes, str]:
         data = storage.read_bytes(fs, path, MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError:
         hint = unfinished_hint(fs, root)
-        raise ValueError(f"no dataset at {storage.url_of(fs, root)}: {where} does not exist. A finished dataset "
+        raise DatasetError(f"no dataset at {storage.url_of(fs, root)}: {where} does not exist. A finished dataset "
                          f"has {MANIFEST} at its root.{' ' + hint if hint else ''}") from None
     except storage.errors() as exc:  # permissions, credentials, an endpoint that does not answer
-        raise ValueError(f"cannot read {storage.describe_failure(fs, path, exc)}") from exc
+        raise StorageError(f"cannot read {storage.describe_failure(fs, path, exc)}") from exc
     if len(data) > MAX_MANIFEST_BYTES:
-        raise ValueError(f"{where} is damaged: more than {MAX_MANIFEST_BYTES:,} bytes, larger than any manifest "
+        raise DatasetError(f"{where} is damaged: more than {MAX_MANIFEST_BYTES:,} bytes, larger than any manifest "
                          f"nca-datagen writes")
     return data, where
 
@@ -189,16 +196,16 @@ def parse_manifest(data: bytes, where: str) -> dict:
     try:
         manifest = json.loads(data)
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise ValueError(f"{where} is damaged: not valid JSON ({exc})") from None
+        raise DatasetError(f"{where} is damaged: not valid JSON ({exc})") from None
     if not isinstance(manifest, dict):
-        raise ValueError(f"{where} is damaged: JSON {type(manifest).__name__}, not an object")
+        raise DatasetError(f"{where} is damaged: JSON {type(manifest).__name__}, not an object")
     version = manifest.get("format_version")
     if manifest.get("format") != FORMAT or not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(f"{where} is not a manifest this version of nca-datagen reads "
+        raise DatasetError(f"{where} is not a manifest this version of nca-datagen reads "
                          f"(format {manifest.get('format')!r} v{version!r}); upgrade nca-datagen")
     problem = manifest_problem(manifest)
     if problem:
-        raise ValueError(f"{where} is damaged or not safe to read: {problem}")
+        raise DatasetError(f"{where} is damaged or not safe to read: {problem}")
     return manifest
 
 
@@ -389,11 +396,32 @@ def _check_complete(fs, root: str, split: str, recs: list[dict], recipe: str | N
                              f"rerun the build to rewrite it")
 
 
-def _add_hist(total: dict | None, h: dict) -> dict:
+def add_histograms(total: dict | None, h: dict, where: str = "") -> dict:
+    """`total` + `h`, bin by bin. Histograms add only over the same bins (nca-datagen's are fixed on [0, 1]):
+    others are refused, naming `where`, whoever asks (the build, the card, `inspect`)."""
+    if not isinstance(h, dict) or not isinstance(h.get("counts"), list):
+        raise ValueError(f"{where}: a histogram without counts")
     if total is None:
-        return {"lo": h["lo"], "hi": h["hi"], "counts": list(h["counts"])}
-    assert (total["lo"], total["hi"], len(total["counts"])) == (h["lo"], h["hi"], len(h["counts"])), (total, h)
+        return {"lo": h.get("lo", 0.0), "hi": h.get("hi", 1.0), "counts": list(h["counts"])}
+    if (total["lo"], total["hi"], len(total["counts"])) != (h.get("lo", 0.0), h.get("hi", 1.0), len(h["counts"])):
+        raise ValueError(f"{where}: histograms over other bins do not add up")
     return {**total, "counts": (np.asarray(total["counts"]) + np.asarray(h["counts"])).tolist()}
+
+
+def merged_histograms(manifest: dict) -> dict:
+    """Each histogram kind (candidates, kept, samples) summed over the splits."""
+    out: dict[str, dict] = {}
+    for name, split in manifest["splits"].items():
+        for kind, h in (split.get("histograms") or {}).items():
+            out[kind] = add_histograms(out.get(kind), h, f"splits.{name}.histograms.{kind}")
+    return out
+
+
+def band_of(manifest: dict):
+    """The `complexity.Band` a dataset was filtered to."""
+    from nca_datagen.complexity import Band
+
+    return Band.from_dict(manifest["config"]["band"])
 
 
 def read_json(fs, path: str, limit: int = MAX_MANIFEST_BYTES, *, missing_ok: bool = True):

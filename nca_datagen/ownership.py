@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from nca_datagen import storage
 from nca_datagen.claim import CLAIM
 from nca_datagen.config import SPLITS, DatasetConfig, recipe_fingerprint
+from nca_datagen.errors import OutputRefused, StorageError
 from nca_datagen.manifest import (
     BUILD,
     CARD_FILES,
@@ -46,7 +47,6 @@ from nca_datagen.manifest import (
     json_bytes,
     manifest_recipe,
     read_json,
-    write_manifest,
 )
 from nca_datagen.shards import MAX_RECORD_BYTES, record_problem
 
@@ -95,7 +95,7 @@ def check_output(out_url: str, config: DatasetConfig, compression: str, *, overw
     if overwrite:
         return folder
     if folder.manifest is not None and manifest_recipe(folder.manifest) != recipe:
-        raise ValueError(f"{where} already holds a finished dataset of another recipe ({MANIFEST}); pass "
+        raise OutputRefused(f"{where} already holds a finished dataset of another recipe ({MANIFEST}); pass "
                          f"--overwrite to replace it, or choose another output folder")
     if folder.manifest is not None and planned is not None:
         _refuse_shrinking(where, folder.manifest, planned)
@@ -103,7 +103,7 @@ def check_output(out_url: str, config: DatasetConfig, compression: str, *, overw
         _refuse_other_build(where, folder.marker, _marker(config, recipe, {"compression": compression}))
     others = folder.record_recipes - {recipe}
     if others:
-        raise ValueError(f"{where} holds shards of another recipe (fingerprint {sorted(others)[0]}; this build's is "
+        raise OutputRefused(f"{where} holds shards of another recipe (fingerprint {sorted(others)[0]}; this build's is "
                          f"{recipe}): pass --overwrite to replace them, or choose another output folder")
     return folder
 
@@ -131,7 +131,7 @@ def _refuse_shrinking(where: str, manifest: dict, planned: dict[str, int]) -> No
     """A finished dataset grows with a larger budget (its shards are kept), but a smaller one would delete shards."""
     for split, info in manifest["splits"].items():
         if planned.get(split, 0) < info["num_shards"]:
-            raise ValueError(f"{where} holds this recipe's dataset with {info['num_shards']} {split} shards, more "
+            raise OutputRefused(f"{where} holds this recipe's dataset with {info['num_shards']} {split} shards, more "
                              f"than this build plans ({planned.get(split, 0)}): pass --overwrite to replace it with "
                              f"the smaller one, or ask for at least as many tokens")
 
@@ -146,7 +146,7 @@ def check_not_foreign(fs, root: str) -> None:
 
 def refuse_foreign(where: str, foreign: list[str]) -> None:
     shown = ", ".join(foreign[:FOREIGN_SHOWN]) + (", ..." if len(foreign) > FOREIGN_SHOWN else "")
-    raise ValueError(f"{where} is not empty ({shown}) and holds no nca-datagen dataset or build ({MANIFEST}, "
+    raise OutputRefused(f"{where} is not empty ({shown}) and holds no nca-datagen dataset or build ({MANIFEST}, "
                      f"{BUILD} or shard records of ours), so these files are someone else's; nothing was written or "
                      f"deleted. Choose a new or empty folder (--overwrite replaces only an nca-datagen dataset, never "
                      f"other files)")
@@ -156,14 +156,14 @@ def _refuse_other_build(where: str, previous: dict, wanted: dict) -> None:
     """A marker of another build, or one left by an interrupted `--overwrite` or `publish`: refused, saying which."""
     settings = previous["settings"]
     if "replacing" in settings:
-        raise ValueError(f"{where}: an --overwrite was interrupted while it deleted the older dataset there; pass "
+        raise OutputRefused(f"{where}: an --overwrite was interrupted while it deleted the older dataset there; pass "
                          f"--overwrite again to finish replacing it, or choose another output folder")
     if "publish" in settings:
-        raise ValueError(f"{where}: a publish into this folder was interrupted; rerun that publish to finish it, "
+        raise OutputRefused(f"{where}: a publish into this folder was interrupted; rerun that publish to finish it, "
                          f"pass --overwrite to build here instead, or choose another output folder")
     if previous != wanted:
         diff = "\n  ".join(config_diff(_comparable(previous), _comparable(wanted))) or "(formatting only)"
-        raise ValueError(f"{where} holds an unfinished build made with a different config:\n  {diff}\n"
+        raise OutputRefused(f"{where} holds an unfinished build made with a different config:\n  {diff}\n"
                          f"rerun with the old settings to resume it, pass --overwrite to discard it, "
                          f"or choose another output folder")
 
@@ -270,17 +270,6 @@ def remove_build_marker(fs, root: str) -> None:
     storage.remove_files(fs, [storage.join(root, BUILD)])
 
 
-def finish_output(out_url: str, config: DatasetConfig, records: dict[str, list[dict]], provenance: dict,
-                  storage_options=None, *, figures: bool = True) -> dict:
-    """Once every shard of `records` is written: delete what an earlier, larger build or a killed write left, write
-    the tables, card and manifest (`manifest.write_manifest`), then remove the marker. Returns the manifest."""
-    fs, root = storage.filesystem(out_url, storage_options)
-    remove_stale_files(fs, root, {split: len(recs) for split, recs in records.items()})
-    manifest = write_manifest(out_url, config, records, provenance, storage_options, figures=figures)
-    remove_build_marker(fs, root)
-    return manifest
-
-
 def remove_dataset(fs, root: str) -> None:
     """Delete the dataset's files in `root` but its marker: the manifest first (no reader sees a manifest whose
     shards are going), then every other file `owned_path` names, then split folders and samples/ left empty on
@@ -347,5 +336,5 @@ def _as_unwritable(fs, root: str):
     try:
         yield
     except storage.errors() as exc:
-        raise ValueError(f"cannot write to {storage.url_of(fs, root)} ({type(exc).__name__}: {exc}); check "
+        raise StorageError(f"cannot write to {storage.url_of(fs, root)} ({type(exc).__name__}: {exc}); check "
                          f"{storage.access_hint(fs)}") from exc

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from nca_datagen.errors import ConfigError
 from nca_datagen.kernels.common import RolloutSpec, triton_interpreting
 from nca_datagen.rules import RuleTables
 
@@ -42,11 +43,11 @@ def resolve_device(device: str | None = None) -> str:
     CPU machine never needs it."""
     device = device or os.environ.get("NCA_DEVICE", "auto")
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
-        raise ValueError(f"device {device!r}: choose auto, cpu or cuda")
+        raise ConfigError(f"device {device!r}: choose auto, cpu or cuda")
     if device != "cpu" and visible_gpus():
         return "cuda" if device == "auto" else device
     if device.startswith("cuda"):
-        raise ValueError(NO_CUDA_GPU)
+        raise ConfigError(NO_CUDA_GPU)
     return "cpu"
 
 
@@ -62,9 +63,9 @@ def visible_gpus() -> int:
 def check_gpu_flags(device: str, gpus: int | None) -> None:
     """Refuse a --device and --gpus that contradict each other (ValueError): GPUs on a CPU, no GPU for CUDA."""
     if gpus and device == "cpu":
-        raise ValueError(f"--gpus {gpus} with --device cpu: drop one of them")
+        raise ConfigError(f"--gpus {gpus} with --device cpu: drop one of them")
     if gpus == 0 and device.startswith("cuda"):
-        raise ValueError("--gpus 0 with --device cuda: drop one of them (--gpus 0 alone builds on CPUs)")
+        raise ConfigError("--gpus 0 with --device cuda: drop one of them (--gpus 0 alone builds on CPUs)")
 
 
 def gpus_to_use(device: str, gpus: int | None, visible: int | Callable[[], int]) -> int:
@@ -84,9 +85,9 @@ def gpus_to_use(device: str, gpus: int | None, visible: int | Callable[[], int])
 def resolve_backend(backend: str | None, device: str) -> str:
     backend = backend or os.environ.get("NCA_BACKEND", "auto")
     if backend not in BACKENDS:
-        raise ValueError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        raise ConfigError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if backend == "triton" and not device.startswith("cuda") and not triton_interpreting():
-        raise ValueError(f"backend 'triton' needs a CUDA device (this one is {device!r}); use numba or torch on "
+        raise ConfigError(f"backend 'triton' needs a CUDA device (this one is {device!r}); use numba or torch on "
                          "CPU, or set TRITON_INTERPRET=1 to run the kernel in Triton's interpreter")
     if backend != "auto":
         return backend

@@ -58,6 +58,7 @@ import numpy as np
 
 from nca_datagen import storage
 from nca_datagen.complexity import histogram
+from nca_datagen.errors import ShardError
 
 COMPRESSIONS = {"zstd": ".tar.zst", "none": ".tar"}
 DEFAULT_COMPRESSION = "zstd"
@@ -74,10 +75,6 @@ MAX_RECORD_BYTES = 256 * 2**20  # a record's per-sample columns take ~150 bytes 
 RECORD_FIELDS = frozenset({"split", "index", "path", "compression", "level", "samples", "seq_len", "tokens", "bytes",
                            "sha256", "counts", "histograms", "columns", "recipe"})
 _HEX = re.compile(r"[0-9a-f]+")
-
-
-class ShardError(ValueError):
-    """A shard is missing, truncated or corrupt. The message names the file."""
 
 
 def shard_name(split: str, index: int, compression: str = DEFAULT_COMPRESSION) -> str:

@@ -25,8 +25,6 @@ import sys
 import tempfile
 import uuid
 
-import click
-
 CHECKSUM_MODES = ("when_supported", "when_required")
 GLOB_CHARS = "*?["  # what fsspec's path expansion reads as a pattern
 READ_CHUNK = 2**20  # bounded reads go in pieces of this size
@@ -110,6 +108,19 @@ def move(fs, src: str, dst: str) -> None:
         return
     fs.copy(src, dst)
     remove_files(fs, [src])
+
+
+def write_url(url: str, data: bytes, storage_options: dict | None = None) -> str:
+    """Write `data` to a local path or s3:// URL (atomic; local parent folders are made); returns the name to
+    print: a local path as given, an object's s3:// URL. ValueError naming the URL when storage refuses."""
+    try:
+        fs, path = filesystem(url, storage_options)
+        write_atomic(fs, path, data)
+    except errors() as exc:
+        from nca_datagen.errors import StorageError
+
+        raise StorageError(f"cannot write {describe_failure(fs, path, exc)}") from exc
+    return url if is_local(fs) else url_of(fs, path)
 
 
 def remove(fs, path: str) -> None:
@@ -245,18 +256,6 @@ def storage_options_from_flags(endpoint_url=None, profile=None, checksums=None) 
     """Turn the CLI's storage flags into `storage_options` (unset flags leave the AWS environment in charge)."""
     opts = {"endpoint_url": endpoint_url, "profile": profile, "checksums": checksums}
     return {k: v for k, v in opts.items() if v}
-
-
-def storage_flags(command):
-    """Click decorator: --endpoint-url, --profile, --s3-checksums (the same on every command that touches S3)."""
-    command = click.option("--s3-checksums", "s3_checksums", type=click.Choice(CHECKSUM_MODES), default=None,
-                           help="'when_required' for S3-compatible servers that reject botocore's newest "
-                                "checksum headers.")(command)
-    command = click.option("--profile", default=None, help="AWS profile for s3:// URLs (default: AWS_PROFILE).")(
-        command)
-    return click.option("--endpoint-url", default=None,
-                        help="S3 endpoint for s3:// URLs, e.g. http://127.0.0.1:9000 (default: AWS_ENDPOINT_URL).")(
-        command)
 
 
 def _s3(storage_options: dict | None):

@@ -11,8 +11,6 @@ from __future__ import annotations
 import re
 from decimal import Decimal, DecimalException
 
-import click
-
 SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 MAX_COUNT = 10**18  # beyond any budget (and int64's 9.2e18): a larger "count" is a typo, not a plan
 
@@ -81,21 +79,6 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
-class CountType(click.ParamType):
-    """A click parameter for counts with K/M/B suffixes."""
-
-    name = "COUNT"
-
-    def convert(self, value, param, ctx):
-        try:
-            return parse_count(value, what=param.name if param else "count")
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-COUNT = CountType()
-
-
 def parse_grid(text) -> tuple[int, int]:
     """`'12'` -> (12, 12); `'12x18'` (or `12*18`, `12 x 18`) -> (12, 18): height and width in cells."""
     words = str(text).lower().replace(" ", "").replace("*", "x").split("x")
@@ -106,20 +89,3 @@ def parse_grid(text) -> tuple[int, int]:
     if len(sizes) not in (1, 2):
         raise ValueError(f"{text!r}: give one size (12) or HEIGHTxWIDTH (12x18)")
     return (sizes[0], sizes[0]) if len(sizes) == 1 else sizes
-
-
-class GridType(click.ParamType):
-    """A click parameter for grid sizes: `12` or `12x18`."""
-
-    name = "GRID"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        try:
-            return parse_grid(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-GRID = GridType()

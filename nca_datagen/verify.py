@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import tempfile
 
-import click
 import numpy as np
 
 from nca_datagen import storage
@@ -36,7 +35,6 @@ from nca_datagen.manifest import (
     read_manifest,
     recipe_version,
 )
-from nca_datagen.rollout import BACKENDS
 from nca_datagen.shards import (
     COMPRESSIONS,
     ShardError,
@@ -229,29 +227,3 @@ def _check_pattern(split: str, info: dict) -> list[str]:
     if info.get("pattern") != brace_pattern(split, len(paths), info["compression"]):
         problems.append(f"{split}: pattern {info.get('pattern')!r} does not expand to the {len(paths)} listed shards")
     return problems
-
-
-@click.command("verify")
-@click.argument("url")
-@click.option("--regenerate", "regenerate", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Also rebuild N randomly chosen shards from the manifest's recipe and compare sha256.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Which shards --regenerate picks.")
-@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
-              help="Rollout backend for --regenerate; auto: the fastest available.")
-@storage.storage_flags
-def verify_command(url, regenerate, seed, backend, endpoint_url, profile, s3_checksums):
-    """Check every shard of the dataset at URL (folder or manifest.json, local or s3://) against its manifest."""
-    opts = storage.storage_options_from_flags(endpoint_url, profile, s3_checksums)
-    try:
-        problems = verify_dataset(url, opts, echo=click.echo)
-        if regenerate:
-            problems += regenerate_and_compare(url, regenerate, opts, seed=seed,
-                                               backend=None if backend == "auto" else backend, echo=click.echo)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
-    if problems:
-        click.echo(f"{len(problems)} problem(s):", err=True)
-        for p in problems:
-            click.echo(f"  {p}", err=True)
-        raise SystemExit(1)
-    click.echo("dataset verified: every shard matches the manifest")

@@ -14,9 +14,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-import numpy as np
-
+from nca_datagen.complexity import band_share
 from nca_datagen.config import CANDIDATES_PER_RULE
+from nca_datagen.errors import ConfigError
 from nca_datagen.units import format_count, plural
 
 # Estimates for --dry-run. Speed: benchmarks/bench_build.py at 45M tokens on a shared 2-core Xeon (numba backend,
@@ -87,18 +87,6 @@ class BuildPlan:
         return cfg.nca.grid[0] * cfg.nca.grid[1] * (sequences * cfg.nca.steps + candidates * cfg.probe_steps)
 
 
-# The reference's gzip ratios of random rules, as (ratio, share of rules at or below it): the quantiles in
-# paper-facts.md, section 3 (a constant grid scores 0.0222, nothing scores below it).
-REFERENCE_RATIO_CDF = ((0.0222, 0.0), (0.031, 0.10), (0.279, 0.25), (0.483, 0.50), (0.566, 0.75), (0.606, 0.90),
-                       (0.641, 0.99), (0.663, 1.0))
-
-
-def band_share(band) -> float:
-    """The share of random rules a band keeps, read off the reference's ratio distribution (50%+: 0.45)."""
-    ratios, shares = zip(*REFERENCE_RATIO_CDF, strict=True)
-    return float(np.interp(min(band.hi, 1.0), ratios, shares) - np.interp(band.lo, ratios, shares))
-
-
 def _paper_cell_updates_per_token() -> float:
     """Cell updates per stored token of the config the speed constants were measured on (the paper's)."""
     from nca_datagen.config import DatasetConfig
@@ -110,11 +98,11 @@ def _paper_cell_updates_per_token() -> float:
 def plan_build(config, tokens: int, val_tokens: int | None = None, val_fraction: float | None = None) -> BuildPlan:
     """Turn token budgets into whole rules and whole shards (see the module docstring for the counting)."""
     if val_tokens is not None and val_fraction is not None:
-        raise ValueError("give --val-tokens or --val-fraction, not both")
+        raise ConfigError("give --val-tokens or --val-fraction, not both")
     if val_fraction is not None and not 0 <= val_fraction < 1:
-        raise ValueError(f"--val-fraction {val_fraction}: choose 0 <= fraction < 1 (paper: 0.125)")
+        raise ConfigError(f"--val-fraction {val_fraction}: choose 0 <= fraction < 1 (paper: 0.125)")
     if tokens <= 0:
-        raise ValueError("--tokens must be positive: how many training tokens to generate, e.g. 2M")
+        raise ConfigError("--tokens must be positive: how many training tokens to generate, e.g. 2M")
     if val_tokens is None:
         val_tokens = round(tokens * (DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction))
     return BuildPlan(config, (_split_plan(config, "train", tokens), _split_plan(config, "val", val_tokens)))
@@ -125,32 +113,98 @@ def _split_plan(config, split: str, tokens: int) -> SplitPlan:
     rules_needed = math.ceil(tokens / (seq_len * config.sims_per_rule))
     shards = math.ceil(rules_needed / config.rules_per_shard)
     if shards > MAX_SHARDS_PER_SPLIT:
-        raise ValueError(f"{split} would need {shards:,} shards of {config.samples_per_shard:,} sequences; a split "
+        raise ConfigError(f"{split} would need {shards:,} shards of {config.samples_per_shard:,} sequences; a split "
                          f"holds at most {MAX_SHARDS_PER_SPLIT:,}: choose a larger --samples-per-shard")
     rules = shards * config.rules_per_shard
     sequences = rules * config.sims_per_rule
     return SplitPlan(split, tokens, rules, shards, sequences, sequences * seq_len)
 
 
-def dataset_config(*, grid, states, patch, frames, burn_in, temperature, band, seed, sims_per_rule,
-                   samples_per_shard, seq_len=None):
-    """Build (and validate) the DatasetConfig from CLI values; ValueError names the option to fix."""
+PRESETS = ("paper",)
+RECIPE_ARGS = ("complexity", "tokens", "val_tokens", "val_fraction", "seed", "sims_per_rule", "samples_per_shard",
+               "grid", "states", "patch", "frames", "seq_len", "burn_in", "temperature")
+
+
+def plan_from(preset: str | None = None, **given) -> BuildPlan:
+    """The plan a build's recipe arguments make (`RECIPE_ARGS`; a `preset` fixes most of them). An argument left
+    out (or None) takes the config's default, so the paper's values live once, in `config.py`."""
+    given = {k: v for k, v in given.items() if v is not None}
+    unknown = sorted(set(given) - set(RECIPE_ARGS))
+    if unknown:
+        raise ConfigError(f"unknown recipe argument(s) {', '.join(unknown)}: choose from {', '.join(RECIPE_ARGS)}")
+    if preset is not None:
+        given = _with_preset(preset, given)
+    if "tokens" not in given:
+        raise ConfigError("give a budget, e.g. --tokens 2M (or --preset paper)")
+    if "seq_len" in given and "frames" in given:
+        raise ConfigError("give --frames or --seq-len, not both")
+    from nca_datagen.complexity import Band
+
+    config = dataset_config(band=Band.parse(given.get("complexity", "50%+")),
+                            **{k: given[k] for k in _CONFIG_ARGS if k in given})
+    return plan_build(config, given["tokens"], given.get("val_tokens"), given.get("val_fraction"))
+
+
+_CONFIG_ARGS = ("grid", "states", "patch", "frames", "burn_in", "temperature", "seed", "sims_per_rule",
+                "samples_per_shard", "seq_len")
+
+
+def _with_preset(preset: str, given: dict) -> dict:
+    """`given` with a preset's values; refused when it also sets one of them (naming the flags)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"--preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    values = _paper_values()
+    clashes = [k for k in (*values, "val_fraction", "seq_len") if k in given]
+    if clashes:
+        flags = ", ".join("--" + k.replace("_", "-") for k in clashes)
+        raise ConfigError(f"--preset {preset} fixes {flags}; drop them or drop --preset")
+    sims = values["sims_per_rule"]
+    per_shard = given.get("samples_per_shard", _default_samples_per_shard())
+    split_sequences = [PAPER[k] * sims for k in ("train_rules", "val_rules")]
+    if any(n % per_shard for n in split_sequences):
+        raise ConfigError(f"--preset {preset} builds exactly {split_sequences[0]:,} train and {split_sequences[1]:,} "
+                          f"val sequences: choose a --samples-per-shard dividing both (e.g. 500 or 1000)")
+    return {**given, **values}
+
+
+def _paper_values() -> dict:
+    """The paper's recipe: its rule family and rollout are `NCAConfig`'s defaults, its budget and band `PAPER`."""
+    from nca_datagen.config import NCAConfig
+
+    nca, sims = NCAConfig(), PAPER["sims_per_rule"]
+    family = {k: getattr(nca, k) for k in ("grid", "states", "patch", "frames", "burn_in", "temperature")}
+    return {**family, "complexity": PAPER["band"], "sims_per_rule": sims,
+            "tokens": PAPER["train_rules"] * sims * nca.seq_len, "val_tokens": PAPER["val_rules"] * sims * nca.seq_len}
+
+
+def _default_samples_per_shard() -> int:
+    from nca_datagen.config import DatasetConfig
+
+    return DatasetConfig.rules_per_shard * DatasetConfig.sims_per_rule
+
+
+def dataset_config(*, band, grid=None, states=None, patch=None, frames=None, burn_in=None, temperature=None,
+                   seed=None, sims_per_rule=None, samples_per_shard=None, seq_len=None):
+    """The DatasetConfig of these values (None: the config's default); ConfigError names the option to fix."""
     from nca_datagen.config import DatasetConfig, NCAConfig
 
-    if samples_per_shard % sims_per_rule:
-        raise ValueError(f"--samples-per-shard {samples_per_shard} is not a multiple of --sims-per-rule "
-                         f"{sims_per_rule}: a shard holds whole rules; try "
-                         f"{max(1, round(samples_per_shard / sims_per_rule)) * sims_per_rule}")
-    nca = NCAConfig(grid=grid, states=states, patch=patch, burn_in=burn_in, temperature=temperature)
+    sims = DatasetConfig.sims_per_rule if sims_per_rule is None else sims_per_rule
+    per_shard = _default_samples_per_shard() if samples_per_shard is None else samples_per_shard
+    if per_shard % sims:
+        raise ConfigError(f"--samples-per-shard {per_shard} is not a multiple of --sims-per-rule {sims}: a shard "
+                          f"holds whole rules; try {max(1, round(per_shard / sims)) * sims}")
+    given = dict(grid=grid, states=states, patch=patch, burn_in=burn_in, temperature=temperature)
+    nca = NCAConfig(**{k: v for k, v in given.items() if v is not None})
     if seq_len is not None:
         if seq_len % nca.tokens_per_frame:
-            raise ValueError(f"--seq-len {seq_len} is not a multiple of the {nca.tokens_per_frame} tokens per frame "
-                             f"({nca.patches_per_frame} patches + 2 delimiters): try "
-                             f"{max(1, round(seq_len / nca.tokens_per_frame)) * nca.tokens_per_frame}")
+            raise ConfigError(f"--seq-len {seq_len} is not a multiple of the {nca.tokens_per_frame} tokens per frame "
+                              f"({nca.patches_per_frame} patches + 2 delimiters): try "
+                              f"{max(1, round(seq_len / nca.tokens_per_frame)) * nca.tokens_per_frame}")
         frames = seq_len // nca.tokens_per_frame
-    nca = replace(nca, frames=frames)
-    return DatasetConfig(nca=nca, band=band, seed=seed, sims_per_rule=sims_per_rule,
-                         rules_per_shard=samples_per_shard // sims_per_rule)
+    if frames is not None:
+        nca = replace(nca, frames=frames)
+    return DatasetConfig(nca=nca, band=band, seed=DatasetConfig.seed if seed is None else seed,
+                         sims_per_rule=sims, rules_per_shard=per_shard // sims)
 
 
 def rounding_note(plan: BuildPlan) -> str | None:

@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shlex
-
-import click
 
 from nca_datagen import storage
 from nca_datagen.claim import claim
+from nca_datagen.errors import DatasetError, OutputRefused, ShardError, StorageError
 from nca_datagen.manifest import (
     MANIFEST,
     dataset_digest,
@@ -51,22 +49,35 @@ from nca_datagen.ownership import (
     survey,
     write_marker,
 )
-from nca_datagen.shards import ShardError, check_blob, compact_json, load_record, record_name
-from nca_datagen.units import plural
+from nca_datagen.shards import check_blob, compact_json, load_record, record_name
 
 
 def publish(src: str, dst: str, storage_options: dict | None = None, *, rehash: bool = False,
-            overwrite: bool = False, echo=print) -> dict:
+            overwrite: bool = False, echo=print, command: str = "") -> dict:
     """Copy the dataset at `src` to `dst`; returns {"uploaded", "skipped", "files"} (shards, shards, other files).
     `rehash`: re-hash the shards DST already holds instead of trusting their record and size. `overwrite`:
-    replace another dataset or build at DST (refused otherwise)."""
+    replace another dataset or build at DST (refused otherwise). DST is claimed for the copy (`claim.py`), after
+    the refusals that need no write; `command` names this publish in the claim."""
     sfs, sroot = dataset_root(src, storage_options)
     dfs, droot = storage.filesystem(dst, storage_options)
     check_no_overlap(sfs, sroot, dfs, droot)
+    check_not_foreign(dfs, droot)  # the claim is a write: someone else's folder is refused before it
+    try:
+        with claim(dst, storage_options, doing="publish", command=command):
+            return _publish(sfs, sroot, dfs, droot, src, storage_options, rehash, overwrite, echo)
+    except storage.errors() as exc:  # a missing bucket, permissions, credentials, an endpoint that went away
+        hints = {storage.access_hint(fs) for fs in (sfs, dfs)}
+        raise StorageError(f"publishing {src} -> {dst} failed: {type(exc).__name__}: {exc}. Check "
+                           f"{' and '.join(sorted(hints))}; no new manifest was written at DST. Rerun once "
+                           f"fixed: shards already uploaded are skipped") from exc
+
+
+def _publish(sfs, sroot, dfs, droot, src, storage_options, rehash, overwrite, echo) -> dict:
+    """`publish` once DST is claimed."""
     manifest_bytes, where = read_manifest_bytes(src, storage_options)
     manifest = parse_manifest(manifest_bytes, where)
     if manifest_recipe(manifest) is None:
-        raise ValueError(f"{src} is a format-1 dataset (an older nca-datagen), whose records and tables carry no "
+        raise DatasetError(f"{src} is a format-1 dataset (an older nca-datagen), whose records and tables carry no "
                          f"recipe or sha256 to check: rebuild it with this version to publish it")
     _verify_source(src, storage_options)
     replacing = _check_destination(dfs, droot, manifest, overwrite)
@@ -105,14 +116,14 @@ def _check_destination(dfs, droot: str, manifest: dict, overwrite: bool) -> bool
         if _digest_or_none(folder.manifest) == digest:
             return False  # the same data: a republish or a deterministic rebuild
         if not overwrite:
-            raise ValueError(f"{where} holds another finished dataset (its manifest.json lists other "
+            raise OutputRefused(f"{where} holds another finished dataset (its manifest.json lists other "
                              f"shards); pass --overwrite to replace it, or publish to another prefix")
         return True
     if folder.marker is not None and folder.marker["settings"].get("publish") != digest and not overwrite:
-        raise ValueError(f"{where} holds an unfinished build or another dataset's unfinished publish "
+        raise OutputRefused(f"{where} holds an unfinished build or another dataset's unfinished publish "
                          f"({BUILD}); pass --overwrite to replace it, or publish to another prefix")
     if folder.record_recipes - {manifest_recipe(manifest)} and not overwrite:
-        raise ValueError(f"{where} holds shards of another recipe; pass --overwrite to replace them, or "
+        raise OutputRefused(f"{where} holds shards of another recipe; pass --overwrite to replace them, or "
                          f"publish to another prefix")
     return False
 
@@ -221,7 +232,7 @@ def check_no_overlap(sfs, sroot: str, dfs, droot: str) -> None:
     into itself, one level deeper each run, or delete SRC's files as DST's stale ones)."""
     src, dst = _resolved_url(sfs, sroot), _resolved_url(dfs, droot)
     if src == dst or dst.startswith(src + "/") or src.startswith(dst + "/"):
-        raise ValueError(f"SRC {src} and DST {dst} overlap (the same folder, or one inside the other); publish to "
+        raise OutputRefused(f"SRC {src} and DST {dst} overlap (the same folder, or one inside the other); publish to "
                          f"a folder outside the dataset")
 
 
@@ -239,34 +250,3 @@ def _remove_unpublished(dfs, droot: str, published: set[str]) -> None:
     stale = [path for path in dfs.find(droot) if owned_path(path[prefix:]) and path[prefix:] not in published
              and path[prefix:] != MANIFEST]
     storage.remove_files(dfs, stale)
-
-
-@click.command("publish")
-@click.argument("src")
-@click.argument("dst")
-@click.option("--overwrite", is_flag=True,
-              help="Replace a finished dataset with other data at DST (without it, publish refuses).")
-@click.option("--rehash", is_flag=True,
-              help="Re-read and re-hash every shard DST already holds (default: trust its record and size), "
-                   "re-uploading those that differ: repairs a shard `verify` reports BAD at DST.")
-@storage.storage_flags
-def publish_command(src, dst, overwrite, rehash, endpoint_url, profile, s3_checksums):
-    """Copy the finished dataset at SRC to DST (e.g. a folder to s3://bucket/prefix), manifest last."""
-    opts = storage.storage_options_from_flags(endpoint_url, profile, s3_checksums)
-    command = shlex.join(["nca-datagen", "publish", src, dst, *(["--overwrite"] if overwrite else []),
-                          *(["--rehash"] if rehash else [])])
-    try:
-        dfs, droot = storage.filesystem(dst, opts)  # publish's refusals that need no claim, before it writes to DST:
-        check_no_overlap(*dataset_root(src, opts), dfs, droot)
-        check_not_foreign(dfs, droot)  # the claim is a write: someone else's folder is refused before it
-        with claim(dst, opts, doing="publish", command=command):  # two publishes to one DST would mix datasets
-            stats = publish(src, dst, opts, rehash=rehash, overwrite=overwrite, echo=click.echo)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
-    except storage.errors() as exc:  # a missing bucket, permissions, credentials, an endpoint that went away
-        hints = {storage.access_hint(storage.filesystem(url, opts)[0]) for url in (src, dst)}
-        raise click.ClickException(f"publishing {src} -> {dst} failed: {type(exc).__name__}: {exc}. Check "
-                                   f"{' and '.join(sorted(hints))}; no new manifest was written at DST. Rerun once "
-                                   f"fixed: shards already uploaded are skipped") from exc
-    click.echo(f"published {src} -> {dst}: {plural(stats['uploaded'], 'shard')} uploaded, {stats['skipped']:,} "
-               f"already present, {plural(stats['files'], 'other file')} copied; manifest written last")

@@ -10,7 +10,8 @@ import numpy as np
 
 from nca_datagen.config import DatasetConfig, NCAConfig, recipe_fingerprint
 from nca_datagen.generate import ShardData
-from nca_datagen.ownership import finish_output, prepare_output
+from nca_datagen.ownership import prepare_output
+from nca_datagen.pipelines.finish import finish_dataset
 from nca_datagen.shards import write_shard
 from nca_datagen.tokenizer import end_grid_token, grid_token
 
@@ -51,7 +52,7 @@ def make_dataset(out: str, shards: dict[str, int | list[ShardData]], *, compress
         if isinstance(datas, int):
             datas = [fake_shard(split, i, config) for i in range(datas)]
         records[split] = [write_fake(d, out, config, compression, storage_options) for d in datas]
-    return finish_output(out, config, records, {"device": "cpu", "test": True}, storage_options, figures=False)
+    return finish_dataset(out, config, records, {"device": "cpu", "test": True}, storage_options, figures=False)
 
 
 def write_fake(data: ShardData, out: str, config: DatasetConfig = FAKE, compression: str = "zstd",

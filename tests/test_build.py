@@ -31,22 +31,14 @@ def shard_bytes(root: Path) -> dict[str, bytes]:
 
 
 def test_paper_preset_plans_exactly_the_papers_rules():
-    from nca_datagen.pipelines.build import _apply_paper_preset
-    from nca_datagen.pipelines.plan import dataset_config, plan_build
+    from nca_datagen.pipelines.plan import plan_from
 
-    class Ctx:  # every option at its default
-        def get_parameter_source(self, name):
-            return type("S", (), {"name": "DEFAULT"})
-
-    kw = {"samples_per_shard": 500}
-    _apply_paper_preset(Ctx(), kw)
-    config = dataset_config(grid=kw["grid"], states=10, patch=2, frames=27, burn_in=10, temperature=1e-4,
-                            band=Band.parse(kw["complexity"]), seed=0, sims_per_rule=10, samples_per_shard=500)
-    plan = plan_build(config, kw["tokens"], kw["val_tokens"])
+    plan = plan_from("paper")
     train, val = plan.splits
     assert (train.rules, train.sequences, train.tokens) == (16_000, 160_000, 164_160_000)
     assert (val.rules, val.sequences) == (2_000, 20_000)
     assert train.sequences * 1024 == 163_840_000  # the paper's "164M" counts 1024 input tokens per sequence
+    assert plan.config.samples_per_shard == 500 and str(plan.config.band) == "(0.5, 1)"
 
 
 def test_plan_rounds_up_to_whole_shards():
@@ -312,13 +304,13 @@ def test_a_storage_error_while_the_manifest_is_written_names_the_step(tmp_path, 
 def test_interrupt_while_the_manifest_is_written(tmp_path, monkeypatch):
     """Ctrl-C after the last shard: exit 130 with the usual message (not click's 'Aborted!'), no manifest, and the
     rerun only writes the manifest."""
-    from nca_datagen import ownership
+    from nca_datagen import manifest
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     out = tmp_path / "ds"
-    monkeypatch.setattr(ownership, "write_manifest", interrupted)
+    monkeypatch.setattr(manifest, "write_manifest", interrupted)
     result = CliRunner().invoke(main, ["build", *TINY, "--executor", "inline", "--out", str(out)])
     assert result.exit_code == 130, result.output
     assert "interrupted before the dataset was finished" in result.output and "rerun the same command" in result.output
@@ -329,22 +321,22 @@ def test_interrupt_while_the_manifest_is_written(tmp_path, monkeypatch):
     rerun = build("--executor", "inline", out=out)
     assert rerun.exit_code == 0 and "building 0 of" in rerun.output and (out / "manifest.json").exists()
 
-    def written_then_interrupted(*args, real=ownership.write_manifest, **kwargs):
+    def written_then_interrupted(*args, real=manifest.write_manifest, **kwargs):
         real(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ownership, "write_manifest", written_then_interrupted)
+    monkeypatch.setattr(manifest, "write_manifest", written_then_interrupted)
     late = CliRunner().invoke(main, ["build", *TINY, "--executor", "inline", "--out", str(tmp_path / "late")])
     assert late.exit_code == 130 and "interrupted after the manifest was written" in late.output
 
 
 def test_interrupt_while_ray_starts(tmp_path, monkeypatch):
-    from nca_datagen.pipelines import build as build_mod
+    from nca_datagen.pipelines.placement import Placement
 
-    def interrupted(kw):
+    def interrupted(placement):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(build_mod, "_make_executor", interrupted)
+    monkeypatch.setattr(Placement, "start", interrupted)
     out = tmp_path / "ds"
     result = CliRunner().invoke(main, ["build", *TINY, "--out", str(out)])
     assert result.exit_code == 130 and "interrupted before any shard was built" in result.output
@@ -355,7 +347,7 @@ def test_unreachable_band_is_recognised_through_ray():
     """A worker's UnreachableBandError arrives wrapped in RayTaskError: still an impossible config, not retried."""
     from ray.exceptions import RayTaskError
 
-    from nca_datagen.generate import UnreachableBandError
+    from nca_datagen.errors import BandUnreachable as UnreachableBandError
     from nca_datagen.pipelines.driver import _cause_text, _is
 
     cause = UnreachableBandError("train shard 0: band (0.9, 1) kept 0 of 2000 candidate rules")
@@ -575,17 +567,14 @@ def test_device_and_gpus_have_one_reading():
             gpus_to_use(device, gpus, 8)
 
 
-def test_ray_executor_refuses_gpus_0_with_cuda_before_ray_starts():
+def test_placement_refuses_gpus_0_with_cuda_before_ray_starts():
     import ray
 
-    from nca_datagen.pipelines.executors import RayExecutor
+    from nca_datagen.pipelines.placement import Placement
 
-    try:
-        with pytest.raises(ValueError, match="--gpus 0 with --device cuda"):
-            RayExecutor(gpus=0, device="cuda")
-        assert not ray.is_initialized()
-    finally:
-        ray.shutdown()
+    with pytest.raises(ValueError, match="--gpus 0 with --device cuda"):
+        Placement(gpus=0, device="cuda")
+    assert not ray.is_initialized()
 
 
 @pytest.mark.parametrize("args, message", [

@@ -134,16 +134,28 @@ def events(out: Path) -> list[dict]:
     return [json.loads(line) for log in (out / "_logs").glob("*.jsonl") for line in log.read_text().splitlines()]
 
 
+def actor_pool(actors: int, workers: int | None = None):
+    """The GPU layout (generator actors -> CPU writer tasks) with CPU-only actors (no GPU share each), on a local
+    Ray that gets the actors' CPUs on top of the writers'."""
+    from nca_datagen.pipelines.ray_actors import RayActorPool
+    from nca_datagen.pipelines.ray_tasks import connect_ray, import_ray
+
+    ray = import_ray()
+    connect_ray(ray, None, workers, extra_cpus=actors)
+    writers = int(ray.cluster_resources()["CPU"]) - actors
+    return RayActorPool(ray, actors, 0, writers, "local Ray", "cpu")
+
+
 def test_generator_actor_pipeline_on_cpu(tmp_path):
-    """The GPU layout (generator actors -> CPU writer tasks) with CPU-only actors: same bytes as inline."""
+    """The GPU layout with CPU-only actors: same bytes as inline."""
     from nca_datagen.pipelines.driver import BuildOptions, run_build
-    from nca_datagen.pipelines.executors import InlineExecutor, RayExecutor
+    from nca_datagen.pipelines.inline import InlineExecutor
 
     plan = tiny_plan()
-    executor = RayExecutor(workers=2, device="cpu", generator_actors=1)  # two CPUs for writes, one for the actor
+    executor = actor_pool(1, workers=2)  # two CPUs for writes, one for the actor
     assert "1 generator actor(s)" in executor.description and executor.slots == 4
-    run_build(plan, executor, BuildOptions(out_url=str(tmp_path / "actors"), device="cpu", quiet=True))
-    run_build(plan, InlineExecutor(), BuildOptions(out_url=str(tmp_path / "inline"), device="cpu", quiet=True))
+    run_build(plan, executor, BuildOptions(out_url=str(tmp_path / "actors"), quiet=True))
+    run_build(plan, InlineExecutor(), BuildOptions(out_url=str(tmp_path / "inline"), quiet=True))
     assert shard_bytes(tmp_path / "actors") == shard_bytes(tmp_path / "inline")
     assert len(shard_bytes(tmp_path / "actors")) == 5
 
@@ -164,26 +176,25 @@ def test_a_dead_generator_actor_costs_no_shard_an_attempt(tmp_path):
     """A generator that died for good used to win every choice (no load: its shards failed at once) and took the
     retries too. Its shards now go to the live actor without a failure: one attempt each is enough."""
     from nca_datagen.pipelines.driver import BuildOptions, run_build
-    from nca_datagen.pipelines.executors import RayExecutor
 
-    executor = RayExecutor(workers=3, device="cpu", generator_actors=2)  # as many CPUs as ever took: no starving
+    executor = actor_pool(2, workers=3)  # as many CPUs as ever took: no starving
     kill_for_good(executor.ray, executor._actors[0])  # the least loaded actor (ties go to the first)
     out = tmp_path / "ds"
-    run_build(tiny_plan(), executor, BuildOptions(out_url=str(out), device="cpu", quiet=True, max_attempts=1))
+    run_build(tiny_plan(), executor, BuildOptions(out_url=str(out), quiet=True, max_attempts=1))
     assert len(shard_bytes(out)) == 5
     assert not [e for e in events(out) if e["event"] == "shard_failed"]
 
 
 def test_with_every_generator_actor_dead_the_shards_fail_naming_the_cause(tmp_path):
-    from nca_datagen.pipelines.driver import BuildFailed, BuildOptions, run_build
-    from nca_datagen.pipelines.executors import RayExecutor
+    from nca_datagen.errors import BuildFailed
+    from nca_datagen.pipelines.driver import BuildOptions, run_build
 
-    executor = RayExecutor(workers=1, device="cpu", generator_actors=2)
+    executor = actor_pool(2, workers=1)
     for actor in executor._actors:
         kill_for_good(executor.ray, actor)
     out = tmp_path / "ds"
     with pytest.raises(BuildFailed, match="5 shard"):
-        run_build(tiny_plan(), executor, BuildOptions(out_url=str(out), device="cpu", quiet=True, max_attempts=2))
+        run_build(tiny_plan(), executor, BuildOptions(out_url=str(out), quiet=True, max_attempts=2))
     errors = [e["error"] for e in events(out) if e["event"] == "shard_failed"]
     assert len(errors) == 10, errors  # 5 shards x 2 attempts, none of them spent on the dying actors
     assert all(e.startswith("GeneratorsLost: no generator actor is left: all 2 died (the last: The actor died")
@@ -210,13 +221,12 @@ def test_generator_actors_leave_cpus_for_the_writers(tmp_path, monkeypatch):
     """Without --workers a local Ray got only the machine's CPUs; as many generator actors held them all, the
     writer tasks never ran and the build waited forever. The actors' CPUs now come on top."""
     from nca_datagen.pipelines.driver import BuildOptions, run_build
-    from nca_datagen.pipelines.executors import RayExecutor
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)  # a 2-core machine, whatever runs the test
-    executor = RayExecutor(device="cpu", generator_actors=2)
+    executor = actor_pool(2)
     cpus = executor.ray.cluster_resources()["CPU"]
     out = tmp_path / "ds"
-    run_build(tiny_plan(), Deadline(executor, 60), BuildOptions(out_url=str(out), device="cpu", quiet=True))
+    run_build(tiny_plan(), Deadline(executor, 60), BuildOptions(out_url=str(out), quiet=True))
     assert len(shard_bytes(out)) == 5
     assert cpus == 4 and executor.workers == 2  # two for the actors, on top of the two for the writers
 
@@ -224,8 +234,14 @@ def test_generator_actors_leave_cpus_for_the_writers(tmp_path, monkeypatch):
 def test_a_cluster_without_a_cpu_left_for_the_writers_is_refused(cluster):
     """Two generator actors on the two-CPU test cluster would hold both CPUs: refused up front, not a hang. (In a
     fresh process: a driver that joined the cluster leaves Ray state behind that breaks a later local Ray here.)"""
-    code = ("from nca_datagen.pipelines.executors import RayExecutor\n"
-            f"RayExecutor(address={cluster!r}, device='cpu', generator_actors=2).close()\n")
+    code = ("from nca_datagen.pipelines.ray_actors import check_writer_cpus\n"
+            "from nca_datagen.pipelines.ray_tasks import close_ray, connect_ray, import_ray\n"
+            "ray = import_ray()\n"
+            f"connect_ray(ray, {cluster!r}, None)\n"
+            "try:\n"
+            "    check_writer_cpus('Ray cluster', int(ray.cluster_resources()['CPU']), 2, 0)\n"
+            "finally:\n"
+            "    close_ray(ray)\n")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.run([sys.executable, "-c", code], env={**env, **AUTH}, capture_output=True, text=True,
                           timeout=300)
@@ -240,7 +256,7 @@ def test_a_cpu_worker_never_imports_torch(tmp_path):
     code = (
         "import os, sys\n"
         "from nca_datagen.config import DatasetConfig\n"
-        "from nca_datagen.pipelines.executors import ShardJob, run_shard\n"
+        "from nca_datagen.pipelines.shard_task import ShardJob, run_shard\n"
         f"job = ShardJob(config=DatasetConfig(rules_per_shard=5, sims_per_rule=2), out_url={str(tmp_path)!r},\n"
         "               device='cpu', threads=1)\n"
         "result = run_shard(job, 'train', 0)\n"
@@ -258,18 +274,19 @@ def test_sigterm_still_reaches_the_driver_after_ray_shuts_down(tmp_path):
     (Ray's C++ failure-signal handler used to reset SIGTERM to "terminate" on shutdown: exit -15, no message)."""
     code = (
         "import os, signal\n"
-        "from nca_datagen.pipelines.driver import _terminate_as_interrupt\n"
-        "from nca_datagen.pipelines.executors import RayExecutor\n"
-        "executor = RayExecutor(workers=1, device='cpu')\n"
-        "with _terminate_as_interrupt():\n"
-        "    executor.close()\n"
+        "from nca_datagen.pipelines.driver import terminate_as_interrupt\n"
+        "from nca_datagen.pipelines.ray_tasks import close_ray, connect_ray, import_ray\n"
+        "ray = import_ray()\n"
+        "connect_ray(ray, None, 1)\n"
+        "with terminate_as_interrupt() as seen:\n"
+        "    close_ray(ray)\n"
         "    try:\n"
         "        os.kill(os.getpid(), signal.SIGTERM)\n"
         "        signal.sigtimedwait([], 2)\n"
         "    except KeyboardInterrupt as exc:\n"
-        "        print('raised', type(exc).__name__, flush=True)\n"
+        "        print('raised', seen.of(exc), flush=True)\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_DISABLE_FAILURE_SIGNAL_HANDLER")}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
                           cwd=tmp_path)
-    assert done.returncode == 0 and done.stdout.strip() == "raised _Terminated", (done.returncode, done.stderr[-2000:])
+    assert done.returncode == 0 and done.stdout.strip() == "raised 15", (done.returncode, done.stderr[-2000:])

@@ -26,15 +26,15 @@ HF_SENTENCE = "Hugging Face `datasets` and the Hub's dataset viewer read only pl
 
 
 def build(out: Path, compression: str, figures: bool = True):
-    """A finished two-shard dataset: `write_manifest` writes the card as part of it."""
+    """A finished two-shard dataset: `finish_dataset` writes the card as part of it."""
     from shard_fixtures import write_fake
 
     from nca_datagen.generate import generate_shard
-    from nca_datagen.manifest import write_manifest
+    from nca_datagen.pipelines.finish import finish_dataset
 
     recs = {"train": [write_fake(generate_shard(TINY, "train", i, backend=BUILD_BACKEND), str(out), TINY, compression)
                       for i in range(2)]}
-    return out, write_manifest(str(out), TINY, recs, provenance={}, figures=figures)
+    return out, finish_dataset(str(out), TINY, recs, provenance={}, figures=figures)
 
 
 @pytest.fixture(scope="module")

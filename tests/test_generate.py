@@ -8,7 +8,8 @@ import pytest
 
 import nca_datagen.generate as gen
 from nca_datagen.config import DatasetConfig, NCAConfig, split_id
-from nca_datagen.generate import UnreachableBandError, add_sample_stats, generate_shard, probe_ratios, select_rules
+from nca_datagen.errors import BandUnreachable as UnreachableBandError
+from nca_datagen.generate import add_sample_stats, generate_shard, probe_ratios, select_rules
 from nca_datagen.rules import sample_rules
 from nca_datagen.shards import shard_bytes
 

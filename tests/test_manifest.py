@@ -15,9 +15,9 @@ from nca_datagen.manifest import (
     brace_pattern,
     read_manifest,
     split_summary,
-    write_manifest,
 )
-from nca_datagen.ownership import finish_output, prepare_output
+from nca_datagen.ownership import prepare_output
+from nca_datagen.pipelines.finish import finish_dataset
 
 
 def test_manifest_describes_exactly_the_files(tmp_path):
@@ -65,10 +65,10 @@ def test_write_manifest_refuses_a_shard_that_is_missing_or_the_wrong_size(tmp_pa
     recs = [write_fake(fake_shard("train", i), out) for i in range(2)]
     (tmp_path / recs[1]["path"]).write_bytes(b"short")
     with pytest.raises(ValueError, match=r"shard-000001.tar.zst: 5 bytes, its record says"):
-        write_manifest(out, FAKE, {"train": recs}, {}, figures=False)
+        finish_dataset(out, FAKE, {"train": recs}, {}, figures=False)
     (tmp_path / recs[0]["path"]).unlink()
     with pytest.raises(ValueError, match=r"shard-000000.tar.zst: missing, its record says"):
-        write_manifest(out, FAKE, {"train": recs}, {}, figures=False)
+        finish_dataset(out, FAKE, {"train": recs}, {}, figures=False)
     assert not (tmp_path / MANIFEST).exists()
 
 
@@ -76,8 +76,8 @@ def test_write_manifest_refuses_gaps_and_drops_stale_shards(tmp_path):
     out = str(tmp_path)
     recs = [write_fake(fake_shard("train", i), out) for i in range(3)]
     with pytest.raises(ValueError, match=r"missing \[1\]"):
-        write_manifest(out, FAKE, {"train": [recs[0], recs[2]]}, {}, figures=False)
-    m = finish_output(out, FAKE, {"train": recs[:2]}, {}, figures=False)  # a smaller rebuild: shard 2 is stale
+        finish_dataset(out, FAKE, {"train": [recs[0], recs[2]]}, {}, figures=False)
+    m = finish_dataset(out, FAKE, {"train": recs[:2]}, {}, figures=False)  # a smaller rebuild: shard 2 is stale
     assert list(braceexpand(m["splits"]["train"]["pattern"])) == [p.name and f"train/{p.name}" for p in
                                                                    sorted((tmp_path / "train").glob("*.tar.zst"))]
     assert not (tmp_path / "train" / "shard-000002.json").exists()

@@ -9,7 +9,8 @@ from shard_fixtures import FAKE, fake_shard, make_dataset, write_fake
 from nca_datagen import storage
 from nca_datagen.config import NCAConfig
 from nca_datagen.manifest import BUILD, MANIFEST
-from nca_datagen.ownership import check_output, finish_output, prepare_output, remove_stale_files
+from nca_datagen.ownership import check_output, prepare_output, remove_stale_files
+from nca_datagen.pipelines.finish import finish_dataset
 
 
 def test_prepare_output_resumes_same_config_and_refuses_another(tmp_path):
@@ -110,7 +111,7 @@ def test_overwrite_and_a_smaller_rebuild_delete_only_our_files(tmp_path):
     theirs = {"train/notes.txt": "mine", "train/shard-000009.txt": "mine too", "samples/mine.csv": "x",
               "notes.txt": "mine", "_logs/run.log": "x"}
     _write(tmp_path, theirs)
-    finish_output(out, FAKE, {"train": recs[:2]}, {}, figures=False)  # shard 2 is stale, shard-000009.txt not
+    finish_dataset(out, FAKE, {"train": recs[:2]}, {}, figures=False)  # shard 2 is stale, shard-000009.txt not
     assert not (tmp_path / "train" / "shard-000002.tar.zst").exists()
     assert (tmp_path / "train" / "shard-000009.txt").exists()
     prepare_output(out, FAKE, "zstd", overwrite=True)

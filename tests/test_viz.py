@@ -14,8 +14,9 @@ from PIL import Image
 from nca_datagen.cli import main
 from nca_datagen.complexity import Band
 from nca_datagen.config import DatasetConfig, NCAConfig
+from nca_datagen.figures import PreviewRow, render_gif_frames, render_strip, save_image
 from nca_datagen.palette import MAX_DRAWABLE_STATES, PALETTE_HEX, colourise, palette
-from nca_datagen.viz import PreviewRow, render_gif_frames, render_strip, sample_preview, save_image
+from nca_datagen.preview import sample_preview
 
 # Datasets for the tests are built with the compiled CPU path when it is installed: after its one-time compile
 # (cached on disk) it is ~50x faster than the torch reference on tiny shards; every backend gives the same tokens.
@@ -208,13 +209,13 @@ def dataset(tmp_path_factory):
     from shard_fixtures import write_fake
 
     from nca_datagen.generate import generate_shard
-    from nca_datagen.manifest import write_manifest
+    from nca_datagen.pipelines.finish import finish_dataset
 
     out = str(tmp_path_factory.mktemp("ds"))
     cfg = DatasetConfig(nca=NCAConfig(frames=4), rules_per_shard=2, sims_per_rule=2)
     recs = {s: [write_fake(generate_shard(cfg, s, i, backend=BUILD_BACKEND), out, cfg) for i in range(n)]
             for s, n in (("train", 2), ("val", 1))}
-    return out, write_manifest(out, cfg, recs, provenance={})
+    return out, finish_dataset(out, cfg, recs, provenance={})
 
 
 def test_inspect_reports_the_manifest_totals(dataset, tmp_path):

@@ -13,10 +13,10 @@ import shlex
 import click
 from click.core import ParameterSource
 
+from nca_datagen.cli_options import CountType
 from nca_datagen.train.model import SIZES
 from nca_datagen.train.stages import NCA_DEFAULTS, TEXT_DEFAULTS, TEXT_WARMUP_FRACTION
 from nca_datagen.train.transfer import parse_layers, parse_parts
-from nca_datagen.units import CountType
 
 POSITIVE = click.IntRange(min=1)
 AT_END = "default or 0: only after the last step"

@@ -1,0 +1,59 @@
+"""Command-line pieces the commands share: parameter types for counts and grids, the storage flags, and
+writing a command's output file. The one module besides the commands themselves that imports click.
+"""
+
+from __future__ import annotations
+
+import click
+
+from nca_datagen import storage
+from nca_datagen.units import parse_count, parse_grid
+
+
+class CountType(click.ParamType):
+    """A click parameter for counts with K/M/B suffixes (`units.parse_count`)."""
+
+    name = "COUNT"
+
+    def convert(self, value, param, ctx):
+        try:
+            return parse_count(value, what=param.name if param else "count")
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class GridType(click.ParamType):
+    """A click parameter for grid sizes: `12` or `12x18` (`units.parse_grid`)."""
+
+    name = "GRID"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_grid(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+COUNT, GRID = CountType(), GridType()
+
+
+def storage_flags(command):
+    """--endpoint-url, --profile, --s3-checksums: the same on every command that touches S3."""
+    command = click.option("--s3-checksums", "s3_checksums", type=click.Choice(storage.CHECKSUM_MODES),
+                           default=None, help="'when_required' for S3-compatible servers that reject botocore's "
+                                              "newest checksum headers.")(command)
+    command = click.option("--profile", default=None, help="AWS profile for s3:// URLs (default: AWS_PROFILE).")(
+        command)
+    return click.option("--endpoint-url", default=None,
+                        help="S3 endpoint for s3:// URLs, e.g. http://127.0.0.1:9000 (default: AWS_ENDPOINT_URL).")(
+        command)
+
+
+def write_or_fail(url: str, data: bytes, storage_options: dict | None = None) -> str:
+    """`storage.write_url`, with a refusal as one `Error:` line."""
+    try:
+        return storage.write_url(url, data, storage_options)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
