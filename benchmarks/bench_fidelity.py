@@ -1,7 +1,7 @@
 """Fidelity of the fixed-point arithmetic: one-step argmax agreement with the paper's float network, by variant.
 
 For each seed: 200 random rules x 2 sims, each on a uniform grid and on a trajectory grid 10 float steps after
-its initial state (`rules.fidelity_grids`, the cells tests/test_fidelity.py uses at seed 0): 115,200 cells.
+its initial state (`fidelity.fidelity_grids`, the cells tests/test_fidelity.py uses at seed 0): 115,200 cells.
 Each variant quantises the same float weights (`rules.sample_floats`) to its layers' fractional bits and runs
 one noiseless step through the torch reference with its hidden shift and rounding; the float side is
 `rules.float_logits` in float64. A variant counts as usable only if its worst case fits int32 for every
@@ -22,10 +22,10 @@ import torch
 
 from benchmarks.report import write_report
 from nca_datagen.config import NCAConfig
+from nca_datagen.fidelity import fidelity_grids
 from nca_datagen.kernels.common import INT32_LIMIT, RolloutSpec, layer_frac_bits
 from nca_datagen.kernels.reference import rollout_reference
 from nca_datagen.rules import (
-    fidelity_grids,
     fixed_point_bounds,
     float_logits,
     quantise_rules,

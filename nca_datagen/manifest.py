@@ -367,12 +367,8 @@ def environment() -> dict:
     """Versions that can change the bytes of a shard (zlib changes the filter; the rest is for the record)."""
     from nca_datagen.complexity import ZLIB_VERSION
 
-    return {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "zlib": ZLIB_VERSION,
-        **{name: _version(name) for name in ("numpy", "torch", "triton", "zstandard", "pyarrow")},
-    }
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "zlib": ZLIB_VERSION,
+            **{name: _version(name) for name in ("numpy", "torch", "triton", "zstandard", "pyarrow")}}
 
 
 def _check_complete(fs, root: str, split: str, recs: list[dict], recipe: str | None) -> None:

@@ -10,7 +10,7 @@ Because the first conv's input is one-hot, it is a lookup: `w1[offset, state, :]
 rows for the channels that state lights (two for states 0 and n-1, one otherwise). Weights are drawn as
 float64 with numpy, folded, then quantised to fixed point (format in `nca_datagen.kernels.common`).
 `float_logits` is the same network in float64 on the unquantised weights (the reference code's semantics, no
-folding), against which tests/test_fidelity.py measures what the quantisation changes.
+folding), against which `fidelity.py` measures what the quantisation changes.
 
 Seeds: a rule's weights come from SeedSequence([run seed, split, rule id, STREAM_RULE]); nothing global.
 """
@@ -24,13 +24,11 @@ import numpy as np
 
 from nca_datagen import streams
 from nca_datagen.kernels.common import INT32_LIMIT, RolloutSpec, layer_frac_bits, logit_frac_bits
+from nca_datagen.streams import STREAM_RULE
 
 TRUNC_STD_CORRECTION = 0.87962566103423978  # std of a standard normal truncated to [-2, 2] (Flax's constant)
 TRUNC_LIMIT = 2.0  # truncation at +-2 standard units
 
-# Seed streams: one integer per purpose, so the draws for different purposes never share a sequence.
-STREAM_RULE, STREAM_INIT, STREAM_PROBE, STREAM_NOISE = 0, 1, 2, 3
-STREAM_FIDELITY = 4  # the uniform grids of `fidelity_grids` (never part of a dataset)
 PROBE_SIM = 0  # the probe trajectory lives on its own stream; its sim index is always 0
 
 
@@ -116,22 +114,6 @@ def float_logits(states_BHW: np.ndarray, k1_BYXIC: np.ndarray, k2_BCJ: np.ndarra
             hid_BHWC += np.einsum("byxi,bic->byxc", padded_BHWI[:, dy : dy + h, dx : dx + w], k1_BYXIC[:, dy, dx])
     act_BHWJ = np.maximum(np.einsum("byxc,bcj->byxj", hid_BHWC, k2_BCJ), 0.0)
     return np.einsum("byxj,bjs->byxs", act_BHWJ, k3_BJS)
-
-
-def fidelity_grids(cfg, seed: int, rule_ids, sims, kernels, burn_in: int = 10) -> dict[str, np.ndarray]:
-    """Grids (B, H, W) on which to compare quantised rules with `float_logits`, one per (rule id, sim) pair
-    and of each kind: "uniform", every cell i.i.d. uniform over the states; "trajectory", the state of a
-    noiseless float-network trajectory `burn_in` steps after that pair's initial state in a dataset (split 0).
-    `kernels` are each pair's float kernels, (B, ...) as `float_logits` takes them.
-    """
-    from nca_datagen.seeds import trajectory_inputs  # late: seeds imports this module
-
-    rng = np.random.default_rng(np.random.SeedSequence([seed, STREAM_FIDELITY]))
-    uniform_BHW = rng.integers(0, cfg.states, (len(kernels[0]), *cfg.grid))
-    state_BHW = trajectory_inputs(cfg, seed, 0, rule_ids, sims)[0].astype(np.int64)
-    for _ in range(burn_in):
-        state_BHW = float_logits(state_BHW, *kernels).argmax(-1)
-    return {"uniform": uniform_BHW, "trajectory": state_BHW}
 
 
 @dataclass(frozen=True)

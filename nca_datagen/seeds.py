@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from nca_datagen import streams
-from nca_datagen.rules import STREAM_INIT, STREAM_NOISE, STREAM_PROBE
+from nca_datagen.streams import STREAM_INIT, STREAM_NOISE, STREAM_PROBE
 
 
 def _entropy(seed: int, split_id: int, rule_id: int, sim: int, probe: bool) -> list[int]:

@@ -26,6 +26,9 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+# Seed streams: one integer per purpose, so the draws for different purposes never share a sequence.
+STREAM_RULE, STREAM_INIT, STREAM_PROBE, STREAM_NOISE = 0, 1, 2, 3
+STREAM_FIDELITY = 4  # the uniform grids `fidelity.fidelity_grids` compares on (never part of a dataset)
 POOL_SIZE = 4
 INIT_A, MULT_A = 0x43B0D7E5, 0x931E8875  # mix_entropy's hash
 INIT_B, MULT_B = 0x8B51F9DD, 0x58F38DED  # generate_state's hash

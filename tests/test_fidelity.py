@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from nca_datagen.config import NCAConfig
+from nca_datagen.fidelity import fidelity_grids
 from nca_datagen.kernels.common import RolloutSpec, layer_frac_bits
 from nca_datagen.kernels.reference import rollout_reference
-from nca_datagen.rules import fidelity_grids, float_logits, quantise_rules, sample_floats
+from nca_datagen.rules import float_logits, quantise_rules, sample_floats
 
 TARGET = 0.999  # issue 18: >= 99.9% one-step agreement with the float network on the same weights
 CFG = NCAConfig(temperature=0.0, burn_in=1, frames=1)  # one noiseless step: the float side is a plain argmax
