@@ -1,6 +1,6 @@
-"""The README stays true: every command it shows runs here, as written.
+"""The README and the pages under docs/ stay true: every command they show runs here, as written.
 
-Each fenced bash/python block in README.md carries a marker comment on the line before it:
+Each fenced bash/python block in README.md and docs/*.md carries a marker comment on the line before it:
 
 - `<!-- readme-test: main -->`  the install-and-build command; its `nca-datagen ...` part runs here (CI runs
   the install part).
@@ -8,8 +8,9 @@ Each fenced bash/python block in README.md carries a marker comment on the line 
 - `<!-- readme-test: shell -->` every command line runs, in order, in the same scratch folder.
 - `<!-- readme-test: python -->` the snippet runs with this interpreter in that folder.
 
-All blocks run in README order in one scratch folder (later blocks read what earlier ones wrote). S3 commands
-reach a real moto server through the standard AWS environment, with a bucket named `my-bucket`.
+All blocks run in one scratch folder, the README's first, then each docs page's (in name order): later blocks read
+what earlier ones wrote. S3 commands reach a real moto server through the standard AWS environment, with a
+bucket named `my-bucket`. `main` and `ci` blocks are the README's alone.
 """
 
 import json
@@ -24,13 +25,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"<!-- readme-test: (\w+) -->\s*\n```(\w+)\n(.*?)```", re.S)
 ANY_BLOCK = re.compile(r"^```(\w+)\n", re.M)
 BIN = Path(sys.executable).parent
 
 
-def blocks():
-    return [(kind, lang, body) for kind, lang, body in BLOCK.findall(README.read_text())]
+def blocks(pages=PAGES):
+    return [(kind, lang, body) for page in pages for kind, lang, body in BLOCK.findall(page.read_text())]
 
 
 def commands(body: str) -> list[str]:
@@ -40,12 +42,20 @@ def commands(body: str) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
-def test_every_code_block_is_tested():
-    tested = len(blocks())
-    fenced = len([lang for lang in ANY_BLOCK.findall(README.read_text()) if lang in ("bash", "python", "sh")])
-    assert tested == fenced, "a bash/python block in README.md has no readme-test marker"
-    kinds = [kind for kind, _, _ in blocks()]
-    assert kinds.count("main") == 1 and kinds.count("ci") == 1
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_every_code_block_is_tested(page):
+    tested = len(blocks([page]))
+    fenced = len([lang for lang in ANY_BLOCK.findall(page.read_text()) if lang in ("bash", "python", "sh")])
+    assert tested == fenced, f"a bash/python block in {page.name} has no readme-test marker"
+    kinds = [kind for kind, _, _ in blocks([page])]
+    expected = 1 if page == README else 0
+    assert kinds.count("main") == expected and kinds.count("ci") == expected
+
+
+def test_the_first_screen_shows_the_picture_and_both_commands():
+    first_screen = "\n".join(README.read_text().splitlines()[:40])
+    assert "![" in first_screen and "docs/preview-50plus.png" in first_screen
+    assert "readme-test: main" in first_screen and "readme-test: ci" in first_screen
 
 
 def test_ci_block_is_what_ci_runs():
