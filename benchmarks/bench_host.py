@@ -100,6 +100,22 @@ def main(argv=None) -> None:
         print(row)
     write_report("host_stages", rows, meta={"shards": args.shards, "tokens": tokens, "threads": 1,
                                             "config": "paper 12x12 n10 p2, 50%+, 500-sample shards"})
+    host_ns = sum(r["ns_per_token"] for r in rows if r["stage"].startswith("= "))
+    write_report("host_feed", feed_rows(host_ns), meta={"host_ns_per_token": host_ns, "cores": CORES,
+                                                        "from": "host_stages (one core)"})
+
+
+CORES = 16  # an H200 machine's CPU cores
+# What the host must feed: the paper's 184.7M stored tokens in 10 s (the build target) or 5 s (its moonshot), and
+# the kernel's own target rate.
+TARGETS = {"paper build in 10 s": 184.68e6 / 10, "paper build in 5 s": 184.68e6 / 5, "kernel target": 2e9}
+
+
+def feed_rows(host_ns: float, cores: int = CORES) -> list[dict]:
+    """The arithmetic: host CPU time per stored token -> the rate `cores` cores sustain, against each target."""
+    feed = cores / (host_ns * 1e-9)
+    return [{"target": name, "tokens_per_s": f"{rate:.3g}", "cores_needed": round(rate * host_ns * 1e-9, 1),
+             f"{cores}_cores_feed_x": round(feed / rate, 2)} for name, rate in TARGETS.items()]
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@
 #      processes while step 3 runs)
 #   5. build_paper: bench_build --preset paper --ray-only (the paper's 164M tokens through Ray + GPU actors;
 #      target < 10 s; needs Ray from .whl/), with the neighbour mode step 4 found exact and fastest
+#   5b. same_bytes: a GPU-built dataset verified by regeneration on the CPU, and its sha256 equal to a CPU build's
+#   5c. bench_host: host CPU per stored token on this machine's cores (can 16 cores feed the GPU?)
 #   6. benchmarks/bench_rollout.py   7. bench_train --gpu only with GPU_CHECK_TRAIN=1 (its number is committed)
 # Results come back through $OUT (at most 8 files): summary.json (per-step rc, seconds, timeout; result rows of
 # gpu_check_triton, build_paper, bench_rollout), log.txt, and results.tgz (benchmark JSON/markdown, pytest
@@ -65,7 +67,7 @@ for line in open(tsv):
     steps.append({"step": name, "rc": None if rc == "skipped" else int(rc), "skipped": rc == "skipped",
                   "seconds": int(sec), "timeout_s": int(limit), "timed_out": rc in ("124", "137")})
 summary = {"ok": all(s["rc"] == 0 for s in steps if not s["skipped"]), "steps": steps}
-for name in ("gpu_check_triton", "build_paper", "bench_rollout"):  # build_paper.json: bench_build --preset paper
+for name in ("gpu_check_triton", "build_paper", "bench_rollout", "host_stages"):  # build_paper.json: bench_build --preset paper
     p = pathlib.Path(work) / f"{name}.json"
     if p.exists():
         try:
@@ -142,6 +144,21 @@ if [[ -f benchmarks/bench_build.py ]]; then
     echo "$NEIGHBOURS" >"$WORK/build_neighbours.txt"
     NCA_TRITON_NEIGHBOURS="$NEIGHBOURS" step build_paper 150 "$PY" -m benchmarks.bench_build --preset paper --ray-only
 fi
+
+# 5b. The same bytes on any device: a dataset built on the GPU (inline, Triton) passes `verify --regenerate` on
+# the CPU (numba), and its shards' sha256 equal those of the same build on the CPU.
+step same_bytes 120 bash -c "
+    set -e
+    args='--tokens 1M --samples-per-shard 100 --executor inline --quiet'
+    \"$PY\" -m nca_datagen build \$args --device cuda --out '$WORK/gpu_ds'
+    \"$PY\" -m nca_datagen build \$args --device cpu --backend numba --out '$WORK/cpu_ds'
+    NCA_DEVICE=cpu \"$PY\" -m nca_datagen verify '$WORK/gpu_ds' --regenerate 3 --backend numba
+    cmp <(cd '$WORK/gpu_ds' && sha256sum */shard-*.tar.zst) <(cd '$WORK/cpu_ds' && sha256sum */shard-*.tar.zst)
+    echo same bytes on cuda and cpu: \$(ls '$WORK'/gpu_ds/*/shard-*.tar.zst | wc -l) shards"
+
+# 5c. The host's share: CPU time per stored token of what stays on the CPUs when the GPU rolls out, on this
+# machine's cores (benchmarks/results/host.md turns it into the rate 16 cores can feed).
+step bench_host 90 "$PY" -m benchmarks.bench_host
 
 # 6. The project's rollout benchmark (triton + torch on CUDA when available).
 step bench_rollout 90 "$PY" benchmarks/bench_rollout.py --no-cold-compile
