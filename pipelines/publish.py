@@ -61,8 +61,8 @@ def publish(src: str, dst: str, storage_options: dict | None = None, *, rehash: 
     sfs, sroot = dataset_root(src, storage_options)
     dfs, droot = storage.filesystem(dst, storage_options)
     check_no_overlap(sfs, sroot, dfs, droot)
-    check_not_foreign(dfs, droot)  # the claim is a write: someone else's folder is refused before it
     try:
+        check_not_foreign(dfs, droot)  # the claim is a write: someone else's folder is refused before it
         with claim(dst, storage_options, doing="publish", command=command):
             return _publish(sfs, sroot, dfs, droot, src, storage_options, rehash, overwrite, echo)
     except storage.errors() as exc:  # a missing bucket, permissions, credentials, an endpoint that went away
