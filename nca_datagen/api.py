@@ -12,7 +12,7 @@ thin wrapper around `build` (and `run`, for a plan and placement it has already 
 
 from __future__ import annotations
 
-from nca_datagen.errors import Interrupted
+from nca_datagen.errors import ConfigError, Interrupted
 from nca_datagen.pipelines.driver import BuildOptions, BuildResult, echo_stderr, run_build, terminate_as_interrupt
 from nca_datagen.pipelines.placement import Placement
 from nca_datagen.pipelines.plan import BuildPlan, plan_from
@@ -34,12 +34,30 @@ def build(out: str, *, preset: str | None = None, compression: str = "zstd", ove
 
 def make_plan(preset: str | None = None, **recipe) -> BuildPlan:
     """The plan of a recipe (see `build`), with counts and grids also taken as text."""
+    if recipe.get("from_manifest") is not None:
+        raise ConfigError("from_manifest: use `reproduce`, which also gives the compression")
+    recipe.pop("from_manifest", None)
     for key in ("tokens", "val_tokens"):
         if isinstance(recipe.get(key), str):
             recipe[key] = parse_count(recipe[key], what=key)
     if isinstance(recipe.get("grid"), str | int):
         recipe["grid"] = parse_grid(recipe["grid"])
     return plan_from(preset, **recipe)
+
+
+def reproduce(url: str, storage_options: dict | None = None, **recipe) -> tuple[BuildPlan, str]:
+    """(plan, compression) that rebuild the published dataset at `url` shard for shard, from its manifest alone
+    (no shard is downloaded); recipe arguments are refused, since the manifest fixes them all."""
+    from nca_datagen.manifest import read_manifest
+    from nca_datagen.pipelines.plan import plan_from_manifest
+
+    given = sorted(k for k, v in recipe.items() if v is not None)
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise ConfigError(f"--from-manifest fixes the recipe: drop {flags}")
+    manifest = read_manifest(url, storage_options)
+    compression = next(iter(info["compression"] for info in manifest["splits"].values()), "zstd")
+    return plan_from_manifest(manifest), compression
 
 
 def run(out: str, plan: BuildPlan, placement: Placement, *, compression: str = "zstd", overwrite: bool = False,

@@ -57,3 +57,28 @@ def write_or_fail(url: str, data: bytes, storage_options: dict | None = None) ->
         return storage.write_url(url, data, storage_options)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def config_option(command: str):
+    """--config FILE: the command's options from a TOML, YAML or JSON file (`settings.py`); flags given on the
+    command line win. Eager, so the file's values become the defaults of every other option."""
+
+    def load(ctx, param, value):
+        if value is None:
+            return None
+        from nca_datagen.settings import load_settings
+
+        try:
+            settings = load_settings(value, command)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+        known = {p.name for p in ctx.command.params} - {"config"}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise click.BadParameter(f"{value}: no option {', '.join(unknown)} in `{command}` (see --help)",
+                                     ctx=ctx, param=param)
+        ctx.default_map = {**(ctx.default_map or {}), **settings}
+        return value
+
+    return click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
+                        callback=load, help="Read options from a TOML, YAML or JSON file; flags win over it.")

@@ -15,7 +15,7 @@ import shlex
 
 import click
 
-from nca_datagen.cli_options import COUNT, GRID, storage_flags
+from nca_datagen.cli_options import COUNT, GRID, config_option, storage_flags
 from nca_datagen.config import DatasetConfig, NCAConfig
 from nca_datagen.units import format_bytes, format_count, format_duration, plural
 
@@ -23,8 +23,8 @@ from .placement import DEFAULT_ACTORS_PER_GPU, Placement
 from .plan import DEFAULT_VAL_FRACTION, PAPER, BuildPlan, rounding_note
 
 SECTIONS = {
-    "What to build": ["preset", "complexity", "tokens", "val_tokens", "val_fraction", "seed", "sims_per_rule",
-                      "samples_per_shard"],
+    "What to build": ["config", "preset", "from_manifest", "complexity", "tokens", "val_tokens", "val_fraction",
+                      "seed", "sims_per_rule", "samples_per_shard"],
     "Rule family and sequences (defaults: the paper's)": ["grid", "states", "patch", "frames", "seq_len", "burn_in",
                                                           "temperature"],
     "Output": ["out", "compression", "overwrite", "endpoint_url", "profile", "s3_checksums"],
@@ -69,6 +69,9 @@ def _data_options(fn):
                      help=f"Reproduce the paper's data: its rule family (the defaults below), band {PAPER['band']}, "
                           f"{PAPER['train_rules']:,} x {PAPER['sims_per_rule']} train and {PAPER['val_rules']:,} x "
                           f"{PAPER['sims_per_rule']} val sequences (164M tokens)."),
+        click.option("--from-manifest", metavar="URL", default=None,
+                     help="Reproduce a published dataset from its manifest (a folder, s3:// URL or manifest.json): "
+                          "its recipe, compression and shards, byte for byte."),
         click.option("--complexity", metavar="BAND", default=DATA.band.label, show_default=True,
                      help="gzip-ratio band of kept rules: 0.5:1.0, 0.5:, 50%+, 30-40%, 0.3-0.4, or a preset "
                           "(web, math = 50%+; code = 30-40%)."),
@@ -154,6 +157,7 @@ def _run_options(fn):
 
 
 @click.command("build", cls=SectionedCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@config_option("build")
 @_data_options
 @_run_options
 @click.pass_context
@@ -173,7 +177,15 @@ def build_command(ctx, **kw):
     from nca_datagen.storage import storage_options_from_flags
 
     given = {k for k in kw if _given(ctx, k)}  # the API and a preset tell given flags from defaults
-    plan = api.make_plan(kw["preset"], **{k: kw[k] for k in RECIPE if k in given})
+    storage_options = storage_options_from_flags(kw["endpoint_url"], kw["profile"], kw["s3_checksums"]) or None
+    recipe = {k: kw[k] for k in RECIPE if k in given}
+    if kw["from_manifest"]:
+        compression_given = "compression" in given
+        plan, kw["compression"] = api.reproduce(kw["from_manifest"], storage_options, preset=kw["preset"],
+                                                compression=kw["compression"] if compression_given else None,
+                                                **recipe)
+    else:
+        plan = api.make_plan(kw["preset"], **recipe)
     placement = Placement(kw["executor"], kw["ray_address"], kw["workers"], kw["gpus"],
                           kw["actors_per_gpu"] if "actors_per_gpu" in given else None, kw["device"], kw["backend"])
     if kw["dry_run"]:
@@ -183,14 +195,14 @@ def build_command(ctx, **kw):
         _print_brief(plan, kw["out"])
     result = api.run(kw["out"], plan, placement, compression=kw["compression"], overwrite=kw["overwrite"],
                      retries=kw["retries"], quiet=kw["quiet"], command=_command_line(ctx),
-                     storage_options=storage_options_from_flags(kw["endpoint_url"], kw["profile"],
-                                                                kw["s3_checksums"]) or None)
+                     storage_options=storage_options)
     _print_summary(result, kw)
 
 
 def _given(ctx, name: str) -> bool:
+    """Set on the command line, from the environment or from a --config file: not a default."""
     source = ctx.get_parameter_source(name)
-    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT", "DEFAULT_MAP")
 
 
 def _command_line(ctx) -> str:

@@ -167,6 +167,22 @@ def _with_preset(preset: str, given: dict) -> dict:
     return {**given, **values}
 
 
+def plan_from_manifest(manifest: dict) -> BuildPlan:
+    """The plan that rebuilds a published dataset: its recipe, and exactly its shards per split. A manifest of
+    another recipe version is refused (this version would make other bytes from the same config)."""
+    from nca_datagen.config import RECIPE_VERSION, DatasetConfig
+    from nca_datagen.manifest import recipe_version
+
+    if recipe_version(manifest) != RECIPE_VERSION:
+        raise ConfigError(f"the dataset was made by recipe version {recipe_version(manifest)} (nca-datagen "
+                          f"{manifest.get('tool_version')}); this nca-datagen makes version {RECIPE_VERSION}, so it "
+                          f"cannot reproduce it: use the version that made it")
+    config = DatasetConfig.from_dict(manifest["config"])
+    per_shard = config.samples_per_shard * config.nca.seq_len
+    shards = {split: info["num_shards"] for split, info in manifest["splits"].items()}
+    return plan_build(config, shards.get("train", 0) * per_shard, val_tokens=shards.get("val", 0) * per_shard)
+
+
 def _paper_values() -> dict:
     """The paper's recipe: its rule family and rollout are `NCAConfig`'s defaults, its budget and band `PAPER`."""
     from nca_datagen.config import NCAConfig
