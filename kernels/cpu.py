@@ -357,9 +357,11 @@ def run_interruptibly(compiled, *args):
     if threading.current_thread() is not threading.main_thread():  # signals only ever reach the main thread
         return compiled(*args)
     outcome: list = []
+    threads = numba.get_num_threads()  # thread-local in numba: a new thread would start at NUMBA_NUM_THREADS
 
     def call():
         try:
+            numba.set_num_threads(threads)
             outcome.append((True, compiled(*args)))
         except BaseException as exc:  # handed to the caller below
             outcome.append((False, exc))

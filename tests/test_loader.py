@@ -328,9 +328,9 @@ def test_a_window_is_freed_before_the_next_one_is_read(dataset, monkeypatch):
     """Memory is one window of decoded samples: the previous window's must be gone when the next one loads."""
     load, previous = NCADataset._load_window, []
 
-    def tracked(self, fs, root, window):
+    def tracked(self, window):
         assert sum(ref() is not None for ref in previous) <= 1  # at most the sample last handed out
-        samples = load(self, fs, root, window)
+        samples = load(self, window)
         previous[:] = [weakref.ref(tokens) for _, tokens, _ in samples]
         return samples
 
