@@ -66,7 +66,7 @@ class GeneratedShards(ShardSource):
 
         device = _device(self.device)
         if device == "cpu":
-            _prepare_cpu()
+            _share_cpus()
         data = generate_shard(self.config, self.split, index, backend=self.backend, device=device)
         self.stats["generated"] += 1
         if self.check_sha256:
@@ -209,7 +209,7 @@ def _identity(config: DatasetConfig, num_shards: int | None, expected: list[dict
         from nca_datagen.manifest import shards_digest
 
         return shards_digest(expected)
-    return f"recipe-{recipe_fingerprint(config, DEFAULT_COMPRESSION)}-{_shards_text(num_shards)}"
+    return f"recipe-{recipe_fingerprint(config, DEFAULT_COMPRESSION)}-{num_shards or 'unbounded'}"
 
 
 def _shards_text(num_shards: int | None) -> str:
@@ -227,25 +227,17 @@ def _device(device) -> str:
     return resolve_device(device)
 
 
-def _prepare_cpu() -> None:
-    """numba's kernel threads for this process, set before every shard (numba keeps them per thread).
-
-    - In each of W DataLoader workers the kernel gets 1/W of the machine's CPUs (all of them in every worker
-      would oversubscribe them W times).
-    - Elsewhere, numba's fork-safe threading layer unless one was chosen (NUMBA_THREADING_LAYER): its default on
-      Linux, GNU OpenMP, kills a process forked after it ran, as DataLoader workers started after the main process
-      generated (validation, say) would be. The fork-safe one (workqueue) ran the kernel as fast here, 2 cores.
-    """
+def _share_cpus() -> None:
+    """In each of W DataLoader workers, numba's kernel gets 1/W of the machine's CPUs (all of them in every worker
+    would oversubscribe them W times). numba keeps the count per thread, so it is set before every shard (cheap)."""
     from torch.utils.data import get_worker_info
 
+    info = get_worker_info()
+    if info is None:
+        return
     try:
         import numba
     except ImportError:
-        return
-    info = get_worker_info()
-    if info is None:
-        if numba.config.THREADING_LAYER == "default":  # no effect once the layer has started: then it stays
-            numba.config.THREADING_LAYER = "forksafe"
         return
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     numba.set_num_threads(max(1, min(cpus // info.num_workers, numba.config.NUMBA_NUM_THREADS)))
