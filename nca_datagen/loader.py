@@ -207,7 +207,7 @@ class StoredShards(ShardSource):
         fs, root = self._open()
         shard = self.shards[index]
         path = storage.join(root, shard["path"])
-        suffix = shard["path"][len(f"{self.split}/shard-000000"):]
+        suffix = "." + shard["path"].split(".", 1)[1]  # .tar.zst or .tar
         blob = self.cache.get(self.identity, shard["sha256"], shard["bytes"], suffix) if self.cache else None
         if blob is None:
             try:
@@ -280,7 +280,8 @@ class NCADataset(EpochStream):
         build's flag names: {"frames": 4, "seed": 1}), a config file (*.json), a DatasetConfig, or a dataset's
         folder / s3:// URL / manifest.json (only the manifest is read; `check_sha256=True` checks every generated
         shard against it). No `tokens`: an unbounded split. `backend` / `device`: as `build`'s (default: the CPU in
-        DataLoader workers, a GPU elsewhere when one is visible). Details: `nca_datagen.generated`.
+        DataLoader workers, a GPU elsewhere when one is visible). Memory: one shard's arrays while it is made,
+        beside the window of samples. Details: `nca_datagen.generated`.
 
             ds = NCADataset.from_recipe("50%+", tokens="164M", seed=0)    # `build --complexity 50%+ --tokens 164M`
         """

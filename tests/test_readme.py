@@ -1,6 +1,6 @@
-"""The README stays true: every command it shows runs here, as written.
+"""The README and the pages under docs/ stay true: every command they show runs here, as written.
 
-Each fenced bash/python block in README.md carries a marker comment on the line before it:
+Each fenced bash/python block in README.md and docs/*.md carries a marker comment on the line before it:
 
 - `<!-- readme-test: main -->`  the install-and-build command; its `nca-datagen ...` part runs here (CI runs
   the install part).
@@ -8,8 +8,9 @@ Each fenced bash/python block in README.md carries a marker comment on the line 
 - `<!-- readme-test: shell -->` every command line runs, in order, in the same scratch folder.
 - `<!-- readme-test: python -->` the snippet runs with this interpreter in that folder.
 
-All blocks run in README order in one scratch folder (later blocks read what earlier ones wrote). S3 commands
-reach a real moto server through the standard AWS environment, with a bucket named `my-bucket`.
+All blocks of a page run in its order in one scratch folder of its own (later blocks read what earlier ones wrote).
+S3 commands reach a real moto server through the standard AWS environment, with a bucket named `my-bucket`. The
+`main` and `ci` kinds are the README's alone.
 """
 
 import json
@@ -24,13 +25,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"<!-- readme-test: (\w+) -->\s*\n```(\w+)\n(.*?)```", re.S)
 ANY_BLOCK = re.compile(r"^```(\w+)\n", re.M)
 BIN = Path(sys.executable).parent
 
 
-def blocks():
-    return [(kind, lang, body) for kind, lang, body in BLOCK.findall(README.read_text())]
+def blocks(page: Path = README):
+    return [(kind, lang, body) for kind, lang, body in BLOCK.findall(page.read_text())]
 
 
 def commands(body: str) -> list[str]:
@@ -40,12 +42,13 @@ def commands(body: str) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
-def test_every_code_block_is_tested():
-    tested = len(blocks())
-    fenced = len([lang for lang in ANY_BLOCK.findall(README.read_text()) if lang in ("bash", "python", "sh")])
-    assert tested == fenced, "a bash/python block in README.md has no readme-test marker"
-    kinds = [kind for kind, _, _ in blocks()]
-    assert kinds.count("main") == 1 and kinds.count("ci") == 1
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_code_block_is_tested(page):
+    tested = len(blocks(page))
+    fenced = len([lang for lang in ANY_BLOCK.findall(page.read_text()) if lang in ("bash", "python", "sh")])
+    assert tested == fenced, f"a bash/python block in {page.name} has no readme-test marker"
+    kinds = [kind for kind, _, _ in blocks(page)]
+    assert (kinds.count("main"), kinds.count("ci")) == ((1, 1) if page == README else (0, 0))
 
 
 def test_ci_block_is_what_ci_runs():
@@ -59,16 +62,17 @@ def run_shell(line: str, cwd: Path, env: dict):
     if argv[0] in ("nca-datagen",):
         argv[0] = str(BIN / argv[0])
     done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, f"README command failed: {line}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, f"command failed: {line}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
 
 
 @pytest.mark.slow
-def test_readme_commands_run_as_written(tmp_path, s3_server):
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_commands_run_as_written(page, tmp_path, s3_server):
     import boto3
 
     boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket="my-bucket")
     env = {**os.environ, "AWS_ENDPOINT_URL": s3_server, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    for kind, _, body in blocks():
+    for kind, _, body in blocks(page):
         if kind == "ci":
             continue
         if kind == "main":
@@ -83,6 +87,6 @@ def test_readme_commands_run_as_written(tmp_path, s3_server):
         elif kind == "python":
             done = subprocess.run([sys.executable, "-c", body], cwd=tmp_path, env=env, capture_output=True,
                                   text=True, timeout=600)
-            assert done.returncode == 0, f"README snippet failed:\n{body}\n{done.stderr[-3000:]}"
+            assert done.returncode == 0, f"{page.name} snippet failed:\n{body}\n{done.stderr[-3000:]}"
         else:
             raise AssertionError(f"unknown readme-test kind {kind!r}")
