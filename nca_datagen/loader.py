@@ -30,9 +30,10 @@ Samples are yielded as the paper trains on them (`tokenizer.training_example`): 
 `labels` = seq[1:C+1] with the first frame's targets -100, C = `context` (default: sequence length - 2 = 1024).
 `raw=True` yields the whole sequence with its key and metadata instead.
 
-Every shard is checked against its manifest size and sha256 before any of its samples is yielded; a missing,
-truncated or corrupt shard raises `ShardError` naming the file, or is skipped with a warning when
-`skip_bad_shards=True` (ranks may then see unequal counts: use it for analysis, not for DDP training).
+Every stored shard is checked against its manifest size and sha256 before any of its samples is yielded (a
+generated one too, with `check_sha256=True`); a missing, truncated or corrupt shard raises `ShardError` naming the
+file, or is skipped with a warning when `skip_bad_shards=True` (ranks may then see unequal counts: use it for
+analysis, not for DDP training).
 
 Epochs: `set_epoch` writes the epoch to a one-element shared-memory tensor that DataLoader workers read when an
 epoch's pass starts, so it reaches `persistent_workers=True` workers too (a plain attribute would stay at the
