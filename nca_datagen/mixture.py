@@ -21,7 +21,9 @@ loader's is:
 
 Resuming is the loader's (`EpochStream`): positions per worker, and the state also holds each worker's per-source
 counts in the epoch (`source_counts`). Every rank yields N per epoch: DDP stays in step. Items are the sources' items
-with `source`, the index of the source they came from. Memory: each source's window, per reading process.
+with `source`, the index of the source they came from (keys are unique within a source only). Bands generated
+from one recipe seed draw the same candidate rules, so overlapping bands (40%+ and 50%+) share their common rules:
+give such sources different `build_options={"seed": ...}`. Memory: each source's window, per reading process.
 """
 
 from __future__ import annotations
