@@ -51,6 +51,14 @@ CHUNK = 256  # positions per block: scratch (C1 + C2 + S + 3) * 4 B + 8 B per po
 TRIPLE_MAX_STATES = 11  # row-triple tables hold 3 * S^3 int64 words: 32 KiB at S = 11, beyond that L1 overflows
 GUMBEL_SHIFT = 32 - GUMBEL_BITS
 
+# GNU OpenMP, numba's default threading layer on Linux, kills a process forked after it ran a kernel (DataLoader
+# workers started after a trainer generated its validation shards in-process). The fork-safe layer (TBB if
+# installed, else numba's workqueue) ran this kernel as fast here (2 cores, 2,000 paper-config trajectories, best of
+# 5: 2.9-3.2M tokens/s vs 2.8-3.4M with OpenMP); it needs launches from one thread at a time per process, which is
+# how every caller launches. NUMBA_THREADING_LAYER still chooses.
+if numba.config.THREADING_LAYER == "default":
+    numba.config.THREADING_LAYER = "forksafe"
+
 
 @njit(inline="always")
 def _hash32(x):
@@ -357,9 +365,11 @@ def run_interruptibly(compiled, *args):
     if threading.current_thread() is not threading.main_thread():  # signals only ever reach the main thread
         return compiled(*args)
     outcome: list = []
+    threads = numba.get_num_threads()  # thread-local in numba: a new thread would start at NUMBA_NUM_THREADS
 
     def call():
         try:
+            numba.set_num_threads(threads)
             outcome.append((True, compiled(*args)))
         except BaseException as exc:  # handed to the caller below
             outcome.append((False, exc))

@@ -12,6 +12,10 @@ HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# The loader caches remote shards under ~/.cache/nca-datagen/shards by default; tests that read s3:// should not fill
+# this machine's cache, so it is off unless a test turns it on (tests/test_cache.py, with its own folder).
+os.environ.setdefault("NCA_DATAGEN_CACHE_BYTES", "0")
+
 
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")

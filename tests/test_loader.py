@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from shard_fixtures import FAKE, fake_shard, make_dataset
-from torch.utils.data import DataLoader, get_worker_info
+from torch.utils.data import DataLoader
 
 import nca_datagen.loader as loader_mod
 from nca_datagen.loader import NCADataset, iter_sequences
@@ -282,55 +282,46 @@ def test_state_is_refused_whenever_workers_read_since_this_process_did(dataset):
     assert ds.state_dict()["yielded"] == {"0": 1}
 
 
-def _with_worker_state(item: dict) -> dict:
-    """collate_fn for batch_size=None: runs in the worker after each sample, where torchdata's StatefulDataLoader
-    takes its snapshots (it calls the dataset's state_dict inside the worker)."""
-    info = get_worker_info()
-    return {"key": item["key"], "worker": info.id, "state": info.dataset.state_dict()}
+def _stateful_epoch(ds, epoch: int, state=None, stop=None, workers: int = 3):
+    """One epoch through torchdata's StatefulDataLoader (which saves and loads each worker's dataset state inside
+    the worker): the keys, in the order the loader yields them, and with `stop` its state after that many."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    loader = StatefulDataLoader(ds, batch_size=None, num_workers=workers)
+    if state is not None:
+        loader.load_state_dict(state)
+    ds.set_epoch(epoch)  # the training loop's call, after the checkpoint is loaded
+    got = []
+    for item in loader:
+        got.append(item["key"])
+        if len(got) == stop:
+            return got, loader.state_dict()
+    return got, loader.state_dict()
 
 
-def _stateful_pass(ds, states=None) -> list[dict]:
-    """One pass with 2 workers; `states[w]` is loaded inside worker w before it iterates, as StatefulDataLoader
-    does on resume (after worker_init_fn, before iter(dataset))."""
-    def load(worker):
-        get_worker_info().dataset.load_state_dict(states[worker])
-    return list(DataLoader(ds, batch_size=None, num_workers=2, collate_fn=_with_worker_state,
-                           worker_init_fn=load if states else None))
-
-
-def _checkpoint(items: list[dict]) -> dict[int, dict]:
-    """Per-worker states after the consumer has taken `items`: each worker's last snapshot among them."""
-    return {item["worker"]: item["state"] for item in items}
-
-
-@pytest.mark.filterwarnings("ignore:This DataLoader will create")
-def test_resume_inside_workers_follows_the_main_process_epoch(dataset):
-    """StatefulDataLoader loads each worker's state inside the worker, after the main process's set_epoch: a
-    mid-epoch state resumes that epoch exactly; an end-of-epoch state must not pull the next epoch back."""
-    ds = NCADataset(dataset, raw=True, seed=3)
-    ds.set_epoch(2)
-    run = _stateful_pass(ds)
-    resumed = NCADataset(dataset, raw=True, seed=3)
-    resumed.set_epoch(2)  # the loop resumes at the checkpoint's epoch
-    rest = _stateful_pass(resumed, _checkpoint(run[:9]))
-    for w in range(2):  # each worker yields exactly its remaining samples, in order
-        assert [x["key"] for x in rest if x["worker"] == w] == [x["key"] for x in run[9:] if x["worker"] == w]
-    assert len(rest) == len(run) - 9
+@pytest.mark.filterwarnings("ignore:This DataLoader will create", "ignore:'set_vital' is deprecated")
+def test_stateful_dataloader_resumes_mid_epoch_and_after_an_epoch(dataset):
+    """The real StatefulDataLoader, 3 workers: a mid-epoch checkpoint resumes that epoch exactly (every key, in the
+    loader's order); an end-of-epoch checkpoint must not pull the next epoch back to the saved one."""
+    whole, end_state = _stateful_epoch(NCADataset(dataset, raw=True, seed=3), 2)
+    for stop in (1, 9, 20):
+        head, state = _stateful_epoch(NCADataset(dataset, raw=True, seed=3), 2, stop=stop)
+        rest, _ = _stateful_epoch(NCADataset(dataset, raw=True, seed=3), 2, state=state)
+        assert head + rest == whole, stop
+    assert sorted(whole) == sorted(all_keys())
     after = NCADataset(dataset, raw=True, seed=3)
-    after.set_epoch(3)  # checkpoint at the end of epoch 2: the loop goes on with epoch 3
-    got = _stateful_pass(after, _checkpoint(run))
-    ds.set_epoch(3)
-    assert [x["key"] for x in got] == [x["key"] for x in _stateful_pass(ds)] and len(got) == 7 * N
-    assert after.epoch == 3
+    got, _ = _stateful_epoch(after, 3, state=end_state)  # checkpoint at the end of epoch 2, the loop goes on
+    fresh = NCADataset(dataset, raw=True, seed=3)
+    assert got == _stateful_epoch(fresh, 3)[0] and len(got) == 7 * N and after.epoch == 3
 
 
 def test_a_window_is_freed_before_the_next_one_is_read(dataset, monkeypatch):
     """Memory is one window of decoded samples: the previous window's must be gone when the next one loads."""
     load, previous = NCADataset._load_window, []
 
-    def tracked(self, fs, root, window):
+    def tracked(self, window):
         assert sum(ref() is not None for ref in previous) <= 1  # at most the sample last handed out
-        samples = load(self, fs, root, window)
+        samples = load(self, window)
         previous[:] = [weakref.ref(tokens) for _, tokens, _ in samples]
         return samples
 
