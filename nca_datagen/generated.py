@@ -31,16 +31,13 @@ import os
 from pathlib import Path
 
 from nca_datagen.config import RECIPE_VERSION, DatasetConfig, recipe_fingerprint
-from nca_datagen.loader import ShardSource
 from nca_datagen.manifest import MANIFEST, read_manifest, recipe_version, sequence_layout
 from nca_datagen.shards import DEFAULT_COMPRESSION, DEFAULT_LEVEL, ShardError
+from nca_datagen.sources import ShardSource
 from nca_datagen.units import parse_count, parse_grid
 
+
 # `nca-datagen build`'s defaults, by flag name (tests/test_generated.py checks them against build's options)
-BUILD_DEFAULTS = {"seed": 0, "sims_per_rule": 10, "samples_per_shard": 500, "grid": (12, 12), "states": 10,
-                  "patch": 2, "frames": 27, "seq_len": None, "burn_in": 10, "temperature": 1e-4}
-
-
 class GeneratedShards(ShardSource):
     """Shards of one split made by `generate_shard` on demand; `num_shards=None` for an unbounded split.
     `expected`: the manifest's entries for the split's shards (sizes and sha256), when reproducing one."""
@@ -142,17 +139,17 @@ def read_config_file(path) -> DatasetConfig:
 
 
 def _band_config(band, options: dict) -> DatasetConfig:
-    from nca_datagen.complexity import Band
-    from nca_datagen.pipelines.plan import dataset_config
+    """The config `build --complexity BAND` with these options makes (`pipelines.plan`, the one place)."""
+    from nca_datagen.pipelines.plan import RECIPE_ARGS, recipe_config
 
-    unknown = set(options) - set(BUILD_DEFAULTS)
+    budget = {"tokens", "val_tokens", "val_fraction", "complexity"}
+    unknown = set(options) - (set(RECIPE_ARGS) - budget)
     if unknown:
-        raise ValueError(f"build_options {sorted(unknown)}: not build options; choose from {', '.join(BUILD_DEFAULTS)}")
-    kw = {**BUILD_DEFAULTS, **options}
-    if options.get("seq_len") is not None and "frames" in options:
-        raise ValueError("build_options: give frames or seq_len, not both")
-    kw["grid"] = parse_grid(kw["grid"]) if isinstance(kw["grid"], int | str) else tuple(kw["grid"])
-    return dataset_config(band=band if isinstance(band, Band) else Band.parse(band), **kw)
+        raise ValueError(f"build_options {sorted(unknown)}: not build options; choose from "
+                         f"{', '.join(sorted(set(RECIPE_ARGS) - budget))}")
+    grid = options.get("grid")
+    grid = parse_grid(grid) if isinstance(grid, int | str) else grid
+    return recipe_config(complexity=band, **{**options, "grid": grid})
 
 
 def _band_label(band) -> str:

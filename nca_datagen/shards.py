@@ -27,21 +27,9 @@ is nca-datagen's only when `record_problem` finds nothing wrong with it.
 The tar is written and parsed directly rather than with `tarfile` (whose output ours matches byte for byte,
 tested): `tarfile` costs ~0.25 ms of Python per member, which held writing and reading near 1M tokens/s per core.
 
-zstd level 3 (zstd's own default) is ours (`DEFAULT_LEVEL`). Measured on three shards of `DatasetConfig`'s
-default size (16 rules x 10 sims = 160 sequences; the CLI's default is 500; 2 cores, zstandard 0.25),
-compressed size as a share of the tar, and speed:
-
-| level | 50%+ band | 30-40% band | MB/s |
-|---|---|---|---|
-| 1 | 0.430 | 0.290 | ~300 |
-| 3 | 0.427 | 0.248 | ~140-160 |
-| 6 | 0.425 | 0.246 | ~60 |
-| 9 | 0.424 | 0.239 | ~38 |
-
-Level 6 saves 0.5-0.8% of the bytes at 2.4x the CPU: on a GPU build, where compression is a large share of the
-host's work per token, that CPU is worth more than the bytes. Decompression runs at ~490 MB/s at every level up
-to 10. A resumed build keeps the level its first shards were written with (the build reads it from their
-records), so a dataset never mixes levels.
+zstd level 3 (zstd's own default) is ours (`DEFAULT_LEVEL`): level 6 saves under 1% of the bytes at 2.4x the CPU,
+which a GPU build's host needs more (benchmarks/results/zstd_levels.md). A resumed build keeps the level its first
+shards were written with (read from their records), so a dataset never mixes levels.
 """
 
 from __future__ import annotations

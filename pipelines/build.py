@@ -75,11 +75,11 @@ def _data_options(fn):
         click.option("--complexity", metavar="BAND", default=DATA.band.label, show_default=True,
                      help="gzip-ratio band of kept rules: 0.5:1.0, 0.5:, 50%+, 30-40%, 0.3-0.4, or a preset "
                           "(web, math = 50%+; code = 30-40%)."),
-        click.option("--tokens", type=COUNT,
+        click.option("--tokens", type=COUNT, default=None,
                      help=f"Training tokens (K/M/B suffixes: 10K, 2M, 164M). Counted as stored, seq-len per "
                           f"sequence ({NCA.seq_len} at the paper's settings), rounded up to whole shards. Required "
                           f"unless --preset."),
-        click.option("--val-tokens", type=COUNT, help="Validation tokens (rules disjoint from train)."),
+        click.option("--val-tokens", type=COUNT, default=None, help="Validation tokens (rules disjoint from train)."),
         click.option("--val-fraction", type=float, metavar="F", default=DEFAULT_VAL_FRACTION, show_default=True,
                      help="Validation tokens as a fraction of --tokens (the paper's 2,000 / 16,000 rules)."),
         click.option("--seed", type=click.IntRange(min=0, max=2**64 - 1), metavar="N", default=DATA.seed,
@@ -100,7 +100,7 @@ def _data_options(fn):
         click.option("--frames", type=click.IntRange(min=1), metavar="N", default=NCA.frames, show_default=True,
                      help=f"Frames per sequence ({NCA.frames} x {NCA.tokens_per_frame} = {NCA.seq_len} tokens at "
                           f"the defaults)."),
-        click.option("--seq-len", type=click.IntRange(min=1), metavar="N",
+        click.option("--seq-len", type=click.IntRange(min=1), metavar="N", default=None,
                      help="Tokens per sequence instead of --frames; a multiple of the tokens per frame."),
         click.option("--burn-in", type=click.IntRange(min=0), metavar="N", default=NCA.burn_in, show_default=True,
                      help="Update steps before the first frame."),

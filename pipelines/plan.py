@@ -128,21 +128,35 @@ RECIPE_ARGS = ("complexity", "tokens", "val_tokens", "val_fraction", "seed", "si
 def plan_from(preset: str | None = None, **given) -> BuildPlan:
     """The plan a build's recipe arguments make (`RECIPE_ARGS`; a `preset` fixes most of them). An argument left
     out (or None) takes the config's default, so the paper's values live once, in `config.py`."""
+    given = _resolved(preset, given)
+    if "tokens" not in given:
+        raise ConfigError("give a budget, e.g. --tokens 2M (or --preset paper)")
+    return plan_build(_config_of(given), given["tokens"], given.get("val_tokens"), given.get("val_fraction"))
+
+
+def recipe_config(preset: str | None = None, **given):
+    """The `DatasetConfig` of a build's recipe arguments, without a budget (a stream generated without end)."""
+    return _config_of(_resolved(preset, given))
+
+
+def _resolved(preset: str | None, given: dict) -> dict:
     given = {k: v for k, v in given.items() if v is not None}
     unknown = sorted(set(given) - set(RECIPE_ARGS))
     if unknown:
         raise ConfigError(f"unknown recipe argument(s) {', '.join(unknown)}: choose from {', '.join(RECIPE_ARGS)}")
     if preset is not None:
         given = _with_preset(preset, given)
-    if "tokens" not in given:
-        raise ConfigError("give a budget, e.g. --tokens 2M (or --preset paper)")
     if "seq_len" in given and "frames" in given:
         raise ConfigError("give --frames or --seq-len, not both")
+    return given
+
+
+def _config_of(given: dict):
     from nca_datagen.complexity import Band
 
-    config = dataset_config(band=Band.parse(given.get("complexity", "50%+")),
-                            **{k: given[k] for k in _CONFIG_ARGS if k in given})
-    return plan_build(config, given["tokens"], given.get("val_tokens"), given.get("val_fraction"))
+    band = given.get("complexity", "50%+")
+    return dataset_config(band=band if isinstance(band, Band) else Band.parse(band),
+                          **{k: given[k] for k in _CONFIG_ARGS if k in given})
 
 
 _CONFIG_ARGS = ("grid", "states", "patch", "frames", "burn_in", "temperature", "seed", "sims_per_rule",

@@ -19,10 +19,8 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from nca_datagen.cli import main
 from nca_datagen.config import DatasetConfig, recipe_fingerprint
-from nca_datagen.generated import BUILD_DEFAULTS
 from nca_datagen.loader import NCADataset
 from nca_datagen.shards import ShardError, iter_shard_samples, shard_samples, write_shard
-from nca_datagen.units import parse_grid
 
 TINY = {"frames": 4, "samples_per_shard": 4, "sims_per_rule": 2}  # 4 sequences of 152 tokens per shard
 TRAIN_TOKENS = 8 * 4 * 152  # 8 train shards (and one val shard: 12.5% rounded up)
@@ -183,12 +181,17 @@ def test_a_config_file_or_object_is_a_recipe(built, tmp_path):
         assert [x["key"] for x in ds] == want, recipe
 
 
-def test_from_recipe_defaults_are_builds():
-    """`from_recipe("50%+", tokens=...)` must plan what `build --complexity 50%+ --tokens ...` plans."""
-    defaults = {p.name: p.default for p in main.get_command(None, "build").params}
-    defaults["grid"] = parse_grid(defaults["grid"])
-    assert {name: defaults[name] for name in BUILD_DEFAULTS} == BUILD_DEFAULTS
-    assert defaults["complexity"] == inspect.signature(NCADataset.from_recipe).parameters["recipe"].default
+def test_from_recipe_plans_what_build_plans():
+    """`from_recipe("50%+", tokens=...)` must plan what `build --complexity 50%+ --tokens ...` plans: the same
+    config and shards (both come from `pipelines.plan`), and the build command's default band."""
+    from nca_datagen.api import make_plan
+
+    for options in ({}, {"frames": 8, "seed": 3, "samples_per_shard": 40, "sims_per_rule": 4}):
+        ds = NCADataset.from_recipe("50%+", tokens="2M", build_options=options)
+        plan = make_plan(complexity="50%+", tokens="2M", **options)
+        assert ds.source.config == plan.config and ds.source.num_shards == plan.shards["train"]
+    default = next(p.default for p in main.get_command(None, "build").params if p.name == "complexity")
+    assert default == inspect.signature(NCADataset.from_recipe).parameters["recipe"].default
 
 
 @pytest.mark.parametrize(("call", "message"), [
