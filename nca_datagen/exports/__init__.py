@@ -42,6 +42,7 @@ from nca_datagen.claim import claim
 from nca_datagen.config import RECIPE_VERSION
 from nca_datagen.exports.manifest import (
     CARD,
+    COUNTS,
     FORMATS,
     build_manifest,
     card_json,
@@ -94,7 +95,7 @@ def export_dataset(src_url: str, dst_url: str, fmt: str, storage_options: dict |
         storage.remove_files(fs, [storage.join(root, MANIFEST)])  # an older export of ours: no reader sees it mixed
         splits = {split: _export_split(src_fs, src_root, fs, root, split, info, source["sequence"], module, echo)
                   for split, info in source["splits"].items()}
-        manifest = build_manifest(source, fmt, splits, {})
+        manifest = build_manifest(source, fmt, splits)
         card = render_export_card(manifest, _data_files(module, splits), module.card_body(manifest, DATASET_DIR))
         storage.write_atomic(fs, storage.join(root, CARD), card.encode())
         manifest["files"] = card_json({CARD: card.encode()})
@@ -131,7 +132,7 @@ def _file_entries(files: dict[str, bytes]) -> list[dict]:
 def _data_files(module, splits: dict) -> dict[str, str] | None:
     """What the card's `configs` name: the format's files per split, when Hugging Face reads the format."""
     glob = getattr(module, "DATA_FILES", None)
-    return {split: f"{split}/{glob}" for split in splits} if glob else None
+    return {split: f"{split}/{glob}" for split, info in splits.items() if info["shards"]} if glob else None
 
 
 def _refuse_inside(src_fs, src_root: str, fs, root: str) -> None:
@@ -210,12 +211,11 @@ def _check_counts(manifest: dict) -> list[str]:
                 "tokens": sum(u["tokens"] for u in info["shards"]),
                 "bytes": sum(f["bytes"] for u in info["shards"] for f in u["files"]) + sum(f["bytes"]
                                                                                            for f in info["files"])}
-        problems += [f"{split}: {k} is {info.get(k)}, its files add up to {v}" for k, v in sums.items()
-                     if info.get(k) != v]
-    for k in ("num_shards", "samples", "tokens", "bytes"):
-        total = sum(info.get(k) or 0 for info in splits.values())
-        if manifest["totals"].get(k) != total:
-            problems.append(f"totals: {k} is {manifest['totals'].get(k)}, the splits add up to {total}")
+        problems += [f"{split}: {k} is {info[k]}, its files add up to {v}" for k, v in sums.items() if info[k] != v]
+    for k in COUNTS:
+        total = sum(info[k] for info in splits.values())
+        if manifest["totals"][k] != total:
+            problems.append(f"totals: {k} is {manifest['totals'][k]}, the splits add up to {total}")
     units = [{"sha256": u["source_sha256"]} for info in splits.values() for u in info["shards"]]
     if shards_digest(units) != manifest["dataset_digest"]:
         problems.append("dataset_digest is not the digest of the source shards the units list")

@@ -28,6 +28,8 @@ or build of ours (an export goes beside its source, never in it), and no file no
 
 from __future__ import annotations
 
+import json
+
 from nca_datagen import __version__, storage
 from nca_datagen.config import SPLITS, recipe_fingerprint
 from nca_datagen.exports import mds, megatron, parquet
@@ -35,10 +37,11 @@ from nca_datagen.manifest import (
     MANIFEST,
     MAX_MANIFEST_BYTES,
     TEMPORARY,
+    _wrong_field,
     dataset_digest,
-    dataset_root,
     json_bytes,
     read_json,
+    read_manifest_bytes,
     sequence_layout,
 )
 from nca_datagen.ownership import refuse_foreign, survey
@@ -55,8 +58,10 @@ MAX_SPLIT_FILE_BYTES = 2**16  # per unit, for a split's own files (MDS's joined 
 IDENTITY = ("export_format", "dataset_digest")  # what an export in a folder must share to be written over
 UNIT_FIELDS = {"source_shard": int, "source_sha256": str, "samples": int, "tokens": int, "files": list}
 FILE_FIELDS = {"bytes": int, "sha256": str}  # and "path" in a unit's or split's list
+COUNTS = ("num_shards", "samples", "tokens", "bytes")  # per split and in totals
 _TOP_FIELDS = {"export_format": str, "settings": dict, "config": dict, "recipe": dict, "sequence": dict,
-               "dataset_digest": str, "source": dict, "splits": dict, "files": dict, "totals": dict}
+               "dataset_digest": str, "source": dict, "splits": dict, "files": dict, "totals": dict,
+               "provenance": dict}
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -74,8 +79,9 @@ def max_file_bytes(samples: int, seq_len: int) -> int:
     return max_shard_bytes(samples, seq_len) + 2**16
 
 
-def build_manifest(source: dict, fmt: str, splits: dict, card: dict) -> dict:
-    """The export's manifest from its source's manifest and what was written (`splits` as in the docstring)."""
+def build_manifest(source: dict, fmt: str, splits: dict) -> dict:
+    """The export's manifest from its source's manifest and what was written (`splits` as in the docstring), but
+    for the card's entry (`files`), which the caller adds once the card, made from this manifest, is written."""
     module = FORMATS[fmt]
     info = next(iter(source["splits"].values()))
     for split in splits.values():
@@ -96,8 +102,8 @@ def build_manifest(source: dict, fmt: str, splits: dict, card: dict) -> dict:
         "source": {"compression": info["compression"], "level": info.get("level"),
                    "zlib": (source.get("provenance") or {}).get("zlib"), "tool_version": source.get("tool_version")},
         "splits": splits,
-        "files": card,
-        "totals": {k: sum(s[k] for s in splits.values()) for k in ("num_shards", "samples", "tokens", "bytes")},
+        "files": {},
+        "totals": {k: sum(s[k] for s in splits.values()) for k in COUNTS},
         "provenance": versions(module.LIBRARY),
     }
 
@@ -121,18 +127,11 @@ def versions(library: str) -> dict:
 
 def read_export_manifest(url: str, storage_options=None) -> dict:
     """The manifest of the export at `url` (its folder or its manifest.json), checked as untrusted input."""
-    fs, root = dataset_root(url, storage_options)
-    path = storage.join(root, MANIFEST)
-    where = storage.url_of(fs, path)
+    data, where = read_manifest_bytes(url, storage_options)
     try:
-        manifest = read_json(fs, path, MAX_MANIFEST_BYTES, missing_ok=False)
-    except FileNotFoundError:
-        raise ValueError(f"no export at {storage.url_of(fs, root)}: {where} does not exist (an export's "
-                         f"manifest is written last: rerun the export to finish it)") from None
-    except ValueError as exc:
-        raise ValueError(f"{where} is damaged: {exc}") from None
-    except storage.errors() as exc:
-        raise ValueError(f"cannot read {storage.describe_failure(fs, path, exc)}") from exc
+        manifest = json.loads(data)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{where} is damaged: not valid JSON ({exc})") from None
     if not is_export_manifest(manifest) or manifest.get("format_version") != FORMAT_VERSION:
         got = (manifest.get("format"), manifest.get("format_version")) if isinstance(manifest, dict) else None
         raise ValueError(f"{where} is not an export manifest this version of nca-datagen reads (format, version: "
@@ -149,7 +148,8 @@ def is_export_manifest(obj) -> bool:
 
 def export_problem(manifest: dict) -> str | None:
     """The first thing a reader could not trust in an export manifest, else None (see the module docstring)."""
-    problem = _wrong_fields(manifest, _TOP_FIELDS, "")
+    problem = _wrong_field(manifest, _TOP_FIELDS, "") or _wrong_field(manifest["totals"], dict.fromkeys(COUNTS, int),
+                                                                         "totals.")
     if problem:
         return problem
     if manifest["export_format"] not in FORMATS:
@@ -191,12 +191,12 @@ def _split_problem(module, split: str, info, seq_len: int, samples_per_shard: in
     if split not in SPLITS:
         return f"split {split[:40]!r} is not one of {', '.join(SPLITS)}"
     where = f"splits.{split}."
-    problem = _wrong_fields(info, {"shards": list, "files": list}, where)
+    problem = _wrong_field(info, {"shards": list, "files": list, **dict.fromkeys(COUNTS, int)}, where)
     if problem:
         return problem
     for i, unit in enumerate(info["shards"]):
         at = f"{where}shards[{i}]."
-        problem = _wrong_fields(unit, UNIT_FIELDS, at)
+        problem = _wrong_field(unit, UNIT_FIELDS, at)
         if problem:
             return problem
         if unit["source_shard"] != i:
@@ -223,7 +223,7 @@ def _files_problem(files: dict, limits: dict[str, int], where: str) -> str | Non
     for name, info in files.items():
         if name not in limits:
             return f"{where} names {str(name)[:80]!r}, not one of {', '.join(limits)}"
-        problem = _wrong_fields(info, FILE_FIELDS, f"{where}.{name}.")
+        problem = _wrong_field(info, FILE_FIELDS, f"{where}.{name}.")
         if problem:
             return problem
         if not 0 <= info["bytes"] <= limits[name]:
@@ -237,16 +237,6 @@ def _files_problem(files: dict, limits: dict[str, int], where: str) -> str | Non
 def _digest_problem(value: str, length: int, where: str) -> str | None:
     if len(value) != length or not set(value) <= _HEX:
         return f"{where} {value[:80]!r} is not {length} hex digits"
-    return None
-
-
-def _wrong_fields(obj, fields: dict, where: str) -> str | None:
-    if not isinstance(obj, dict):
-        return f"{where.rstrip('.') or 'the manifest'} is {str(obj)[:80]}, expected an object"
-    for key, kind in fields.items():
-        value = obj.get(key)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            return f"{where}{key} is {str(value)[:80]!r}, expected {'an' if kind is int else 'a'} {kind.__name__}"
     return None
 
 
