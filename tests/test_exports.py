@@ -78,6 +78,19 @@ def copy(src, dst):
     return dst
 
 
+def rewrite(export, rel: str, data: bytes) -> None:
+    """Replace the export's file `rel` and make its manifest agree (sizes, sha256, sums): a consistent forgery."""
+    (export / rel).write_bytes(data)
+    manifest = json.loads((export / "manifest.json").read_bytes())
+    for info in manifest["splits"].values():
+        for f in info["files"] + [f for unit in info["shards"] for f in unit["files"]]:
+            if f["path"] == rel:
+                f.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+        info["bytes"] = sum(f["bytes"] for f in info["files"] + [f for u in info["shards"] for f in u["files"]])
+    manifest["totals"]["bytes"] = sum(info["bytes"] for info in manifest["splits"].values())
+    (export / "manifest.json").write_text(json.dumps(manifest))
+
+
 # -- parquet -----------------------------------------------------------------------------------------------
 
 
@@ -125,6 +138,24 @@ def test_parquet_writer_is_deterministic_and_sizes_row_groups(source, parquet_ex
     (data,) = parquet_format.write_unit(unit, sequence, small).values()
     (tmp_path / "small.parquet").write_bytes(data)
     assert [pq.ParquetFile(tmp_path / "small.parquet").metadata.row_group(i).num_rows for i in range(2)] == [3, 1]
+
+
+def test_parquet_tokens_take_the_narrowest_type(tmp_path):
+    """2 states with 2x2 patches: 18 token ids, so uint8 items (the shards hold uint16)."""
+    import pyarrow.parquet as pq
+
+    from nca_datagen.exports.samples import COLUMNS, Unit
+
+    sequence = {"seq_len": 6, "vocab_size": 18}
+    tokens_NL = np.array([[16, 0, 15, 3, 9, 17], [16, 1, 2, 14, 8, 17]], np.uint16)
+    columns = {name: (["k0", "k1"] if kind == "string" else [0, 1] if kind.startswith("int") else [0.5, None])
+               for name, kind in COLUMNS.items()}
+    files = parquet_format.write_unit(Unit("train", 0, tokens_NL, columns), sequence, parquet_format.settings(sequence))
+    (tmp_path / "s.parquet").write_bytes(files["train/shard-000000.parquet"])
+    table = pq.read_table(tmp_path / "s.parquet")
+    assert str(table.schema.field("tokens").type) == "fixed_size_list<element: uint8>[6]"
+    np.testing.assert_array_equal(table.column("tokens").combine_chunks().flatten().to_numpy().reshape(2, 6), tokens_NL)
+    assert table.column("complexity").to_pylist() == [0.5, None]
 
 
 # -- megatron ----------------------------------------------------------------------------------------------
@@ -186,6 +217,10 @@ def test_mds_reads_back_with_streaming(source, expected, tmp_path):
         assert json.loads((joined / "index.json").read_bytes()) == json.loads((dst / split / "index.json").read_bytes())
     assert verify_export(str(dst), echo=quiet) == []  # reading left the export as it was
     assert regenerate_export(str(dst), 3, echo=quiet) == []
+    index = json.loads((dst / "train/index.json").read_bytes())
+    index["shards"].reverse()  # a joined index that is not its units': caught even when the manifest agrees
+    rewrite(dst, "train/index.json", json.dumps(index, sort_keys=True).encode())
+    assert [p.split(": ")[1] for p in verify_export(str(dst), echo=quiet)] == ["not what the split's unit files make"]
 
 
 def test_mds_without_streaming_says_which_extra(source, tmp_path, monkeypatch):
@@ -213,27 +248,37 @@ def test_verify_export_passes_then_names_damaged_missing_and_unlisted_files(parq
     assert "train/extra.parquet: not part of the export" in problems[2]
 
 
+def test_verify_export_reads_each_unit_as_its_format_says(source, parquet_export, tmp_path):
+    """Forged files whose manifest entries agree (size, sha256) still fail: rows, header and sizes are read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dst = copy(parquet_export, tmp_path / "rows")
+    sink = pa.BufferOutputStream()
+    pq.write_table(pq.read_table(dst / "val/shard-000000.parquet").slice(0, 3), sink)
+    rewrite(dst, "val/shard-000000.parquet", sink.getvalue().to_pybytes())
+    assert [p.split(": ", 1)[1] for p in verify_export(str(dst), echo=quiet)] == ["3 rows, the manifest says 4"]
+    dst = tmp_path / "megatron"
+    export_dataset(str(source), str(dst), "megatron", echo=quiet)
+    rewrite(dst, "val/shard-000000.bin", (dst / "val/shard-000000.bin").read_bytes()[:-2])
+    (problem,) = verify_export(str(dst), echo=quiet)
+    assert problem == f"{dst}/val/shard-000000.bin: 1214 bytes, 4 sequences of 152 uint16 tokens take 1216"
+
+
 def test_regenerate_export_passes_then_catches_a_tampered_file(parquet_export, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     assert regenerate_export(str(parquet_export), 3, echo=quiet) == []
     dst = copy(parquet_export, tmp_path / "tampered")
-    path = dst / "val/shard-000000.parquet"
-    table = pq.read_table(path)  # one token changed, the file and the manifest rewritten to agree with it
+    table = pq.read_table(dst / "val/shard-000000.parquet")  # one token changed, the manifest made to agree
     flat = table.column("tokens").combine_chunks()
     values = flat.flatten().to_numpy().copy()
     values[5] = (values[5] + 1) % 10000
     tokens = pa.FixedSizeListArray.from_arrays(pa.array(values), flat.type.list_size)
-    pq.write_table(table.set_column(table.column_names.index("tokens"), "tokens", tokens), path, compression="zstd")
-    manifest = json.loads((dst / "manifest.json").read_bytes())
-    (entry,) = manifest["splits"]["val"]["shards"][0]["files"]
-    data = path.read_bytes()
-    entry.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
-    manifest["splits"]["val"]["bytes"] = sum(f["bytes"] for u in manifest["splits"]["val"]["shards"]
-                                             for f in u["files"])
-    manifest["totals"]["bytes"] = sum(s["bytes"] for s in manifest["splits"].values())
-    (dst / "manifest.json").write_text(json.dumps(manifest))
+    sink = pa.BufferOutputStream()
+    pq.write_table(table.set_column(table.column_names.index("tokens"), "tokens", tokens), sink, compression="zstd")
+    rewrite(dst, "val/shard-000000.parquet", sink.getvalue().to_pybytes())
     assert verify_export(str(dst), echo=quiet) == []  # consistent with itself ...
     problems = regenerate_export(str(dst), 3, echo=quiet)  # ... but not what the recipe makes
     assert problems == ["val/shard-000000.parquet: re-exported from the recipe, sha256 differs from the manifest"]

@@ -44,6 +44,7 @@ from nca_datagen.exports.manifest import (
     CARD,
     COUNTS,
     FORMATS,
+    MAX_SPLIT_FILE_BYTES,
     build_manifest,
     card_json,
     check_destination,
@@ -165,14 +166,16 @@ def verify_export(url: str, storage_options: dict | None = None, *, echo=print) 
     fs, root = dataset_root(url, storage_options)
     module = FORMATS[manifest["export_format"]]
     problems = _check_counts(manifest)
-    for info in manifest["splits"].values():
+    for split, info in manifest["splits"].items():
         for unit in info["shards"]:
             files, problem = _read_files(fs, root, unit["files"])
-            problem = problem or module.check(files, unit, manifest["sequence"])
+            if problem is None and (wrong := module.check(files, unit, manifest["sequence"])):
+                problem = storage.url_of(fs, storage.join(root, wrong))  # `wrong` starts with the file's path
             echo(f"{'BAD' if problem else 'ok '} {' '.join(f['path'] for f in unit['files'])}" +
                  (f": {problem}" if problem else ""))
             problems += [problem] if problem else []
         problems += _check_small_files(fs, root, {f["path"]: f for f in info["files"]}, echo)
+        problems += _split_files_problems(fs, root, module, split, info)
     return problems + _check_small_files(fs, root, manifest["files"], echo) + _unlisted(fs, root, manifest)
 
 
@@ -198,6 +201,19 @@ def _check_small_files(fs, root: str, files: dict[str, dict], echo) -> list[str]
         echo(f"{'BAD' if problem else 'ok '} {name}")
         problems += [problem] if problem else []
     return problems
+
+
+def _split_files_problems(fs, root: str, module, split: str, info: dict) -> list[str]:
+    """A split's own files (MDS's joined index) must be what its units' files make, as the export wrote them."""
+    if not info["files"]:
+        return []
+    try:
+        made = module.split_files(split, len(info["shards"]), lambda path: storage.read_bytes(
+            fs, storage.join(root, path), MAX_SPLIT_FILE_BYTES))
+    except (FileNotFoundError, ValueError, KeyError, TypeError):  # a unit's index is missing or damaged: named above
+        return []
+    return [f"{storage.url_of(fs, storage.join(root, f['path']))}: not what the split's unit files make"
+            for f in info["files"] if hashlib.sha256(made.get(f["path"], b"")).hexdigest() != f["sha256"]]
 
 
 def _check_counts(manifest: dict) -> list[str]:
@@ -226,6 +242,7 @@ def _unlisted(fs, root: str, manifest: dict) -> list[str]:
     """Files in a split folder the manifest does not list (a reader globbing the folder would read them)."""
     listed = set(listed_paths(manifest))
     prefix = len(root.rstrip("/")) + 1
+    fs.invalidate_cache(root)  # a fresh listing, as storage.listing takes
     found = [path[prefix:] for split in sorted(manifest["splits"]) for path in fs.find(storage.join(root, split))]
     return [f"{storage.url_of(fs, storage.join(root, rel))}: not part of the export (readers that glob its folder "
             f"would read it): delete it" for rel in found if rel not in listed]

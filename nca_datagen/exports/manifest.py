@@ -291,6 +291,7 @@ def write_export_manifest(fs, root: str, manifest: dict) -> None:
     listed = {f["path"] for info in manifest["splits"].values()
               for f in info["files"] + [f for unit in info["shards"] for f in unit["files"]]}
     prefix = len(root.rstrip("/")) + 1
+    fs.invalidate_cache(root)
     stale = [path for split in manifest["splits"] for path in fs.find(storage.join(root, split))
              if TEMPORARY.search(path) and TEMPORARY.sub("", path[prefix:]) in listed]
     storage.remove_files(fs, [*stale, storage.join(root, MARKER)])
