@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 
 from nca_datagen import __version__, storage
-from nca_datagen.config import SPLITS, recipe_fingerprint
+from nca_datagen.config import MAX_SAMPLES_PER_SHARD, MAX_SHARD_TOKENS, SPLITS, recipe_fingerprint
 from nca_datagen.exports import mds, megatron, parquet
 from nca_datagen.manifest import (
     MANIFEST,
@@ -45,7 +45,7 @@ from nca_datagen.manifest import (
     sequence_layout,
 )
 from nca_datagen.ownership import refuse_foreign, survey
-from nca_datagen.shards import COMPRESSIONS, max_shard_bytes
+from nca_datagen.shards import COMPRESSIONS
 
 FORMAT = "nca-datagen-export"
 FORMAT_VERSION = 1
@@ -73,10 +73,10 @@ def format_module(name: str):
 
 
 def max_file_bytes(samples: int, seq_len: int) -> int:
-    """The most bytes one file of an export unit of `samples` sequences may have, in any format: what a source
-    shard of them may take (`shards.max_shard_bytes`: 64 KiB of metadata a sample, more than any format spends),
-    plus 64 KiB for a format's own header or footer. What a reader holds in memory at most."""
-    return max_shard_bytes(samples, seq_len) + 2**16
+    """The most bytes one file of an export unit of `samples` sequences may have, in any format, so what a reader
+    holds in memory at most: 2 bytes a token (uint16 stored raw, or compressed data that did not shrink), 1 KiB a
+    sequence for its metadata and per-row overhead (ours take about 100 bytes), 64 KiB for a header or footer."""
+    return samples * (2 * seq_len + 2**10) + 2**16
 
 
 def build_manifest(source: dict, fmt: str, splits: dict) -> dict:
@@ -201,7 +201,8 @@ def _split_problem(module, split: str, info, seq_len: int, samples_per_shard: in
             return problem
         if unit["source_shard"] != i:
             return f"{at}source_shard is {unit['source_shard']}, not {i}: one unit per source shard, in order"
-        if not 1 <= unit["samples"] <= samples_per_shard or unit["tokens"] != unit["samples"] * seq_len:
+        if not 1 <= unit["samples"] <= min(samples_per_shard, MAX_SAMPLES_PER_SHARD) or \
+                unit["tokens"] != unit["samples"] * seq_len or unit["tokens"] > MAX_SHARD_TOKENS:
             return f"{at}samples / tokens {unit['samples']} / {unit['tokens']} do not fit its config"
         problem = _digest_problem(unit["source_sha256"], 64, f"{at}source_sha256") or _file_list_problem(
             unit["files"], module.unit_paths(split, i), max_file_bytes(unit["samples"], seq_len), f"{at}files")
@@ -288,8 +289,7 @@ def write_marker(fs, root: str, wanted: dict) -> None:
 def write_export_manifest(fs, root: str, manifest: dict) -> None:
     """Write the manifest, then clear what an interrupted export left (temporary files of ours, the marker)."""
     storage.write_atomic(fs, storage.join(root, MANIFEST), json_bytes(manifest))
-    listed = {f["path"] for info in manifest["splits"].values()
-              for f in info["files"] + [f for unit in info["shards"] for f in unit["files"]]}
+    listed = listed_paths(manifest)
     prefix = len(root.rstrip("/")) + 1
     fs.invalidate_cache(root)
     stale = [path for split in manifest["splits"] for path in fs.find(storage.join(root, split))
