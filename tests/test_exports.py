@@ -227,6 +227,7 @@ def test_mds_without_streaming_says_which_extra(source, tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "streaming", None)  # `import streaming` raises ImportError
     with pytest.raises(ValueError, match=r"pip install 'nca-datagen\[mds\]'"):
         export_dataset(str(source), str(tmp_path / "mds"), "mds", echo=quiet)
+    assert not (tmp_path / "mds").exists()  # refused before anything was written
 
 
 # -- verify, regenerate ------------------------------------------------------------------------------------

@@ -78,6 +78,7 @@ def export_dataset(src_url: str, dst_url: str, fmt: str, storage_options: dict |
     from nca_datagen.verify import verify_dataset
 
     module = format_module(fmt)
+    module.ready()
     source = read_manifest(src_url, storage_options)
     if manifest_recipe(source) is None:
         raise ValueError(f"{src_url}: a format-1 dataset (an nca-datagen older than recipes) cannot be exported: "

@@ -1,5 +1,6 @@
 """MDS export (mosaicml-streaming): per source shard a folder `<split>/shard-NNNNNN/` written by `MDSWriter`, and
-`<split>/index.json` joining them, so `StreamingDataset(remote="DST/train", local=CACHE)` reads a whole split.
+`<split>/index.json` joining them, so `StreamingDataset(local="DST/train")` (or `remote=` it, with a local cache)
+reads a whole split.
 
 Per unit folder, `MDSWriter(columns=..., compression=None, hashes=["sha1"], size_limit=None)`:
 - `shard.00000.mds`: the shard's sequences in sample order, one MDS shard (`size_limit=None`: a source shard is
@@ -12,9 +13,10 @@ Columns: `tokens` as `ndarray:<uint16|uint8>:<seq_len>` (a numpy array of the se
 (each shard's file name prefixed with its folder; tests compare the two), written here with sorted keys: the
 library's function writes through temporary folders and a cloud uploader.
 
-Uncompressed on purpose: zstd takes NCA tokens only to ~0.89 of their size (1.77 bytes/token on a paper-sized
-shard), and `StreamingDataset` decompresses compressed shards into the folder it reads (here, the export itself),
-while raw shards are read where they lie. The bytes then depend on mosaicml-streaming alone (no compressor
+Uncompressed on purpose (2.09 bytes/token on paper-sized shards, against the shards' 1.73): zstd takes NCA tokens
+only to ~0.89 of their size (1.77 bytes/token in the Parquet export's pages), and `StreamingDataset` decompresses
+compressed shards into the folder it reads (with `local=` alone, the export itself), while raw shards are read
+where they lie. The bytes then depend on mosaicml-streaming alone (no compressor
 version), whose version the export's manifest records; MDSWriter writes no times or host names.
 
 Needs mosaicml-streaming: `pip install 'nca-datagen[mds]'` (README, "Exports", for a lean install).
@@ -34,6 +36,11 @@ LIBRARY = "mosaicml-streaming"
 ENCODINGS = {"string": "str", "int32": "int32", "int64": "int64", "float64": "float64"}  # COLUMNS' types in MDS
 SHARD = "shard.00000.mds"  # MDSWriter's name for the first (here the only) shard of a folder
 INDEX = "index.json"
+
+
+def ready() -> None:
+    """ValueError, with the fix, when mosaicml-streaming cannot be imported here."""
+    _writer_class()
 
 
 def unit_paths(split: str, index: int) -> list[str]:
