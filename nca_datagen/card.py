@@ -66,7 +66,7 @@ def render_card(manifest: dict, images: dict[str, str] | None = None) -> str:
     images = images or {}
     cfg = manifest.get("config") or {}
     splits = manifest.get("splits") or {}
-    parts = [_front_matter(manifest), _intro(cfg)]
+    parts = [front_matter(manifest, _webdataset_files(splits)), _intro(cfg)]
     if "preview.png" in images:
         parts.append(f"![{images['preview.png']}](preview.png)\n\n*{images['preview.png']}*")
     parts += [_recipe(cfg), _totals(splits), _acceptance(splits, cfg)]
@@ -79,19 +79,40 @@ def render_card(manifest: dict, images: dict[str, str] | None = None) -> str:
     return "\n\n".join(p for p in parts if p).rstrip() + "\n"
 
 
-def _front_matter(manifest: dict) -> str:
+def render_export_card(manifest: dict, data_files: dict[str, str] | None, body: str) -> str:
+    """The card of an export (`nca_datagen.exports`): its source's front matter, introduction and recipe, `configs`
+    naming `data_files` ({split: glob}, None for none), then `body` (the format's layout and how to read it)."""
+    cfg = manifest.get("config") or {}
+    export = (f"This folder is the `{manifest.get('export_format')}` export of the nca-datagen dataset whose shards "
+              f"have digest `{manifest.get('dataset_digest')}`, one set of files per source shard: "
+              f"`nca-datagen verify` checks it, and `--regenerate N` rebuilds N of its source shards from the recipe "
+              f"and re-exports them byte for byte.")
+    parts = [front_matter(manifest, data_files), _intro(cfg), export, _recipe(cfg),
+             _totals(manifest.get("splits") or {}), body, _provenance(manifest), _citation()]
+    return "\n\n".join(p for p in parts if p).rstrip() + "\n"
+
+
+def front_matter(manifest: dict, data_files: dict[str, str] | None = None) -> str:
+    """The YAML front matter Hugging Face reads; with `data_files` ({split: glob beside the card}) its `configs`
+    name them: what `load_dataset(folder)` and the Hub's viewer read."""
     splits = manifest.get("splits") or {}
     samples = sum(_split_totals(s).get("samples", 0) or 0 for s in splits.values())
     lines = ["---", f"license: {manifest.get('license', 'apache-2.0')}", "task_categories:", "- text-generation",
              "tags:", *(f"- {t}" for t in TAGS), f"pretty_name: {_pretty_name(manifest)}"]
     if samples:
         lines.append(f"size_categories:\n- {_size_category(samples)}")
-    if plain_tar(splits):  # HF's WebDataset reader cannot open .tar.zst: pointing it there only fails later
+    if data_files:
         lines += ["configs:", "- config_name: default", "  data_files:"]
-        for name, split in splits.items():
-            lines += [f"  - split: {name}", f"    path: \"{name}/*{_shard_ext(split)}\""]
+        for name, glob in data_files.items():
+            lines += [f"  - split: {name}", f"    path: \"{glob}\""]
     lines.append("---")
     return "\n".join(lines)
+
+
+def _webdataset_files(splits: dict) -> dict[str, str] | None:
+    """The shards `configs` names: plain tar only, as HF's WebDataset reader cannot open .tar.zst (pointing it
+    there only fails later)."""
+    return {name: f"{name}/*{_shard_ext(split)}" for name, split in splits.items()} if plain_tar(splits) else None
 
 
 def _pretty_name(manifest: dict) -> str:
