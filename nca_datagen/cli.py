@@ -16,6 +16,7 @@ COMMANDS = {
     "build": ("nca_datagen.pipelines.build:build_command", "Generate, filter, tokenize and write a dataset."),
     "verify": ("nca_datagen.cli:verify_command", "Check a dataset's shards against its manifest."),
     "publish": ("nca_datagen.cli:publish_command", "Copy a finished dataset to object storage."),
+    "export": ("nca_datagen.cli:export_command", "Rewrite a dataset as Parquet, Megatron .bin/.idx or MDS."),
     "inspect": ("nca_datagen.inspection:inspect_command", "Show a dataset's config, totals and histograms."),
     "preview": ("nca_datagen.preview:preview_command", "Draw sampled rules of a complexity band (PNG/GIF)."),
     "complexity": ("nca_datagen.measure:complexity_command", "gzip ratio of your own corpus vs the NCA bands."),
@@ -85,14 +86,18 @@ def main():
               show_default=True, help="Rollout backend for --regenerate; auto: the fastest available.")
 @storage_flags
 def verify_command(url, regenerate, seed, backend, endpoint_url, profile, s3_checksums):
-    """Check every shard of the dataset at URL (folder or manifest.json, local or s3://) against its manifest."""
+    """Check every shard of the dataset (or export) at URL (folder or manifest.json, local or s3://) against its
+    manifest."""
+    from nca_datagen.exports import is_export, regenerate_export, verify_export
     from nca_datagen.verify import regenerate_and_compare, verify_dataset
 
     opts = storage.storage_options_from_flags(endpoint_url, profile, s3_checksums)
-    problems = verify_dataset(url, opts, echo=click.echo)
+    backend = None if backend == "auto" else backend
+    export = is_export(url, opts)  # an export's own manifest, checked by its own rules
+    problems = (verify_export if export else verify_dataset)(url, opts, echo=click.echo)
     if regenerate:
-        problems += regenerate_and_compare(url, regenerate, opts, seed=seed,
-                                           backend=None if backend == "auto" else backend, echo=click.echo)
+        problems += (regenerate_export if export else regenerate_and_compare)(url, regenerate, opts, seed=seed,
+                                                                            backend=backend, echo=click.echo)
     if problems:
         click.echo(f"{len(problems)} problem(s):", err=True)
         for p in problems:
@@ -121,3 +126,23 @@ def publish_command(src, dst, overwrite, rehash, endpoint_url, profile, s3_check
     stats = publish(src, dst, opts, rehash=rehash, overwrite=overwrite, echo=click.echo, command=command)
     click.echo(f"published {src} -> {dst}: {plural(stats['uploaded'], 'shard')} uploaded, {stats['skipped']:,} "
                f"already present, {plural(stats['files'], 'other file')} copied; manifest written last")
+
+
+@click.command("export")
+@click.argument("src")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "megatron", "mds"]), required=True,
+              help="parquet: one zstd file per shard (pyarrow, datasets, DuckDB, Ray Data); megatron: .bin/.idx per "
+                   "shard (Megatron-LM, NeMo, GPT-NeoX); mds: mosaicml-streaming (llm-foundry, Composer).")
+@click.option("--out", required=True, help="The export's folder or s3:// URL: a sibling dataset with its own manifest.")
+@storage_flags
+def export_command(src, fmt, out, endpoint_url, profile, s3_checksums):
+    """Rewrite the verified dataset at SRC for trainers without a WebDataset reader; `verify` checks the export and
+    `verify --regenerate` rebuilds sampled shards from the recipe and re-exports them byte for byte."""
+    from nca_datagen.exports import export_dataset
+    from nca_datagen.units import format_bytes, plural
+
+    opts = storage.storage_options_from_flags(endpoint_url, profile, s3_checksums)
+    manifest = export_dataset(src, out, fmt, opts, echo=click.echo)
+    totals = manifest["totals"]
+    click.echo(f"exported {src} -> {out} as {fmt}: {plural(totals['num_shards'], 'shard')}, "
+               f"{format_bytes(totals['bytes'])}; manifest written last")

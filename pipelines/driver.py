@@ -130,7 +130,7 @@ class _Build:
                               f"{self.executor.description}, backend {self.backend} on {self.executor.device}; "
                               f"log: {self.log.path}")
         if self.executor.name == "ray" and self.todo:  # the driver mostly waits on Ray: import the card's meanwhile
-            from nca_datagen.card import preload
+            from nca_datagen.card_figures import preload
 
             threading.Thread(target=preload, name="card-preload", daemon=True).start()
         job = ShardJob(config=self.plan.config, out_url=self._out, compression=self.opts.compression,

@@ -13,7 +13,8 @@ import yaml
 from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 
-from nca_datagen.card import DATASET_DIR, DATASET_URL, first_kept_rules, read_samples, render_card, write_card
+from nca_datagen.card import DATASET_DIR, DATASET_URL, render_card, write_card
+from nca_datagen.card_figures import first_kept_rules, read_samples
 from nca_datagen.config import DatasetConfig, NCAConfig
 
 # Datasets for the tests are built with the compiled CPU path when it is installed: after its one-time compile
@@ -161,7 +162,7 @@ def test_preload_imports_everything_the_card_draws_with(dataset):
     out, _ = dataset
     code = f"""
 import sys
-from nca_datagen import card, manifest, storage
+from nca_datagen import card_figures as card, manifest, storage
 card.preload()
 before = set(sys.modules)
 m = manifest.read_manifest({str(out)!r})

@@ -352,3 +352,16 @@ def test_export_to_s3_verifies_and_regenerates_there(source, s3_server, s3_bucke
     assert read_export_manifest(dst) == manifest
     assert verify_export(dst, echo=quiet) == []
     assert regenerate_export(dst, 1, echo=quiet) == []
+
+
+def test_the_export_command_and_verify_on_an_export(source, tmp_path):
+    """`nca-datagen export`, then `verify` and `verify --regenerate` recognise the export by its manifest and
+    check it by its own rules; a damaged unit fails verify with its name."""
+    out = tmp_path / "megatron"
+    exported = CliRunner().invoke(main, ["export", str(source), "--format", "megatron", "--out", str(out)])
+    assert exported.exit_code == 0 and "as megatron" in exported.output, exported.output
+    verified = CliRunner().invoke(main, ["verify", str(out), "--regenerate", "1"])
+    assert verified.exit_code == 0 and "regenerated" in verified.output, verified.output
+    (out / "train" / "shard-000000.bin").write_bytes(b"\0" * (out / "train" / "shard-000000.bin").stat().st_size)
+    damaged = CliRunner().invoke(main, ["verify", str(out)])
+    assert damaged.exit_code == 1 and "train/shard-000000.bin" in damaged.output, damaged.output
