@@ -202,7 +202,7 @@ def parse_manifest(data: bytes, where: str) -> dict:
     version = manifest.get("format_version")
     if manifest.get("format") != FORMAT or not isinstance(version, int) or version > FORMAT_VERSION:
         raise DatasetError(f"{where} is not a manifest this version of nca-datagen reads "
-                         f"(format {manifest.get('format')!r} v{version!r}); upgrade nca-datagen")
+                           f"(format {manifest.get('format')!r} v{version!r}); upgrade nca-datagen")
     problem = manifest_problem(manifest)
     if problem:
         raise DatasetError(f"{where} is damaged or not safe to read: {problem}")

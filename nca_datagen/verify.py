@@ -199,12 +199,9 @@ def regenerate_and_compare(url: str, n: int, storage_options: dict | None = None
         echo(f"warning: the dataset was built with zlib {recorded}, this machine has {ZLIB_VERSION}; the "
              f"complexity filter may keep different rules, so shards can differ for that reason alone")
     config = DatasetConfig.from_dict(manifest["config"])
-    candidates = [(split, i) for split, info in manifest["splits"].items() for i in range(len(info["shards"]))]
-    rng = np.random.default_rng(seed)
-    picks = [candidates[j] for j in sorted(rng.choice(len(candidates), min(n, len(candidates)), replace=False))]
     problems = []
     with tempfile.TemporaryDirectory(prefix="nca-verify-") as tmp:
-        for split, i in picks:
+        for split, i in sampled_shards(manifest, n, seed):
             info = manifest["splits"][split]
             expected = info["shards"][i]
             data = generate_shard(config, split, i, backend=backend, device=device)
@@ -216,6 +213,13 @@ def regenerate_and_compare(url: str, n: int, storage_options: dict | None = None
             if not same:
                 problems.append(f"{expected['path']}: regenerated from the recipe, sha256 differs from the manifest")
     return problems
+
+
+def sampled_shards(manifest: dict, n: int, seed: int) -> list[tuple[str, int]]:
+    """`n` (split, index) pairs drawn without replacement from a manifest's shards by `seed`, in manifest order."""
+    candidates = [(split, i) for split, info in manifest["splits"].items() for i in range(len(info["shards"]))]
+    rng = np.random.default_rng(seed)
+    return [candidates[j] for j in sorted(rng.choice(len(candidates), min(n, len(candidates)), replace=False))]
 
 
 def _check_pattern(split: str, info: dict) -> list[str]:

@@ -34,8 +34,6 @@ import hashlib
 import json
 import tempfile
 
-import numpy as np
-
 from nca_datagen import storage
 from nca_datagen.card import DATASET_DIR, render_export_card
 from nca_datagen.claim import claim
@@ -67,6 +65,7 @@ from nca_datagen.manifest import (
     shards_digest,
 )
 from nca_datagen.shards import ShardError
+from nca_datagen.verify import sampled_shards, verify_dataset
 
 __all__ = ["FORMATS", "export_dataset", "is_export", "read_export_manifest", "regenerate_export", "verify_export"]
 
@@ -75,7 +74,6 @@ def export_dataset(src_url: str, dst_url: str, fmt: str, storage_options: dict |
                    echo=print) -> dict:
     """Export the dataset at `src_url` to `dst_url` in format `fmt` (see the module docstring); returns the
     export's manifest. ValueError, writing nothing, when the source does not verify or DST is not ours to write."""
-    from nca_datagen.verify import verify_dataset
 
     module = format_module(fmt)
     module.ready()
@@ -262,12 +260,9 @@ def regenerate_export(url: str, n: int, storage_options: dict | None = None, *, 
     refused = _cannot_regenerate(manifest, module, echo)
     if refused:
         return [refused]
-    candidates = [(split, i) for split, info in manifest["splits"].items() for i in range(len(info["shards"]))]
-    rng = np.random.default_rng(seed)
-    picks = [candidates[j] for j in sorted(rng.choice(len(candidates), min(n, len(candidates)), replace=False))]
     problems = []
     with tempfile.TemporaryDirectory(prefix="nca-export-regenerate-") as tmp:
-        for split, i in picks:
+        for split, i in sampled_shards(manifest, n, seed):
             problem = _regenerate_unit(manifest, module, split, i, tmp, backend, device)
             unit_files = " ".join(f["path"] for f in manifest["splits"][split]["shards"][i]["files"])
             echo(f"{'BAD' if problem else 'ok '} regenerated {unit_files}" + (f": {problem}" if problem else ""))
