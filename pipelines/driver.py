@@ -147,18 +147,15 @@ class _Build:
                                f"complete)") from None
 
     def finish(self) -> BuildResult:
-        """Name the shards that failed for good (no manifest), or write the tables, card and manifest; Ray shuts
-        down meanwhile (shutdown mostly waits on processes, the manifest and card on the disk)."""
+        """Shut the executor down, then name the shards that failed for good (no manifest), or write the tables,
+        card and manifest. Ray shuts down first, not beside the writing: a Ray reference that Python frees while
+        another thread shuts Ray down ends the process (exit 1, no message)."""
         self.phase = "finish"
-        closing = threading.Thread(target=self.executor.close, name="executor-close")
-        closing.start()
-        try:
-            self.progress.close()
-            if self.failed:
-                raise self._failed()
-            return self._write_dataset()
-        finally:
-            closing.join()
+        self.executor.close()
+        self.progress.close()
+        if self.failed:
+            raise self._failed()
+        return self._write_dataset()
 
     # ---------------------------------------------------------------------------------------------- endings
 

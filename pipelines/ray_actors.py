@@ -105,6 +105,7 @@ class RayActorPool:
         self._lost = []
 
     def close(self) -> None:
+        self._pending.clear()  # no reference outlives the Ray it points into
         close_ray(self.ray, self._actors)
         self._actors = []
 

@@ -30,7 +30,7 @@ class RayUnavailable(StorageError):
 def import_ray():
     """Ray, imported with its C++ failure-signal handler off (read when Ray loads, so before the first import).
     That handler covers SIGTERM, and `ray.shutdown` resets it to the default action: a SIGTERM while the manifest
-    is written (Ray shuts down meanwhile) would kill the driver outright, without its "interrupted" line. The
+    is written (after Ray shut down) would kill the driver outright, without its "interrupted" line. The
     cost: no C++ stack trace if Ray's own processes segfault (they inherit the setting)."""
     os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     import ray
@@ -127,4 +127,5 @@ class RayTasks:
         self._pending.clear()
 
     def close(self) -> None:
+        self._pending.clear()  # no reference outlives the Ray it points into
         close_ray(self.ray)
