@@ -23,9 +23,10 @@ def build(out: str, *, preset: str | None = None, compression: str = "zstd", ove
           executor: str = "ray", ray_address: str | None = None, workers: int | None = None,
           gpus: int | None = None, actors_per_gpu: int | None = None, device: str = "auto", backend: str = "auto",
           retries: int = 2, storage_options: dict | None = None, quiet: bool = False, **recipe) -> BuildResult:
-    """Build (or resume, or repair) the dataset of `recipe` at `out`, a folder or s3:// URL. `recipe`: complexity,
-    tokens, val_tokens, val_fraction, seed, sims_per_rule, samples_per_shard, grid, states, patch, frames, seq_len,
-    burn_in, temperature (counts take "2M"; grids take "12x12")."""
+    """Build (or resume, or repair) the dataset of `recipe` at `out`, a folder or URL (s3://, gs://, az://,
+    memory://; hf:// through `publish`). `recipe`: complexity, tokens, val_tokens, val_fraction, seed,
+    sims_per_rule, samples_per_shard, grid, states, patch, frames, seq_len, burn_in, temperature (counts take
+    "2M"; grids take "12x12")."""
     plan = make_plan(preset, **recipe)
     placement = Placement(executor, ray_address, workers, gpus, actors_per_gpu, device, backend)
     return run(out, plan, placement, compression=compression, overwrite=overwrite, retries=retries,
@@ -68,6 +69,7 @@ def run(out: str, plan: BuildPlan, placement: Placement, *, compression: str = "
     from nca_datagen.claim import claim
     from nca_datagen.ownership import check_output
 
+    _check_store(out, placement, storage_options)
     # someone else's folder is refused before the claim writes into it (the refusal --overwrite keeps)
     check_output(out, plan.config, compression, overwrite=True, storage_options=storage_options)
     opts = BuildOptions(out_url=out, compression=compression, storage_options=storage_options,
@@ -82,6 +84,19 @@ def run(out: str, plan: BuildPlan, placement: Placement, *, compression: str = "
         executor = _start(placement)
         opts.claim = held
         return run_build(plan, executor, opts)
+
+
+def _check_store(out: str, placement: Placement, storage_options) -> None:
+    """Refuse, before anything is read, a store no build writes (hf://: `publish` alone; stores without a claim)
+    and memory:// under Ray, whose workers are other processes that cannot see this one's memory."""
+    from nca_datagen import storage
+    from nca_datagen.claim import claim_kind
+
+    fs, root = storage.filesystem(out, storage_options)
+    claim_kind(fs, root)
+    if storage.scheme(fs) == "memory" and placement.executor != "inline":
+        raise ConfigError(f"{out}: a memory:// store lives in this process alone, and Ray's workers are other "
+                          f"processes: pass --executor inline (executor=\"inline\")")
 
 
 def _start(placement: Placement):

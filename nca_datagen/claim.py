@@ -20,7 +20,14 @@ end, an exception, Ctrl-C); the name is hidden, readers never glob it, and `mani
   The takeover is itself a compare-and-swap on the ETag the claim was judged by: of two takers exactly one wins.
   A holder whose refresh finds another writer's claim has lost it: `check()` raises `ClaimLost` (writers call it
   between shards). A refresh the store does not answer is no loss; the next one tries again.
-- Other fsspec stores: refused, as no atomic create-if-absent is wired up for them.
+- gs://, az:// and memory://: CLAIM is an object created only if absent (fsspec's `mode="create"`: GCS's
+  ifGenerationMatch=0, which gcsfs calls experimental; Azure's If-None-Match: *; for memory://, which lives in
+  one process, a lock of this process), so a second writer is refused from any machine. There is no heartbeat,
+  hence no takeover: a claim its holder could not remove (killed, or the store gone as it ended) stays until
+  removed by hand, as the refusal says.
+- hf://: no claim. `publish` writes a Hub repo in one commit whose parent is the revision it checked, and the Hub
+  refuses that commit when another landed meanwhile (`pipelines/hub.py`); nothing else writes there.
+- Other fsspec stores: refused, as no atomic create-if-absent is known for them.
 
 The trade-off on S3: a lease, not a kernel lock. A holder silent for STALE_S (suspended, cut off from the store)
 can be taken over while it still runs; it learns so at its next heartbeat and `check()`, but writes already in
@@ -32,21 +39,22 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import os
-import socket
 import threading
 import time
-import uuid
 from email.utils import parsedate_to_datetime
 
-from nca_datagen import storage
+from nca_datagen import holders, storage
 from nca_datagen.errors import ClaimLost, LocationBusy, StorageError
 
 CLAIM = ".nca-datagen-claim.json"  # at the output's root; hidden, so readers that glob the folder skip it
 HEARTBEAT_S = 10.0  # how often an S3 holder refreshes its claim
 STALE_S = 60.0  # an S3 claim this long without a heartbeat (six missed ones) is taken over
 _RACED = ("PreconditionFailed", "ConditionalRequestConflict")  # S3's 412, and the 409 of a write racing a delete
+CLAIM_KINDS = {"file": "lock", "s3": "lease", "gs": "create", "az": "create", "memory": "create"}
+MAX_CLAIM_BYTES = 1 << 16  # a claim record is a few hundred bytes: one larger is not ours to parse
+CHECK_EVERY_S = HEARTBEAT_S  # how often a created claim's holder reads it back (only a hand can remove it)
+_CREATING = threading.Lock()  # memory:// creates atomically only under it (its writers all live in this process)
 
 
 @contextlib.contextmanager
@@ -56,24 +64,38 @@ def claim(url: str, storage_options: dict | None = None, *, doing: str, command:
     (the command line, to name it to other writers). Yields the claim: `check()` raises `ClaimLost` once it is no
     longer this writer's. Raises `LocationBusy`, or ValueError when the location cannot be written."""
     fs, root = storage.filesystem(url, storage_options)
-    owner = _owner(doing, command)
-    if storage.is_local(fs):
+    owner = holders.owner(doing, command)
+    kind = claim_kind(fs, root)
+    if kind == "lock":
         held = _LocalClaim(root, owner)
-    elif storage.is_s3(fs):
+    elif kind == "lease":
         held = _S3Claim(fs, root, owner, heartbeat, stale_after)
     else:
-        raise StorageError(f"{storage.url_of(fs, root)}: no claim for {fs.protocol} outputs (nothing would keep a "
-                         f"second writer out); write to a local folder or s3://")
+        held = _CreatedClaim(fs, root, owner)
     try:
         try:
             held.acquire()
         except storage.errors() as exc:
-            fix = "a writable output folder" if storage.is_local(fs) else "the bucket name, endpoint and credentials"
             raise StorageError(f"cannot write to {storage.url_of(fs, root)} ({type(exc).__name__}: {exc}); check "
-                             f"{fix}") from exc
+                               f"{storage.access_hint(fs)}") from exc
         yield held
     finally:
         held.release()
+
+
+def claim_kind(fs, root: str) -> str:
+    """How a writer claims `root` on `fs` (module docstring): "lock", "lease" or "create". StorageError for a
+    store no writer may claim, so nothing writes there but `publish` to hf://."""
+    scheme = storage.scheme(fs)
+    if scheme in CLAIM_KINDS:
+        return CLAIM_KINDS[scheme]
+    where = storage.url_of(fs, root)
+    if scheme == "hf":
+        raise StorageError(f"{where}: a Hugging Face repo is written by `publish` alone, in one commit: build to a "
+                           f"local folder, then `nca-datagen publish FOLDER {where}`")
+    raise StorageError(f"{where}: no claim for {scheme}:// outputs (no atomic create-if-absent is known there, so "
+                       f"nothing would keep a second writer out); write to a local folder, s3://, gs://, az:// or "
+                       f"memory://")
 
 
 # -- local folders ---------------------------------------------------------------------------------------------
@@ -99,7 +121,7 @@ class _LocalClaim:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:  # BlockingIOError: held; others: no locks here (an NFS mount without them)
-                holder = _parse(os.pread(fd, 1 << 16, 0)) if isinstance(exc, BlockingIOError) else None
+                holder = holders.parse(os.pread(fd, MAX_CLAIM_BYTES, 0)) if isinstance(exc, BlockingIOError) else None
                 os.close(fd)
                 if holder is None:
                     raise
@@ -114,7 +136,7 @@ class _LocalClaim:
                 os.close(fd)  # (or its holder removed it as we opened it): lock the file there now
         self.fd = fd
         os.ftruncate(fd, 0)
-        os.pwrite(fd, _json(self.owner), 0)
+        os.pwrite(fd, holders.record_bytes(self.owner), 0)
 
     def check(self) -> None:
         if not _names(self.fd, self.path):
@@ -222,7 +244,7 @@ class _S3Claim:
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat):
-            self.owner.update(heartbeat=_now(), beats=self.owner.get("beats", 0) + 1)  # a new ETag every time
+            self.owner.update(heartbeat=holders.now(), beats=self.owner.get("beats", 0) + 1)  # a new ETag every time
             try:
                 if self._put(IfMatch=self.etag) or self._still_ours():
                     continue
@@ -236,7 +258,7 @@ class _S3Claim:
     def _put(self, **condition) -> bool:
         """Write the owner under `condition` (If-None-Match or If-Match); False when the condition failed."""
         try:
-            out = self.fs.pipe_file(self.path, _json(self.owner), **condition)
+            out = self.fs.pipe_file(self.path, holders.record_bytes(self.owner), **condition)
         except OSError as exc:
             if _error_code(exc) in _RACED:
                 return False
@@ -259,7 +281,7 @@ class _S3Claim:
             current = self._read()
         except storage.errors():
             return "was taken over"
-        return "was deleted" if current is None else f"was taken over by {_describe(current['record'])}"
+        return "was deleted" if current is None else f"was taken over by {holders.describe(current['record'])}"
 
     def _read(self) -> dict | None:
         """The claim as stored: {"record", "etag", "age"} (seconds since its last write by the store's clock);
@@ -272,7 +294,7 @@ class _S3Claim:
             return None
         date = response["ResponseMetadata"]["HTTPHeaders"].get("date")
         now = parsedate_to_datetime(date) if date else dt.datetime.now(dt.timezone.utc)
-        return {"record": _parse(body), "etag": response["ETag"],
+        return {"record": holders.parse(body), "etag": response["ETag"],
                 "age": (now - response["LastModified"]).total_seconds()}
 
     def _takeover_due(self, current: dict) -> bool:
@@ -280,7 +302,7 @@ class _S3Claim:
         has had no heartbeat for `stale_after` seconds."""
         holder = current["record"]
         ours = (holder.get("host"), holder.get("machine")) == (self.owner["host"], self.owner["machine"])
-        return (ours and _gone(holder.get("pid"), holder.get("pid_start"))) or current["age"] > self.stale_after
+        return (ours and holders.gone(holder.get("pid"), holder.get("pid_start"))) or current["age"] > self.stale_after
 
     def _rule(self) -> str:
         return (f"taken over at once from its own machine once its process has ended, from anywhere once it has "
@@ -304,90 +326,51 @@ def _error_code(exc: BaseException) -> str | None:
     return response.get("Error", {}).get("Code")
 
 
-# -- owners ----------------------------------------------------------------------------------------------------
+# -- objects created only if absent (gs://, az://, memory://) ------------------------------------------------
 
 
-def _owner(doing: str, command: str) -> dict:
-    """Who holds a claim: enough to name it to a second writer and to tell whether its process still runs."""
-    pid = os.getpid()
-    return {"tool": "nca-datagen", "doing": doing, "command": command, "host": socket.gethostname(),
-            "machine": _machine(), "pid": pid, "pid_start": (_process(pid) or (None, None))[1], "user": _user(),
-            "started": _now(), "heartbeat": _now(), "token": uuid.uuid4().hex}
+class _CreatedClaim:
+    """CLAIM as an object created only if absent; no heartbeat and no takeover (module docstring)."""
+
+    def __init__(self, fs, root: str, owner: dict):
+        self.fs, self.where, self.path, self.owner = fs, storage.url_of(fs, root), storage.join(root, CLAIM), owner
+        self.held, self.checked = False, time.monotonic()
+
+    def acquire(self) -> None:
+        try:
+            with _CREATING:
+                self.fs.pipe_file(self.path, holders.record_bytes(self.owner), mode="create")
+        except FileExistsError:
+            holder = self._read()
+            rule = (f"created only if absent and never taken over: if that writer has ended, delete "
+                    f"{storage.url_of(self.fs, self.path)} and rerun")
+            raise LocationBusy(_busy(self.where, holder or {}, rule)) from None
+        self.held = True
+
+    def check(self) -> None:
+        if time.monotonic() - self.checked < CHECK_EVERY_S:
+            return
+        self.checked = time.monotonic()
+        if (self._read() or {}).get("token") != self.owner["token"]:
+            raise ClaimLost(f"{storage.url_of(self.fs, self.path)} was removed or replaced while this "
+                            f"{self.owner['doing']} held it: another writer may be writing {self.where} now; "
+                            f"stop it, then rerun")
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        with contextlib.suppress(*storage.errors()):  # unreachable now: the claim stays, and says whose it is
+            if (self._read() or {}).get("token") == self.owner["token"]:
+                self.fs.rm_file(self.path)
+
+    def _read(self) -> dict | None:
+        try:
+            return holders.parse(storage.read_bytes(self.fs, self.path, MAX_CLAIM_BYTES))
+        except FileNotFoundError:
+            return None
 
 
 def _busy(where: str, holder: dict, rule: str, age: float | None = None) -> str:
-    return (f"{where} is being written by {_describe(holder, age)}. Wait for it to end, or stop it, then rerun "
+    return (f"{where} is being written by {holders.describe(holder, age)}. Wait for it to end, or stop it, then rerun "
             f"(its claim, {CLAIM} there, is {rule})")
-
-
-def _describe(holder: dict, age: float | None = None) -> str:
-    """The holder of a claim for messages; `age`: seconds since its last heartbeat (S3)."""
-    if not holder.get("pid"):
-        return "another writer (starting: its claim does not name it yet)"
-    beat = f", last heartbeat {age:.0f} s ago" if age is not None else ""
-    command = f": `{holder['command']}`" if holder.get("command") else ""
-    return (f"nca-datagen {holder.get('doing', '?')} (pid {holder['pid']} on {holder.get('host', '?')}, user "
-            f"{holder.get('user', '?')}, since {holder.get('started', '?')}{beat}){command}")
-
-
-def _gone(pid, start) -> bool:
-    """Whether process `pid` of this machine has ended: no such process, a zombie, or that pid now another
-    process's (a start time other than the claim's `start`)."""
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # another user's process: it runs
-        pass
-    now = _process(pid)
-    return now is not None and (now[0] == "Z" or (start is not None and now[1] != start))
-
-
-def _process(pid: int) -> tuple[str, int] | None:
-    """(state, start time in clock ticks after boot) of a process, from /proc/PID/stat (fields 3 and 22); None
-    where that is unreadable (no such process, not Linux)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
-    except (OSError, IndexError):
-        return None
-    return fields[0], int(fields[19])
-
-
-def _machine() -> str:
-    """This machine's boot and pid namespace: with the host name, what makes a claim's pid one to look up here
-    (containers may share a host name, and pids mean nothing across pid namespaces). '' without /proc."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f"{f.read().strip()} {os.readlink('/proc/self/ns/pid')}"
-    except OSError:
-        return ""
-
-
-def _user() -> str:
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # a uid without a name (containers)
-        return str(os.getuid())
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _json(obj: dict) -> bytes:
-    return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()
-
-
-def _parse(data: bytes) -> dict:
-    """A claim's owner record; {} for one not yet written or not ours."""
-    try:
-        record = json.loads(data)
-    except ValueError:
-        return {}
-    return record if isinstance(record, dict) else {}
-

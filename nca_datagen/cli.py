@@ -15,7 +15,7 @@ from nca_datagen.cli_options import storage_flags
 COMMANDS = {
     "build": ("nca_datagen.pipelines.build:build_command", "Generate, filter, tokenize and write a dataset."),
     "verify": ("nca_datagen.cli:verify_command", "Check a dataset's shards against its manifest."),
-    "publish": ("nca_datagen.cli:publish_command", "Copy a finished dataset to object storage."),
+    "publish": ("nca_datagen.cli:publish_command", "Copy a finished dataset to object storage or the Hub."),
     "export": ("nca_datagen.cli:export_command", "Rewrite a dataset as Parquet, Megatron .bin/.idx or MDS."),
     "inspect": ("nca_datagen.inspection:inspect_command", "Show a dataset's config, totals and histograms."),
     "preview": ("nca_datagen.preview:preview_command", "Draw sampled rules of a complexity band (PNG/GIF)."),
@@ -56,7 +56,7 @@ class LazyGroup(click.Group):
             error.exit_code = exc.exit_code
             raise error from exc
         except storage.errors() as exc:
-            hint = "" if isinstance(exc, OSError) else (
+            hint = "" if not type(exc).__module__.startswith("botocore") else (
                 f" (for s3:// URLs check --endpoint-url / AWS_ENDPOINT_URL, --profile and the credentials: "
                 f"{storage.credentials_source({})})")
             raise click.ClickException(f"{type(exc).__name__}: {exc}{hint}") from exc
@@ -86,8 +86,8 @@ def main():
               show_default=True, help="Rollout backend for --regenerate; auto: the fastest available.")
 @storage_flags
 def verify_command(url, regenerate, seed, backend, endpoint_url, profile, s3_checksums):
-    """Check every shard of the dataset (or export) at URL (folder or manifest.json, local or s3://) against its
-    manifest."""
+    """Check every shard of the dataset (or export) at URL (a folder, a URL such as s3://, or its manifest.json)
+    against its manifest."""
     from nca_datagen.exports import is_export, regenerate_export, verify_export
     from nca_datagen.verify import regenerate_and_compare, verify_dataset
 
@@ -116,7 +116,8 @@ def verify_command(url, regenerate, seed, backend, endpoint_url, profile, s3_che
                    "re-uploading those that differ: repairs a shard `verify` reports BAD at DST.")
 @storage_flags
 def publish_command(src, dst, overwrite, rehash, endpoint_url, profile, s3_checksums):
-    """Copy the finished dataset at SRC to DST (e.g. a folder to s3://bucket/prefix), manifest last."""
+    """Copy the finished dataset at SRC to DST (e.g. a folder to s3://bucket/prefix), manifest last; to
+    hf://datasets/ORG/NAME, in one commit."""
     from nca_datagen.pipelines.publish import publish
     from nca_datagen.units import plural
 

@@ -44,6 +44,7 @@ from nca_datagen.manifest import (
     SHARD_FILE,
     TABLES,
     TEMPORARY,
+    dataset_digest,
     json_bytes,
     manifest_recipe,
     read_json,
@@ -72,9 +73,8 @@ class Folder:
 def survey(fs, root: str) -> Folder:
     """Read what `root` holds (see `Folder`). Without a manifest or marker every file must be proven ours; the
     walk stops once a few are not (a folder given by mistake may be large)."""
-    manifest = _json_or_none(fs, storage.join(root, MANIFEST))
     marker = _json_or_none(fs, storage.join(root, BUILD))
-    folder = Folder(manifest=manifest if _is_our_manifest(manifest) else None,
+    folder = Folder(manifest=our_manifest(fs, storage.join(root, MANIFEST)),
                     marker=marker if _is_our_marker(marker) else None)
     if folder.manifest is None and folder.marker is None:
         folder.record_recipes, folder.foreign = _unmarked_files(fs, root)
@@ -175,8 +175,18 @@ def _comparable(marker: dict) -> dict:
 # ------------------------------------------------------------------------------------------------ proof
 
 
-def _is_our_manifest(manifest) -> bool:
-    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
+def our_manifest(fs, path: str) -> dict | None:
+    """The manifest at `path` when it is in our format (parsed, not yet checked), else None."""
+    manifest = _json_or_none(fs, path)
+    return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
+
+
+def digest_or_none(manifest: dict) -> str | None:
+    """`dataset_digest` of a manifest of ours; None for one too damaged to describe its data."""
+    try:
+        return dataset_digest(manifest)
+    except (KeyError, TypeError, AttributeError):
+        return None
 
 
 def _is_our_marker(marker) -> bool:

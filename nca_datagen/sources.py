@@ -55,7 +55,7 @@ class StoredShards(ShardSource):
         self.identity = shards_digest(self.shards)  # a saved position only fits the shards it was saved over
         limit = cache_limit(cache_bytes)
         fs, _ = dataset_root(self.url, storage_options)
-        self.cache = ShardCache(limit) if limit and not storage.is_local(fs) else None
+        self.cache = ShardCache(limit) if limit and storage.is_remote(fs) else None
         self._root: tuple | None = None  # (pid, fs, root): opened once per process
 
     @property

@@ -1,11 +1,19 @@
-"""Storage: one way to reach a dataset folder, on local disk or in S3-compatible object storage.
+"""Storage: one way to reach a dataset folder, on local disk or in any store fsspec reaches.
 
-Everything that reads or writes a dataset goes through `filesystem(url)` (fsspec; `s3fs` imported lazily), so
-local paths, `file://` and `s3://` URLs behave alike. Writes that readers may race are atomic: `write_atomic`
-writes a local file under a temporary name and renames it; on S3 a PUT is already all-or-nothing (an object
-becomes visible only when its upload completes), so it uploads straight to the final key. The trade-off: a
-whole object is held in memory while it is written. Our objects are shards (a few MB) and JSON, so that is
-cheap, and it lets the writer hash the exact bytes it publishes.
+Everything that reads or writes a dataset goes through `filesystem(url)`, which resolves the URL through fsspec
+itself (each store's package imported lazily), so local paths, `file://`, `memory://`, `s3://`, `gs://`, `az://`,
+`hf://` and other fsspec protocols behave alike. Writes that readers may race are atomic: `write_atomic` writes a
+local file under a temporary name and renames it; on object stores a PUT is already all-or-nothing (an object
+becomes visible only when its upload completes), so it uploads straight to the final key. The trade-off: a whole
+object is held in memory while it is written. Our objects are shards (a few MB) and JSON, so that is cheap, and it
+lets the writer hash the exact bytes it publishes.
+
+- Paths are literal: `[`, `*` and `?` are legal in folder names and keys, never patterns (`remove_files`).
+- Listings are fresh: every remote store is opened with fsspec's listings cache off, and `listing` asks anew.
+- A URL with an empty segment (`s3://b//x`) is refused: object stores would make a key no folder holds.
+- Every store but S3 takes `storage_options` as its fsspec class's keyword arguments (gcsfs, adlfs,
+  huggingface_hub: their own environment otherwise); the S3 flags below reach S3 alone.
+- `memory://` is fsspec's in-process store: real, serverless, and gone when the process ends.
 
 S3 settings come from the standard AWS environment (AWS_ENDPOINT_URL or AWS_ENDPOINT_URL_S3, AWS_PROFILE,
 AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, AWS_DEFAULT_REGION) or from `storage_options`
@@ -20,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import re
 import shutil
 import sys
 import tempfile
@@ -29,6 +38,22 @@ CHECKSUM_MODES = ("when_supported", "when_required")
 GLOB_CHARS = "*?["  # what fsspec's path expansion reads as a pattern
 READ_CHUNK = 2**20  # bounded reads go in pieces of this size
 _OUR_KEYS = ("endpoint_url", "profile", "key", "secret", "token", "region", "anon", "checksums")
+S3_FLAGS = ("endpoint_url", "profile", "checksums")  # what --endpoint-url, --profile, --s3-checksums set: S3's
+SCHEMES = ("file", "memory", "s3", "gs", "az", "hf")  # the documented stores, by the scheme messages name them
+SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+# scheme -> (the fsspec package that reaches it, the extra of ours that installs it; s3fs is a dependency)
+PACKAGES = {"s3": ("s3fs", None), "s3a": ("s3fs", None), "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs"),
+            "az": ("adlfs", "azure"), "abfs": ("adlfs", "azure"), "abfss": ("adlfs", "azure"),
+            "hf": ("huggingface_hub", "hf")}
+HINTS = {  # what to check when a store refuses or fails (S3's names the endpoint and credentials in use)
+    "file": "a writable output folder",
+    "memory": "the memory:// path (such a store lives in this Python process alone)",
+    "gs": "the bucket name and the Google credentials (GOOGLE_APPLICATION_CREDENTIALS, `gcloud auth "
+          "application-default login`, or token= in storage_options)",
+    "az": "the container name, the account (AZURE_STORAGE_ACCOUNT_NAME or account_name=) and its credentials "
+          "(AZURE_STORAGE_CONNECTION_STRING, AZURE_STORAGE_ACCOUNT_KEY, a SAS token, or `az login`)",
+    "hf": "the repo name and the Hugging Face token (HF_TOKEN or `hf auth login`)",
+}
 
 
 def cache_folder(name: str):
@@ -48,34 +73,83 @@ def cache_folder(name: str):
 
 
 def filesystem(url: str, storage_options: dict | None = None):
-    """(fs, root): an fsspec filesystem and the path of `url` inside it (no scheme, no trailing slash)."""
+    """(fs, root): an fsspec filesystem and the path of `url` inside it (no scheme, no trailing slash). Local paths
+    become absolute; any other scheme is resolved by fsspec. StorageError for an unknown scheme, or one whose
+    package is not installed (naming the extra that installs it)."""
     url = str(url)
     if not url.strip():
-        raise ValueError("an empty path or URL: give a folder (data/nca-web) or an s3:// URL")
-    if url.startswith("s3://") or url.startswith("s3a://"):
-        path = url.split("://", 1)[1].rstrip("/")
-        if "//" in path or not path:
-            raise ValueError(f"{url}: an empty bucket or path segment ('//'); write s3://bucket/prefix")
-        return _s3(storage_options), path
-    if "://" in url and not url.startswith("file://"):
-        raise ValueError(f"{url}: unsupported URL scheme; use a local path, file:// or s3://bucket/prefix")
-    from fsspec.implementations.local import LocalFileSystem
+        raise ValueError("an empty path or URL: give a folder (data/nca-web) or a URL such as s3://bucket/prefix")
+    match = SCHEME.match(url)
+    if match is None or match.group(1).lower() == "file":
+        from fsspec.implementations.local import LocalFileSystem
 
-    path = url[len("file://"):] if url.startswith("file://") else url
-    return LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+        path = url[match.end():] if match else url
+        return LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+    protocol, path = match.group(1).lower(), url[match.end():].rstrip("/")
+    if "//" in path or not path:
+        raise ValueError(f"{url}: an empty bucket or path segment ('//'); write {protocol}://bucket/prefix")
+    fs = _open_store(protocol, url, storage_options)
+    return fs, fs._strip_protocol(url).rstrip("/")
+
+
+def _open_store(protocol: str, url: str, storage_options: dict | None):
+    """The fsspec filesystem of `protocol`: S3 with `s3_kwargs`, any other with `storage_options` as they are
+    (less the S3 flags) and its listings cache off."""
+    import fsspec
+
+    from nca_datagen.errors import StorageError
+
+    try:
+        cls = fsspec.get_filesystem_class(protocol)
+    except ValueError:
+        raise StorageError(f"{url}: unknown URL scheme {protocol}://; give a local path or a URL fsspec knows: "
+                           f"{', '.join(f'{s}://' for s in SCHEMES)} ...") from None
+    except ImportError as exc:
+        raise missing_package(protocol, exc) from None
+    if "s3" in _protocols(cls):
+        kwargs = s3_kwargs(storage_options)
+    else:
+        kwargs = {"use_listings_cache": False,  # listings go stale while shards are being written
+                  **{k: v for k, v in (storage_options or {}).items() if k not in S3_FLAGS}}
+    return fsspec.filesystem(protocol, **{**cls._get_kwargs_from_urls(url), **kwargs})
+
+
+def missing_package(protocol: str, exc: ImportError | None = None):
+    """The StorageError for a store whose package is not installed, naming the extra that installs it."""
+    from nca_datagen.errors import StorageError
+
+    package, extra = PACKAGES.get(protocol, (None, None))
+    if package is None:
+        return StorageError(f"{protocol}:// needs a package that is not installed: {exc}")
+    fix = f"pip install 'nca-datagen[{extra}]'" if extra else f"pip install {package}"
+    return StorageError(f"{protocol}:// needs {package}: {fix}")
+
+
+def scheme(fs) -> str:
+    """The URL scheme of `fs`: the one the docs name (file, memory, s3, gs, az, hf), else fsspec's first."""
+    protocols = _protocols(fs)
+    return next((p for p in protocols if p in SCHEMES), protocols[0])
 
 
 def is_local(fs) -> bool:
-    return "file" in _protocols(fs)
+    return scheme(fs) == "file"
 
 
 def is_s3(fs) -> bool:
-    return "s3" in _protocols(fs)
+    return scheme(fs) == "s3"
+
+
+def is_remote(fs) -> bool:
+    """Whether reading `fs` costs a network round trip (not local disk, not this process's memory://)."""
+    return scheme(fs) not in ("file", "memory")
 
 
 def url_of(fs, path: str) -> str:
-    """A URL for messages and for `filesystem()`: s3://bucket/key, or the local path."""
-    return path if is_local(fs) else f"s3://{path}"
+    """A URL for messages and for `filesystem()`: the local path, or SCHEME://path (gs://bucket/key,
+    memory://folder, hf://datasets/org/name)."""
+    if is_local(fs):
+        return path
+    return f"{scheme(fs)}://{path.lstrip('/') if scheme(fs) == 'memory' else path}"
 
 
 def join(root: str, *parts: str) -> str:
@@ -111,8 +185,8 @@ def move(fs, src: str, dst: str) -> None:
 
 
 def write_url(url: str, data: bytes, storage_options: dict | None = None) -> str:
-    """Write `data` to a local path or s3:// URL (atomic; local parent folders are made); returns the name to
-    print: a local path as given, an object's s3:// URL. ValueError naming the URL when storage refuses."""
+    """Write `data` to a local path or URL (atomic; local parent folders are made); returns the name to print: a
+    local path as given, an object's URL. ValueError naming the URL when storage refuses."""
     try:
         fs, path = filesystem(url, storage_options)
         write_atomic(fs, path, data)
@@ -193,19 +267,27 @@ def size(fs, path: str) -> int | None:
         return None
 
 
+# module -> its error classes that are not OSErrors (huggingface_hub's are); a module not loaded raised none
+_STORE_ERRORS = {"botocore.exceptions": ("BotoCoreError", "ClientError"), "gcsfs.retry": ("HttpError",),
+                 "google.auth.exceptions": ("GoogleAuthError",), "azure.core.exceptions": ("AzureError",)}
+
+
 def errors() -> tuple[type[BaseException], ...]:
     """What storage access raises for an environment problem (a missing path or bucket, permissions, an endpoint
-    that does not answer, missing credentials): OSError, plus botocore's own errors once it is loaded."""
-    botocore = sys.modules.get("botocore.exceptions")  # not loaded: nothing can have raised one
-    return (OSError,) if botocore is None else (OSError, botocore.BotoCoreError, botocore.ClientError)
+    that does not answer, missing credentials): OSError, plus the store packages' own errors once loaded."""
+    found: list[type[BaseException]] = [OSError]
+    for module, names in _STORE_ERRORS.items():
+        if (loaded := sys.modules.get(module)) is not None:
+            found += [getattr(loaded, name) for name in names]
+    return tuple(found)
 
 
 def unreachable(fs, root: str) -> str | None:
     """None when the storage of `root` answers (a missing folder is an answer), else its error in one line. One
-    quick request: an object store is asked by a client with short timeouts and no retries, so a store that is
-    gone costs seconds here, not the minute of retries a normal request rides out."""
+    quick request: S3 is asked by a client with short timeouts and no retries, so a store that is gone costs
+    seconds here, not the minute of retries a normal request rides out (other stores: their own timeouts)."""
     probe = fs
-    if not is_local(fs):
+    if is_s3(fs):
         import s3fs
 
         options = dict(getattr(fs, "storage_options", {}) or {})
@@ -223,10 +305,10 @@ def unreachable(fs, root: str) -> str | None:
 
 
 def access_hint(fs) -> str:
-    """What to check when storage refuses or fails: a local folder's permissions, or an object store's endpoint
-    and the credentials in use, named with where they came from."""
-    if is_local(fs):
-        return "a writable output folder"
+    """What to check when storage refuses or fails: a local folder's permissions, S3's endpoint and the credentials
+    in use (named with where they came from), or what the other store needs."""
+    if not is_s3(fs):
+        return HINTS.get(scheme(fs), f"the {scheme(fs)}:// location and its credentials")
     options = getattr(fs, "storage_options", {}) or {}
     endpoint = options.get("endpoint_url") or "AWS's default endpoint"
     return f"the bucket name, the endpoint ({endpoint}) and the credentials ({credentials_source(options)})"
@@ -253,17 +335,9 @@ def describe_failure(fs, path: str, exc: BaseException) -> str:
 
 
 def storage_options_from_flags(endpoint_url=None, profile=None, checksums=None) -> dict:
-    """Turn the CLI's storage flags into `storage_options` (unset flags leave the AWS environment in charge)."""
+    """Turn the CLI's S3 flags into `storage_options` (unset flags leave the AWS environment in charge)."""
     opts = {"endpoint_url": endpoint_url, "profile": profile, "checksums": checksums}
     return {k: v for k, v in opts.items() if v}
-
-
-def _s3(storage_options: dict | None):
-    try:
-        import s3fs
-    except ImportError as exc:  # pragma: no cover - s3fs is a declared dependency
-        raise ValueError("s3:// URLs need s3fs: pip install s3fs") from exc
-    return s3fs.S3FileSystem(**s3_kwargs(storage_options))
 
 
 def s3_kwargs(storage_options: dict | None) -> dict:

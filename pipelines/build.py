@@ -121,8 +121,8 @@ def _not_empty(ctx, param, value):
 
 def _run_options(fn):
     options = [
-        click.option("--out", required=True, metavar="PATH|s3://BUCKET/PREFIX", callback=_not_empty,
-                     help="Dataset folder: a local path or an s3:// URL."),
+        click.option("--out", required=True, metavar="PATH|URL", callback=_not_empty,
+                     help="Dataset folder: a local path or a URL (s3://, gs://, az://, memory://)."),
         click.option("--compression", type=click.Choice(["zstd", "none"]), default="zstd", show_default=True,
                      help="Shard compression (none = plain .tar, random access)."),
         click.option("--overwrite", is_flag=True, help="Replace a finished dataset at --out."),

@@ -1,5 +1,8 @@
 """`nca-datagen publish SRC DST`: copy a finished dataset between local disk and object storage, manifest last.
 
+A Hugging Face dataset repo (`hf://datasets/ORG/NAME`) is written in one commit instead (`hub.py`); what follows
+is every other DST's way.
+
 - SRC is verified whole (`verify.verify_dataset`) before anything at DST is touched: a damaged source is never
   published, and a failed publish never costs DST its dataset.
 - DST follows the build's ownership rules (`nca_datagen.ownership`): empty, or a dataset or build of ours.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 
 from nca_datagen import storage
 from nca_datagen.claim import claim
@@ -42,6 +46,7 @@ from nca_datagen.ownership import (
     BUILD,
     STAGING,
     check_not_foreign,
+    digest_or_none,
     owned_path,
     refuse_foreign,
     remove_build_marker,
@@ -49,15 +54,19 @@ from nca_datagen.ownership import (
     survey,
     write_marker,
 )
+from nca_datagen.pipelines import hub
 from nca_datagen.shards import check_blob, compact_json, load_record, record_name
 
 
 def publish(src: str, dst: str, storage_options: dict | None = None, *, rehash: bool = False,
-            overwrite: bool = False, echo=print, command: str = "") -> dict:
+            overwrite: bool = False, echo=print, command: str = "", hub_api=None) -> dict:
     """Copy the dataset at `src` to `dst`; returns {"uploaded", "skipped", "files"} (shards, shards, other files).
     `rehash`: re-hash the shards DST already holds instead of trusting their record and size. `overwrite`:
     replace another dataset or build at DST (refused otherwise). DST is claimed for the copy (`claim.py`), after
-    the refusals that need no write; `command` names this publish in the claim."""
+    the refusals that need no write; `command` names this publish in the claim. A `hf://datasets/ORG/NAME` DST
+    is written in one commit instead (`hub.py`), through `hub_api` (default: a `huggingface_hub.HfApi`)."""
+    if (target := hub.hub_target(dst)) is not None:
+        return _publish_to_hub(src, target, storage_options, overwrite, echo, hub_api, command)
     sfs, sroot = dataset_root(src, storage_options)
     dfs, droot = storage.filesystem(dst, storage_options)
     check_no_overlap(sfs, sroot, dfs, droot)
@@ -74,12 +83,7 @@ def publish(src: str, dst: str, storage_options: dict | None = None, *, rehash: 
 
 def _publish(sfs, sroot, dfs, droot, src, storage_options, rehash, overwrite, echo) -> dict:
     """`publish` once DST is claimed."""
-    manifest_bytes, where = read_manifest_bytes(src, storage_options)
-    manifest = parse_manifest(manifest_bytes, where)
-    if manifest_recipe(manifest) is None:
-        raise DatasetError(f"{src} is a format-1 dataset (an older nca-datagen), whose records and tables carry no "
-                         f"recipe or sha256 to check: rebuild it with this version to publish it")
-    _verify_source(src, storage_options)
+    manifest_bytes, manifest = _verified_source(src, storage_options)
     replacing = _check_destination(dfs, droot, manifest, overwrite)
     copy = _Copy(sfs, sroot, dfs, droot, manifest, rehash, echo)
     write_marker(dfs, droot, manifest["config"], manifest_recipe(manifest), {"publish": dataset_digest(manifest)})
@@ -94,15 +98,60 @@ def _publish(sfs, sroot, dfs, droot, src, storage_options, rehash, overwrite, ec
     return stats
 
 
-def _verify_source(src: str, storage_options) -> None:
-    """ValueError naming SRC's problems, if `verify` finds any: nothing at DST has been touched yet."""
+def _publish_to_hub(src: str, target, storage_options, overwrite: bool, echo, api, command: str) -> dict:
+    """`publish` to a Hugging Face dataset repo: SRC verified, then staged on local disk, then one commit."""
+    sfs, sroot = dataset_root(src, storage_options)
+    try:
+        manifest_bytes, manifest = _verified_source(src, storage_options)
+        api = hub.client(api)
+        state = hub.read_state(api, target)
+        stale = hub.stale_files(state, target, manifest, _dataset_files(manifest), overwrite)
+        shards = sum(len(info["shards"]) for info in manifest["splits"].values())
+        stats = {"uploaded": 0, "skipped": shards, "files": 0}
+        if stale is None and state.manifest_bytes == manifest_bytes:
+            echo(f"{target.url} holds this dataset already (commit {state.head[:12]}): nothing to commit")
+            return stats
+        # a large dataset is staged beside the event-log spools, not in a small /tmp
+        with tempfile.TemporaryDirectory(prefix="publish-", dir=storage.cache_folder("hub-staging")) as staging:
+            files: set[str] = set()  # this very dataset: only its manifest changes
+            if stale is not None:
+                copy = _Copy(sfs, sroot, storage.filesystem(staging)[0], staging, manifest, False, lambda line: None)
+                stats, files = copy.to(staging), copy.published
+            oid = hub.commit(api, target, state.head, staging, files, stale or set(), manifest_bytes,
+                             message=f"nca-datagen: {command or 'publish'}")
+    except storage.errors() as exc:  # the Hub's HTTP errors are OSErrors too
+        hints = {storage.access_hint(sfs), storage.HINTS["hf"]}
+        raise StorageError(f"publishing {src} -> {target.url} failed: {type(exc).__name__}: {exc}. Check "
+                           f"{' and '.join(sorted(hints))}; nothing was committed") from exc
+    echo(f"committed {len(files) + 1} files ({len(stale or ())} deleted) to {target.url} in one commit, "
+         f"{oid[:12]}, manifest last")
+    return stats
+
+
+def _dataset_files(manifest: dict) -> set[str]:
+    """Every file of the dataset but its manifest: shards, their records, and the tables and card files."""
+    shards = {(split, index, shard["path"]) for split, info in manifest["splits"].items()
+              for index, shard in enumerate(info["shards"])}
+    return ({path for *_, path in shards} | {record_name(split, index) for split, index, _ in shards}
+            | set(listed_files(manifest)))
+
+
+def _verified_source(src: str, storage_options) -> tuple[bytes, dict]:
+    """(manifest bytes, manifest) of SRC, once `verify` finds nothing wrong with it (ValueError naming its problems
+    otherwise): nothing at DST has been touched yet."""
     from nca_datagen.verify import verify_dataset
 
+    manifest_bytes, where = read_manifest_bytes(src, storage_options)
+    manifest = parse_manifest(manifest_bytes, where)
+    if manifest_recipe(manifest) is None:
+        raise DatasetError(f"{src} is a format-1 dataset (an older nca-datagen), whose records and tables carry no "
+                           f"recipe or sha256 to check: rebuild it with this version to publish it")
     problems = verify_dataset(src, storage_options, echo=lambda line: None)
     if problems:
         shown = "\n  ".join(problems[:10]) + ("\n  ..." if len(problems) > 10 else "")
         raise ShardError(f"{src} fails verification, so nothing was published (DST is untouched):\n  {shown}\n"
                          f"`nca-datagen verify {src}` lists every problem; rebuild or repair SRC first")
+    return manifest_bytes, manifest
 
 
 def _check_destination(dfs, droot: str, manifest: dict, overwrite: bool) -> bool:
@@ -113,7 +162,7 @@ def _check_destination(dfs, droot: str, manifest: dict, overwrite: bool) -> bool
     if folder.foreign:
         refuse_foreign(where, folder.foreign)
     if folder.manifest is not None:
-        if _digest_or_none(folder.manifest) == digest:
+        if digest_or_none(folder.manifest) == digest:
             return False  # the same data: a republish or a deterministic rebuild
         if not overwrite:
             raise OutputRefused(f"{where} holds another finished dataset (its manifest.json lists other "
@@ -126,13 +175,6 @@ def _check_destination(dfs, droot: str, manifest: dict, overwrite: bool) -> bool
         raise OutputRefused(f"{where} holds shards of another recipe; pass --overwrite to replace them, or "
                          f"publish to another prefix")
     return False
-
-
-def _digest_or_none(manifest: dict) -> str | None:
-    try:
-        return dataset_digest(manifest)
-    except (KeyError, TypeError, AttributeError):  # a manifest of ours too damaged to describe its data
-        return None
 
 
 class _Copy:

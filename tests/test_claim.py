@@ -17,7 +17,8 @@ import pytest
 from shard_fixtures import make_dataset
 
 from nca_datagen import storage
-from nca_datagen.claim import CLAIM, ClaimLost, LocationBusy, _owner, claim
+from nca_datagen.claim import CLAIM, ClaimLost, LocationBusy, claim
+from nca_datagen.holders import owner
 
 CONSOLE = str(Path(sys.executable).with_name("nca-datagen"))
 SMALL = ["--tokens", "10K", "--samples-per-shard", "10", "--executor", "inline"]  # 2 shards of 10 sequences
@@ -252,7 +253,7 @@ def test_a_killed_holders_s3_claim_is_taken_at_once_on_its_machine(tmp_path, s3_
 
 def put_claim(fs, root: str, **fields) -> dict:
     """Put a claim object as a writer elsewhere would (what its holder wrote last)."""
-    record = {**_owner("build", "nca-datagen build --elsewhere"), **fields}
+    record = {**owner("build", "nca-datagen build --elsewhere"), **fields}
     fs.pipe_file(f"{root}/{CLAIM}", json.dumps(record).encode())
     return record
 
@@ -393,7 +394,7 @@ def test_a_claim_left_by_a_killed_writer_is_no_part_of_the_dataset(tmp_path):
     """verify does not complain about it, publish does not copy it, and a build resumes beside it."""
     src = tmp_path / "src"
     make_dataset(str(src), {"train": 1})
-    (src / CLAIM).write_text(json.dumps(_owner("build", "killed")))
+    (src / CLAIM).write_text(json.dumps(owner("build", "killed")))
     verified = subprocess.run([CONSOLE, "verify", str(src)], capture_output=True, text=True, timeout=60)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     published = subprocess.run([CONSOLE, "publish", str(src), str(tmp_path / "dst")], capture_output=True,

@@ -1,4 +1,5 @@
-"""The README's reading snippets, run as written: our loader, stock webdataset, Hugging Face datasets, tarfile.
+"""The README's reading snippets, run as written: our loader, stock webdataset (also from S3), Hugging Face datasets,
+tarfile.
 
 Each snippet below is the exact text the README shows, with `my-dataset` standing for the dataset folder. The
 test swaps in a real folder, appends one line inside the snippet's loop that records what it read, runs it, and
@@ -113,6 +114,25 @@ def test_stock_webdataset(datasets_dir, expected, name, compression):
     seen = run_snippet(name, datasets_dir / compression)
     assert all(np.asarray(t).dtype == np.uint16 for _, t, _ in seen)
     check(seen, expected)
+
+
+def test_stock_webdataset_from_s3(shards, expected, s3_server, s3_bucket, monkeypatch):
+    """docs/format.md's recipe as the page shows it, its bucket and prefix swapped for a moto bucket's."""
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "format.md").read_text()
+    (snippet,) = [block for block in page.split("```python\n")[1:] if 'gopen_schemes["s3"]' in block]
+    import importlib
+
+    gopen = importlib.import_module("webdataset.gopen")  # (`webdataset.gopen` the attribute is the function)
+    monkeypatch.setattr(gopen, "gopen_schemes", dict(gopen.gopen_schemes))  # the recipe's opener: this test's alone
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    make_dataset(f"{s3_bucket}/nca", {"train": shards}, config=REAL)
+    code = snippet.split("```")[0].replace("my-bucket/nca-web", f"{s3_bucket[len('s3://'):]}/nca")
+    scope = {"seen": []}
+    exec(compile(code + COLLECT["webdataset_zst"] + "\n", "<docs/format.md s3 recipe>", "exec"), scope)
+    assert all(np.asarray(t).dtype == np.uint16 for _, t, _ in scope["seen"])
+    check(scope["seen"], expected)
 
 
 def test_hugging_face_datasets_on_plain_tar(datasets_dir, expected, tmp_path, monkeypatch):

@@ -23,8 +23,8 @@ def test_filesystem_urls(tmp_path):
     assert storage.is_local(fs) and root == str(tmp_path / "x")
     assert storage.filesystem(f"file://{tmp_path}")[1] == str(tmp_path)
     assert storage.join("bucket/prefix", "train", "a.tar") == "bucket/prefix/train/a.tar"
-    with pytest.raises(ValueError, match="unsupported URL scheme"):
-        storage.filesystem("ftp://host/x")
+    with pytest.raises(ValueError, match="unknown URL scheme"):
+        storage.filesystem("nosuch://host/x")
 
 
 def test_s3_options_from_env_and_flags(monkeypatch):
@@ -80,16 +80,19 @@ def test_missing_bucket_is_a_clear_error(s3_server):
         prepare_output("s3://no-such-bucket-here/ds", FAKE, "zstd", storage_options={"endpoint_url": s3_server})
 
 
-@pytest.mark.parametrize("where", ["local", "s3"])
+@pytest.mark.parametrize("where", ["local", "s3", "memory"])
 def test_glob_characters_in_a_path_are_literal(tmp_path, request, where):
     """[, * and ? are legal in folder names and object keys; fsspec's rm reads them as patterns."""
     from click.testing import CliRunner
 
     from nca_datagen.cli import main
 
+    server = None
     if where == "s3":
         server = request.getfixturevalue("s3_server")
         out, flags = f"{request.getfixturevalue('s3_bucket')}/run[2]*?", ["--endpoint-url", server]
+    elif where == "memory":
+        out, flags = f"memory://{tmp_path.name}/run[2]*?", []
     else:
         out, flags = str(tmp_path / "run[2]*?"), []
     tiny = ["--complexity", "0.3:", "--grid", "6", "--states", "3", "--frames", "4", "--sims-per-rule", "2",
@@ -99,8 +102,8 @@ def test_glob_characters_in_a_path_are_literal(tmp_path, request, where):
     assert first.exit_code == 0, first.output
     again = CliRunner().invoke(main, ["build", *tiny, "--seed", "1", "--overwrite"])  # removes the first one
     assert again.exit_code == 0, again.output
-    assert read_manifest(out, {"endpoint_url": server} if where == "s3" else None)["config"]["seed"] == 1
-    fs, root = storage.filesystem(out, {"endpoint_url": server} if where == "s3" else None)
+    assert read_manifest(out, {"endpoint_url": server} if server else None)["config"]["seed"] == 1
+    fs, root = storage.filesystem(out, {"endpoint_url": server} if server else None)
     assert not storage.exists(fs, storage.join(root, "build.json"))
     assert CliRunner().invoke(main, ["verify", out, *flags]).exit_code == 0
 

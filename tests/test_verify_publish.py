@@ -183,9 +183,12 @@ def test_publish_refuses_a_corrupt_source(tmp_path, s3_server, s3_bucket):
 
 
 def _dst(kind, tmp_path, request):
-    """A publish destination and its storage options: a local folder, or a prefix on the moto S3 server."""
+    """A publish destination and its storage options: a local folder, a memory:// folder of this process, or a
+    prefix on the moto S3 server."""
     if kind == "local":
         return str(tmp_path / "dst"), {}
+    if kind == "memory":
+        return f"memory://{tmp_path.name}/dst", {}
     server = request.getfixturevalue("s3_server")
     return f"{request.getfixturevalue('s3_bucket')}/nca", {"endpoint_url": server}
 
@@ -194,7 +197,7 @@ def _publish(src, dst, opts, *flags):
     return cli("publish", str(src), dst, *flags, *(["--endpoint-url", opts["endpoint_url"]] if opts else []))
 
 
-@pytest.mark.parametrize("kind", ["local", "s3"])
+@pytest.mark.parametrize("kind", ["local", "memory", "s3"])
 def test_publishing_another_dataset_removes_the_old_ones_files(tmp_path, request, kind):
     dst, opts = _dst(kind, tmp_path, request)
     make_dataset(str(tmp_path / "v1"), {"train": 2, "val": 1})
