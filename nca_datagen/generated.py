@@ -13,9 +13,9 @@ What a recipe is (`generated_shards(recipe, ...)`):
 - a config file (`*.json`): a `DatasetConfig` as a manifest's `config` block holds it, or an object holding such a
   block under "config"; the budget as for a band;
 - a `DatasetConfig`, the same way;
-- a dataset (folder, s3:// URL or its manifest.json): only its manifest is read, for the recipe and the shard
-  counts; `check_sha256=True` checks each generated shard's sha256 against it (training as a continuous `verify
-  --regenerate`). A manifest made by another recipe version is refused, naming the version.
+- a dataset (folder, URL such as s3:// or hf://, or its manifest.json): only its manifest is read, for the recipe
+  and the shard counts; `check_sha256=True` checks each generated shard's sha256 against it (training as a
+  continuous `verify --regenerate`). A manifest made by another recipe version is refused, naming the version.
 
 Where shards are generated: in the process that iterates. In DataLoader workers that is the CPU (numba), each
 worker's kernel using its share of the CPUs; in a process with a GPU, the Triton kernel (`device="cuda"`, or

@@ -1,5 +1,6 @@
-"""The trainer's way in: a torch `IterableDataset` over a dataset's manifest (local folder or s3://), or over the
-same shards generated as they are read (`NCADataset.from_recipe`, no storage at all).
+"""The trainer's way in: a torch `IterableDataset` over a dataset's manifest (a local folder, or any store fsspec
+reaches: s3://, gs://, hf://, ...), or over the same shards generated as they are read (`NCADataset.from_recipe`, no
+storage at all).
 
 Shards come from a `ShardSource`: `StoredShards` reads a shard and checks its sha256 against the manifest (remote
 shards through a size-bounded local cache, `nca_datagen.cache`); `generated.GeneratedShards` runs `generate_shard`
@@ -160,8 +161,8 @@ class EpochStream(IterableDataset):
 class NCADataset(EpochStream):
     """Shards of one split, split by rank and worker, shuffled per (seed, epoch), resumable mid-epoch.
 
-    `url`: a dataset (folder, s3:// URL or its manifest.json), or a `ShardSource`; `NCADataset.from_recipe` makes
-    one that generates its shards. `cache_bytes`: the local cache for remote shards (`cache.cache_limit`)."""
+    `url`: a dataset (folder, URL or its manifest.json), or a `ShardSource`; `NCADataset.from_recipe` makes one
+    that generates its shards. `cache_bytes`: the local cache for remote shards (`cache.cache_limit`)."""
 
     def __init__(self, url, split: str = "train", *, seed: int = 0, shuffle: bool = True, rank: int | None = None,
                  world_size: int | None = None, raw: bool = False, context: int | None = None,
@@ -204,7 +205,7 @@ class NCADataset(EpochStream):
 
         `recipe`: a band ("50%+", "30-40%") with `tokens` (and `val_tokens` / `val_fraction`, `build_options` by
         build's flag names: {"frames": 4, "seed": 1}), a config file (*.json), a DatasetConfig, or a dataset's
-        folder / s3:// URL / manifest.json (only the manifest is read; `check_sha256=True` checks every generated
+        folder / URL / manifest.json (only the manifest is read; `check_sha256=True` checks every generated
         shard against it). No `tokens`: an unbounded split. `backend` / `device`: as `build`'s (default: the CPU in
         DataLoader workers, a GPU elsewhere when one is visible). Memory: one shard's arrays while it is made,
         beside the window of samples. Details: `nca_datagen.generated`.

@@ -103,7 +103,7 @@ class Mixture(EpochStream):
         """A mixture written as text: `"30-40%:0.3,50%+:0.7"` (source:weight, ...) or a curriculum
         `"30-40%>40-50%>50%+@100M"` (each source in turn, moving linearly from one to the next over equal parts of
         the first 100M tokens). A source is a band (generated; `tokens` per source as `from_recipe`'s, unbounded
-        without) or a dataset's folder or s3:// URL (stored). `loader_options` (rank, world_size, raw, ...) go to
+        without) or a dataset's folder or URL (stored). `loader_options` (rank, world_size, raw, ...) go to
         every source; `seed` is the mixture's and its sources'."""
         recipes, schedule = parse_spec(spec)
         sources = [_source(r, seed=seed, tokens=tokens, build_options=build_options, storage_options=storage_options,
