@@ -111,7 +111,19 @@ def _open_store(protocol: str, url: str, storage_options: dict | None):
     else:
         kwargs = {"use_listings_cache": False,  # listings go stale while shards are being written
                   **{k: v for k, v in (storage_options or {}).items() if k not in S3_FLAGS}}
-    return fsspec.filesystem(protocol, **{**cls._get_kwargs_from_urls(url), **kwargs})
+    fs = fsspec.filesystem(protocol, **{**cls._get_kwargs_from_urls(url), **kwargs})
+    if getattr(fs, "async_impl", False):
+        fs.loop.set_exception_handler(_quiet_dropped_connections)
+    return fs
+
+
+def _quiet_dropped_connections(loop, context: dict) -> None:
+    """The handler of fsspec's event loop: a request the store's client left behind when a connection dropped ends
+    in a ConnectionError nobody awaits, and asyncio would print its traceback. The call that was awaited reports
+    the outage in one line, so those are dropped; anything else goes to asyncio's default handler."""
+    if isinstance(context.get("exception"), ConnectionError):
+        return
+    loop.default_exception_handler(context)
 
 
 def missing_package(protocol: str, exc: ImportError | None = None):

@@ -97,3 +97,20 @@ def test_a_store_gone_for_good_stops_the_build_in_about_a_minute(store):
                            text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "building" in rerun.stderr + rerun.stdout
+
+
+def test_requests_orphaned_by_a_dropped_connection_print_no_traceback(caplog):
+    """When a connection drops, aiohttp leaves tasks whose ConnectionError nobody awaits; asyncio would print
+    their tracebacks beside our one-line message. Other loop errors still reach asyncio's handler."""
+    from aiohttp.client_exceptions import ClientConnectionResetError
+
+    from nca_datagen import storage
+
+    fs, _ = storage.filesystem("s3://bucket/ds", {"endpoint_url": "http://127.0.0.1:9"})
+    with caplog.at_level("ERROR", logger="asyncio"):
+        fs.loop.call_exception_handler({"message": "Task exception was never retrieved",
+                                        "exception": ClientConnectionResetError("Cannot write to closing transport")})
+        assert not caplog.records
+        fs.loop.call_exception_handler({"message": "Task exception was never retrieved",
+                                        "exception": RuntimeError("a bug of ours")})
+    assert [record.exc_info[1].args for record in caplog.records] == [("a bug of ours",)]
