@@ -2,7 +2,12 @@
 
 Bad input ends in one `Error: ...` line, never a traceback: options check their ranges where click can, and the
 group turns the ValueErrors the stages raise for what they are given (a corpus too small, a checkpoint that is
-not one, a run folder holding another run, ...) into click errors. Internal failures still raise.
+not one, a run folder holding another run, ...) into click errors. Internal failures still raise. The stages
+check every input before they train (`stages.nca_plan`, `stages.text_plan`, `compare.check_compare`), so such
+an error comes before any training, not after a stage has run.
+
+Every command takes its corpus as `--text` (repeatable) and lists with a short help of its own (click would cut
+a docstring's first sentence at 45 characters with '...').
 """
 
 from __future__ import annotations

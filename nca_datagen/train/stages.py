@@ -121,16 +121,16 @@ def text_data_for(documents: list[bytes], batch_size: int, context: int, seed: i
                          "sha256": text_data.documents_digest(documents)}
 
 
-def text_plan(corpus, out_dir, *, model: str = "tiny", init: str | None = None, pending_init: dict | None = None,
+def text_plan(corpus, out_dir, *, model: str = "tiny", init: str | None = None, pending_init: str | None = None,
               transfer="all", reinit_layers=(), context: int = 256, val_fraction: float = 0.05,
               eval_tokens: int = 65536, documents: list[bytes] | None = None, **train) -> dict:
     """What `train_text` will run, checked before anything trains: the config and device, the `init` checkpoint
     and the parts and layers kept from it, the corpus (text, a validation split with a window, a training split
     with a batch) and the run folder (`trainer.preflight`).
 
-    `pending_init` is the model config of an init checkpoint not written yet (compare checks its text runs
-    before pre-pre-training): its digest is then left out of the run folder's check. `documents`, if given,
-    are the corpus already read (compare reads it once for both runs).
+    `pending_init` is the model size of an init checkpoint not written yet (compare checks its text runs before
+    pre-pre-training): its digest is then left out of the run folder's check. `documents`, if given, are the
+    corpus already read (compare reads it once for both runs).
     """
     cfg = _train_config(TEXT_DEFAULTS, train)
     state = load_checkpoint(init) if init and pending_init is None else None  # before the corpus: fails fast

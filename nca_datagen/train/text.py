@@ -1,4 +1,4 @@
-"""Text corpora for the language stage: byte-level tokens, a by-document train/validation split, batches.
+"""Text corpora for the language stage: byte-level tokens, a train/validation split by document, batches.
 
 Bytes are the tokenizer (ids 0..255, plus one `<|endoftext|>` = 256 between documents), so any text
 works offline and nothing is downloaded. The price: perplexities are per byte, not per BPE token, so they
