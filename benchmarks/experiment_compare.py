@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import statistics
 import subprocess
@@ -52,7 +53,7 @@ import numpy as np
 import torch
 
 from benchmarks.report import RESULTS, machine
-from nca_datagen.train.compare import change_text, speedup_text
+from nca_datagen.train.compare import change_text, speedup_text, what_it_can_show
 
 SEEDS = (0, 1, 2)
 TRANSFERS = ("all", "attn")
@@ -191,6 +192,12 @@ def commit() -> str:
                                                    else "")
 
 
+def _load_text(timings: dict) -> str:
+    """The machine's load while it ran, where recorded: wall time on a shared 2-core box depends on it."""
+    load = timings.get("load_average_5min")
+    return f", 5-minute load average {load[0]:.1f} at the start and {load[1]:.1f} at the end" if load else ""
+
+
 def _pm(s: dict, fmt: str = ".2%") -> str:
     return f"{s['mean']:{fmt}} ± {s['std']:{fmt}} (range {s['min']:{fmt}} to {s['max']:{fmt}})"
 
@@ -236,7 +243,8 @@ def note(record: dict, quick: bool) -> str:
     last_mean = statistics.fmean(r["nca_run"]["val_loss_by_frame"][last] for r in runs)
     lines = [f"# NCA pre-pre-training vs scratch{' (quick smoke run)' if quick else ''}, {len(runs)} seeds", "",
              f"- nca-datagen commit `{record['commit']}`; {record['timings']['threads']} torch threads; "
-             f"wall time {record['timings']['total_s'] / 60:.1f} min (build {record['timings']['build_s']:.0f} s).",
+             f"wall time {record['timings']['total_s'] / 60:.1f} min (build {record['timings']['build_s']:.0f} s)"
+             f"{_load_text(record['timings'])}.",
              f"- NCA data: `nca-datagen build {' '.join(plan['build'])}`: vocab {nca0['model']['vocab_size']}, "
              f"{nca0['model']['context'] + 2}-token sequences.",
              f"- Model `{plan['model']}`: {text0['params']:,} parameters as a text model "
@@ -272,7 +280,7 @@ def note(record: dict, quick: bool) -> str:
                      f" (paper: -4.2% to -5.7%, 1.41-1.62x at 164M NCA tokens and 1.2B parameters).")
     lines += ["", f"Scratch final validation loss over seeds: {_pm(s['scratch_val_loss'], '.4f')}.", "",
               f"What one such compare can show, in its own words (seed 0, `--transfer all`): "
-              f"{runs[0]['by_transfer']['all']['can_show']}", "",
+              f"{what_it_can_show({'nca_run': nca0, 'scratch_run': text0})}", "",
               f"![validation curves, mean of {len(runs)} seeds]({record['pngs']['text']})", ""]
     return "\n".join(lines)
 
@@ -283,17 +291,21 @@ def main():
     p.add_argument("--work", default="/tmp/nca-datagen-experiment", help="Scratch folder (dataset, checkpoints).")
     p.add_argument("--threads", type=int, default=2, help="torch threads (2 cores on the shared box).")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--rewrite-note", action="store_true", help="Only rewrite the markdown from the saved JSON.")
     args = p.parse_args()
+    name = "compare-quick" if args.quick else "compare"
+    if args.rewrite_note:
+        (RESULTS / f"{name}.md").write_text(note(json.loads((RESULTS / f"{name}.json").read_text()), args.quick))
+        return
     torch.set_num_threads(args.threads)
     from nca_datagen.train.compare import curves_figure
     from nca_datagen.train.frames import frame_loss_figure
 
     plan = QUICK if args.quick else FULL
-    name = "compare-quick" if args.quick else "compare"
     work = Path(args.work) / name
     if (work / "runs").exists():  # fresh runs every time; the dataset is kept and reused
         shutil.rmtree(work / "runs")
-    t0, ran_on = time.perf_counter(), commit()  # before the runs: later edits to the tree are not what ran
+    t0, ran_on, load = time.perf_counter(), commit(), os.getloadavg()[1]  # commit: before any later edit
     build_s = build(work / "data", plan["build"])
     floor = rule_evidence(str(work / "data"))
     seed_runs = [run_seed(work / "data", work / "runs", plan, seed, args.device) for seed in SEEDS]
@@ -309,6 +321,7 @@ def main():
                   f"{change_text(all_change, digits=1)}").savefig(pngs["text"], dpi=120)
     record = {"experiment": name, "commit": ran_on, "machine": machine(), "plan": plan,
               "timings": {"build_s": build_s, "total_s": time.perf_counter() - t0, "threads": args.threads,
+                          "load_average_5min": [load, os.getloadavg()[1]],  # at the start and end: a shared box
                           "per_seed_s": [r["seconds"] for r in seed_runs]},
               "floor": floor, "summary": summary, "nca_curves": curves, "pngs": {k: v.name for k, v in pngs.items()},
               "seed_runs": seed_runs}
