@@ -154,7 +154,8 @@ def target_losses(model, batches, device) -> tuple[torch.Tensor, torch.Tensor]:
         y_BT = y_BT.to(device)
         with autocast(device):
             logits_BTV = model(x_BT.to(device))
-        loss_BT = F.cross_entropy(logits_BTV.float().transpose(1, 2), y_BT, ignore_index=-100, reduction="none")
+        loss_BT = F.cross_entropy(logits_BTV.float().flatten(0, 1), y_BT.flatten(), ignore_index=-100,
+                                  reduction="none").view_as(y_BT)  # (B*T, V) rows: the contiguous fast path
         if sums_T is None:
             sums_T = torch.zeros(y_BT.shape[1], dtype=torch.float64, device=device)
             counts_T = torch.zeros(y_BT.shape[1], dtype=torch.int64, device=device)
@@ -198,15 +199,16 @@ def save_checkpoint(path: Path, model, optimizer, step: int, cfg: TrainConfig, s
     os.replace(tmp, path)  # a reader never sees a half-written checkpoint
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """A checkpoint dict (on the CPU). Accepts the file or the run folder that holds `ckpt.pt`."""
+def load_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict:
+    """A checkpoint dict (on the CPU). Accepts the file or the run folder that holds `ckpt.pt`. With `mmap` its
+    tensors are mapped from the file and read only if used: a check of its settings costs no full read."""
     path = Path(path)
     if path.is_dir():
         path = path / "ckpt.pt"
     if not path.is_file():
         raise ValueError(f"checkpoint not found: {path} (give a ckpt.pt or the run folder that holds one)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except (pickle.UnpicklingError, EOFError, RuntimeError) as exc:  # a text file, an empty or foreign file
         raise ValueError(f"{path} is not an nca-datagen training checkpoint (torch.load: {exc})") from None
     found = state.get("format") if isinstance(state, dict) else type(state).__name__
@@ -280,7 +282,7 @@ def preflight(cfg: TrainConfig, out_dir, meta: dict, unknown=()) -> None:
     check_writable(out_dir)
     ckpt_path = Path(out_dir) / "ckpt.pt"
     if ckpt_path.exists():
-        check_same_run(load_checkpoint(ckpt_path), ckpt_path, cfg, meta, unknown)
+        check_same_run(load_checkpoint(ckpt_path, mmap=True), ckpt_path, cfg, meta, unknown)
 
 
 def _resume(ckpt_path: Path, model, optimizer, source, metrics_path: Path, cfg: TrainConfig, meta: dict) -> int:
