@@ -30,10 +30,12 @@ Choices, none tuned on the validation split:
   the previous run's recipe (the paper's shape: AdamW, warmup then cosine) with half its steps, so that 3 seeds
   x 3 text runs fit the budget. Validation every 15 steps on 32,768 bytes of held-out documents.
 
-    python -m benchmarks.experiment_compare            # ~20-30 min on 2 cores
-    python -m benchmarks.experiment_compare --quick    # ~1-2 min smoke run at a tiny scale
+    python -m benchmarks.experiment_compare            # ~20-30 min on 2 free cores
+    python -m benchmarks.experiment_compare --quick    # a few minutes: a smoke run at a tiny scale
 
 Writes benchmarks/results/compare[-quick].json, .md, .png (text curves) and -frames.png (loss by frame).
+`--rewrite-note` redraws the figures and rewrites the markdown from the JSON, keeping its hand-written
+"What it showed" section.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from benchmarks.report import RESULTS, machine
 from nca_datagen.train.compare import change_text, speedup_text, what_it_can_show
 
 SEEDS = (0, 1, 2)
+READING = "## What it showed"  # the results markdown's last section, written by hand once a run is read
 TRANSFERS = ("all", "attn")
 FULL = {
     "build": ["--states", "3", "--grid", "8", "--frames", "20", "--complexity", "0.15:", "--tokens", "8M"],
@@ -291,16 +294,17 @@ def main():
     p.add_argument("--work", default="/tmp/nca-datagen-experiment", help="Scratch folder (dataset, checkpoints).")
     p.add_argument("--threads", type=int, default=2, help="torch threads (2 cores on the shared box).")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--rewrite-note", action="store_true", help="Only rewrite the markdown from the saved JSON.")
+    p.add_argument("--rewrite-note", action="store_true",
+                   help="Only redraw the figures and rewrite the markdown from the saved JSON.")
     args = p.parse_args()
     name = "compare-quick" if args.quick else "compare"
     if args.rewrite_note:
-        (RESULTS / f"{name}.md").write_text(note(json.loads((RESULTS / f"{name}.json").read_text()), args.quick))
+        md = RESULTS / f"{name}.md"
+        reading = md.read_text().partition(READING)  # the reading written by hand after the run stays
+        report(json.loads((RESULTS / f"{name}.json").read_text()), args.quick)
+        md.write_text(md.read_text() + ("\n" + reading[1] + reading[2] if reading[1] else ""))
         return
     torch.set_num_threads(args.threads)
-    from nca_datagen.train.compare import curves_figure
-    from nca_datagen.train.frames import frame_loss_figure
-
     plan = QUICK if args.quick else FULL
     work = Path(args.work) / name
     if (work / "runs").exists():  # fresh runs every time; the dataset is kept and reused
@@ -309,25 +313,32 @@ def main():
     build_s = build(work / "data", plan["build"])
     floor = rule_evidence(str(work / "data"))
     seed_runs = [run_seed(work / "data", work / "runs", plan, seed, args.device) for seed in SEEDS]
-    summary = summarize(seed_runs)
-    curves = nca_curves(seed_runs, work / "runs")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    pngs = {"frames": RESULTS / f"{name}-frames.png", "text": RESULTS / f"{name}.png"}
-    title = f"NCA validation loss by frame, mean of {len(SEEDS)} seeds"
-    frame_loss_figure(curves, seed_runs[0]["nca_run"]["unigram_loss_by_frame"], floor["floor"],
-                      title=title).savefig(pngs["frames"], dpi=120)
-    all_change = summary["all"]["ppl_change"]["mean"]
-    curves_figure(text_curves(seed_runs), f"stdlib, mean of {len(SEEDS)} seeds; --transfer all: "
-                  f"{change_text(all_change, digits=1)}").savefig(pngs["text"], dpi=120)
     record = {"experiment": name, "commit": ran_on, "machine": machine(), "plan": plan,
               "timings": {"build_s": build_s, "total_s": time.perf_counter() - t0, "threads": args.threads,
                           "load_average_5min": [load, os.getloadavg()[1]],  # at the start and end: a shared box
                           "per_seed_s": [r["seconds"] for r in seed_runs]},
-              "floor": floor, "summary": summary, "nca_curves": curves, "pngs": {k: v.name for k, v in pngs.items()},
-              "seed_runs": seed_runs}
+              "floor": floor, "summary": summarize(seed_runs), "nca_curves": nca_curves(seed_runs, work / "runs"),
+              "pngs": {"frames": f"{name}-frames.png", "text": f"{name}.png"}, "seed_runs": seed_runs}
+    RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
-    (RESULTS / f"{name}.md").write_text(note(record, args.quick))
+    report(record, args.quick)
     print((RESULTS / f"{name}.md").read_text())
+
+
+def report(record: dict, quick: bool) -> None:
+    """The two figures and the markdown, from the record alone (so they can be redrawn from the saved JSON)."""
+    from nca_datagen.train.compare import curves_figure
+    from nca_datagen.train.frames import frame_loss_figure
+
+    runs, n = record["seed_runs"], len(record["seed_runs"])
+    curves = {int(step): losses for step, losses in record["nca_curves"].items()}  # JSON keys are strings
+    frame_loss_figure(curves, runs[0]["nca_run"]["unigram_loss_by_frame"], record["floor"]["floor"],
+                      title=f"NCA validation loss by frame, mean of {n} seeds").savefig(
+        RESULTS / record["pngs"]["frames"], dpi=120)
+    change = change_text(record["summary"]["all"]["ppl_change"]["mean"], digits=1)
+    curves_figure(text_curves(runs), f"stdlib, mean of {n} seeds\n--transfer all: {change}").savefig(
+        RESULTS / record["pngs"]["text"], dpi=120)
+    (RESULTS / f"{record['experiment']}.md").write_text(note({**record, "nca_curves": curves}, quick))
 
 
 if __name__ == "__main__":

@@ -73,11 +73,12 @@ def frame_loss_figure(by_step: dict[int, list], unigram_by_frame: list, floor: f
     matplotlib_agg()
     from matplotlib import colormaps
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     steps = sorted(by_step)
     n = min(lines, len(steps))
     shown = sorted({steps[round(i * (len(steps) - 1) / max(1, n - 1))] for i in range(n)})
-    fig = Figure(figsize=(6, 4))
+    fig = Figure(figsize=(8, 4))
     ax = fig.subplots()
     colours = colormaps["viridis"]
     for i, step in enumerate(shown):
@@ -86,11 +87,12 @@ def frame_loss_figure(by_step: dict[int, list], unigram_by_frame: list, floor: f
                 label=f"step {step}")
     ax.plot(*_scored(unigram_by_frame), linestyle="--", color="grey", label="unigram (token frequencies)")
     ax.axhline(floor, linestyle=":", color="black", label=f"floor ({floor:.2g}: the rule known)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("frame position in the sequence")
     ax.set_ylabel("validation loss (nats / patch token)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the axes: lines fill them
     fig.tight_layout()
     return fig
 
