@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 import torch
 from click.testing import CliRunner
@@ -179,6 +180,16 @@ def test_corpus_files_listed_twice_are_read_once(corpus, monkeypatch):
     files = text_data.corpus_files([str(corpus / "doc3.txt"), corpus.name, str(corpus / "*.txt"), str(corpus)])
     assert [p.name for p in files] == ["doc3.txt"] + [f"doc{i}.txt" for i in range(10) if i != 3]
     assert len(text_data.load_documents([str(corpus), str(corpus)])) == 10
+
+
+def test_one_document_is_split_by_bytes():
+    """One plain text file is the most common corpus: its tail is the validation text (it used to be refused)."""
+    doc = bytes(range(256)) * 10
+    train, val = text_data.split_documents([doc], 0.1)
+    assert train == [doc[:2304]] and val == [doc[2304:]]  # 2,560 bytes, the last 10% held out
+    assert text_data.split_documents([doc, doc[:5]], 0.1)[1] in ([doc], [doc[:5]])  # two: still by document
+    with pytest.raises(ValueError, match="holds no text"):
+        text_data.split_documents([], 0.1)
 
 
 def test_text_batches_resume_by_index(corpus):
@@ -361,7 +372,7 @@ def test_cli_text_and_help(tmp_path, corpus):
     for sub in ("nca", "text", "compare", "sweep"):
         result = runner.invoke(main, ["train", sub, "--help"])
         assert result.exit_code == 0, result.output
-    result = runner.invoke(main, ["train", "text", str(corpus), "--out", str(tmp_path / "t"), "--steps", "2",
+    result = runner.invoke(main, ["train", "text", "--text", str(corpus), "--out", str(tmp_path / "t"), "--steps", "2",
                                   "--batch-size", "2", "--context", "32", "--eval-tokens", "256", "--device", "cpu",
                                   "--quiet"])
     assert result.exit_code == 0, result.output
@@ -369,9 +380,27 @@ def test_cli_text_and_help(tmp_path, corpus):
     assert json.loads((tmp_path / "t" / "run.json").read_text())["corpus"] == [str(corpus)]
 
 
+def test_compare_on_a_single_file_corpus(tmp_path, corpus):
+    """`compare --text one.txt` trains and validates on the file's tail, where it failed with 'the corpus has 1
+    document(s)' after the NCA stage."""
+    from nca_datagen.cli import main
+
+    init = train_text(str(corpus), tmp_path / "pre", steps=2, batch_size=4, **FAST)["checkpoint"]
+    one = tmp_path / "one.txt"
+    one.write_bytes(b"".join(sorted(p.read_bytes() for p in corpus.iterdir())))
+    result = CliRunner().invoke(main, ["train", "compare", "--nca", init, "--text", str(one), "--out",
+                                       str(tmp_path / "cmp"), "--steps", "2", "--batch-size", "4", "--context", "32",
+                                       "--eval-tokens", "0", "--val-fraction", "0.1", "--device", "cpu", "--quiet"])
+    assert result.exit_code == 0, result.output
+    info = json.loads((tmp_path / "cmp" / "compare.json").read_text())["scratch_run"]["corpus_info"]
+    held_out = round(0.1 * one.stat().st_size) + 1  # the tail and its end-of-text token
+    assert info["documents"] == 1 and info["split"] == "bytes", info
+    assert info["val_tokens"] == held_out // 33 * 32  # every whole window of context + 1 tokens
+
+
 def _one_line_errors():
     """(arguments after `train`, text the one-line error must hold); {corpus} and {tmp} are filled in."""
-    text = ["text", "{corpus}", "--out", "{tmp}/run", "--steps", "2", "--batch-size", "4", "--context", "32",
+    text = ["text", "--text", "{corpus}", "--out", "{tmp}/run", "--steps", "2", "--batch-size", "4", "--context", "32",
             "--eval-tokens", "256", "--device", "cpu", "--quiet"]
     no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
     return [
@@ -396,7 +425,7 @@ def _one_line_errors():
         pytest.param([*text, "--init", "{corpus}/doc0.txt"], "is not an nca-datagen training checkpoint",
                      id="init-not-checkpoint"),
         pytest.param([*text, "--init", "{tmp}/nope.pt"], "checkpoint not found", id="init-missing"),
-        pytest.param(["text", "{tmp}/missing", "--out", "{tmp}/run"], "has no files", id="corpus-missing"),
+        pytest.param(["text", "--text", "{tmp}/missing", "--out", "{tmp}/run"], "has no files", id="corpus-missing"),
         pytest.param([*text, "--context", "4000"], "shorter --context", id="corpus-too-small"),
         pytest.param(["nca", "{tmp}/missing", "--out", "{tmp}/run"], "no dataset at", id="nca-missing"),
         pytest.param(["compare", "--nca", "{tmp}/nope.pt", "--text", "{corpus}", "--out", "{tmp}/cmp"],
@@ -421,11 +450,49 @@ def test_text_refuses_transfer_flags_without_init(tmp_path, corpus, flag):
     """Without --init there is nothing to transfer: an explicit flag is a usage error, not silently ignored."""
     from nca_datagen.cli import main
 
-    result = CliRunner().invoke(main, ["train", "text", str(corpus), "--out", str(tmp_path / "t"), *flag])
+    result = CliRunner().invoke(main, ["train", "text", "--text", str(corpus), "--out", str(tmp_path / "t"), *flag])
     assert result.exit_code == 2, result.output
     error = [line for line in result.output.splitlines() if line.startswith("Error")]
     assert len(error) == 1 and "--init" in error[0] and flag[0] in error[0], result.output
     assert not (tmp_path / "t").exists()
+
+
+def test_every_train_option_has_help():
+    """Each option of each `train` command says what it does; a positional argument is named in its command's
+    help."""
+    from nca_datagen.train.cli import train_group
+
+    for name, command in train_group.commands.items():
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert param.help and param.help.strip(), f"train {name} {'/'.join(param.opts)} has no help"
+            else:
+                assert param.name.upper() in command.help, f"train {name}: {param.name.upper()} not in its help"
+
+
+def test_train_help_lists_each_command_whole():
+    """`train --help` shows each command's summary whole, not cut with '...' at 45 characters."""
+    from nca_datagen.cli import main
+    from nca_datagen.train.cli import train_group
+
+    for width in (80, 120):
+        out = CliRunner().invoke(main, ["train", "--help"], terminal_width=width).output.split("Commands:")[1]
+        assert "..." not in out and "\u2026" not in out, out
+        for command in train_group.commands.values():
+            assert command.short_help in out, (command.name, out)
+
+
+def test_every_command_takes_the_corpus_as_text(tmp_path, corpus):
+    """One way to pass a corpus: `--text`, repeatable, in text, compare and sweep alike."""
+    from nca_datagen.cli import main
+    from nca_datagen.train.cli import train_group
+
+    options = [next(p for p in train_group.commands[name].params if p.name == "text")
+               for name in ("text", "compare", "sweep")]
+    assert all(o.opts == ["--text"] and o.multiple and o.required and o.help == options[0].help for o in options)
+    assert not any(isinstance(p, click.Argument) for p in train_group.commands["text"].params)
+    old_style = CliRunner().invoke(main, ["train", "text", str(corpus), "--out", str(tmp_path / "t")])
+    assert old_style.exit_code == 2 and "--text" in old_style.output and not (tmp_path / "t").exists()
 
 
 def _help(command: str, option: str) -> str:
@@ -501,3 +568,31 @@ def test_train_package_never_imports_the_generator():
             "'nca_datagen.rules', 'nca_datagen.kernels', 'nca_datagen.seeds'))]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _run_report(scratch_loss: float, text_unigram: float, nca: dict | None) -> dict:
+    """A compare report with what `what_it_can_show` reads (the runs' summaries)."""
+    return {"scratch_run": {"final_val_loss": scratch_loss, "corpus_info": {"unigram_loss": text_unigram}},
+            "nca_run": nca}
+
+
+@pytest.mark.parametrize("scratch_loss, nca, expected", [
+    (4.2, None, "a smoke test: it shows the pipeline runs, not whether NCA data helps: scratch's final validation "
+                "loss 4.20 is not below the corpus's byte unigram loss 3.25"),
+    (1.5, {"final_val_loss": 8.1, "unigram_loss": 7.9, "val_loss_by_frame": [None, 8.2, 8.0]},
+     "a smoke test: it shows the pipeline runs, not whether NCA data helps: the NCA stage's validation loss 8.10 is "
+     "not below its unigram loss 7.90"),
+    (1.5, {"final_val_loss": 2.5, "unigram_loss": 4.0, "val_loss_by_frame": [None, 3.0, 2.9, 2.8]},
+     "the NCA stage learned token statistics, little in context (validation loss by frame: frame 1 3.00 -> frame 3 "
+     "2.80 nats, 7% lower, under 10%)"),
+    (1.5, {"final_val_loss": 2.0, "unigram_loss": 4.0, "val_loss_by_frame": [None, 3.0, 2.0, 1.0]},
+     "the NCA stage learned in context (validation loss by frame: frame 1 3.00 -> frame 3 1.00 nats, 67% lower; "
+     "a model that knows the rule scores about 0); one seed, so a change means something only beyond the "
+     "seed-to-seed spread"),
+    (1.5, None, "one seed, and no NCA validation by frame here"),
+], ids=["text-smoke", "nca-smoke", "statistics-only", "rule-inference", "from-checkpoint"])
+def test_compare_says_what_a_run_of_its_size_can_show(scratch_loss, nca, expected):
+    from nca_datagen.train.compare import what_it_can_show
+
+    said = what_it_can_show(_run_report(scratch_loss, 3.25, nca))
+    assert said.startswith(expected) and "164M NCA tokens" in said, said

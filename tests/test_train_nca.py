@@ -69,6 +69,43 @@ def test_loss_decreases_on_nca_data(tmp_path, dataset):
     assert summary["model"]["vocab_size"] == 83 and load_checkpoint(tmp_path / "run")["meta"]["stage"] == "nca"
 
 
+def test_validation_loss_by_frame_position(tmp_path, dataset):
+    """The NCA stage reports its validation loss per frame (patch targets only) with the unigram baselines, and
+    draws them; each number is checked against a direct computation."""
+    from nca_datagen import loader
+    from nca_datagen.train.frames import target_frames
+    from nca_datagen.train.model import ModelConfig, build_model
+    from nca_datagen.train.nca import nca_val_batches
+
+    summary = pretrain_nca(str(dataset), tmp_path / "run", steps=3, batch_size=8, lr=3e-3, eval_every=3,
+                           val_sequences=16, **FAST)
+    info = dataset_info(str(dataset))
+    tpf, context = info["tokens_per_frame"], info["seq_len"] - 2
+    frame_T = torch.from_numpy(target_frames(context, tpf))
+    val = nca_val_batches(str(dataset), 16, 16)
+    labels_NT = torch.cat([y for _, y in val])
+    assert ((labels_NT[:, frame_T < 0] >= 3**4) | (labels_NT[:, frame_T < 0] == -100)).all()  # delimiters (or masked)
+    assert (labels_NT[:, frame_T >= 0] < 3**4).all() and (labels_NT[:, frame_T == 0] == -100).all()
+    state = load_checkpoint(tmp_path / "run")
+    model = build_model(ModelConfig(**state["model_config"]))
+    model.load_state_dict(state["model"])
+    with torch.no_grad():
+        logits = torch.cat([model(x) for x, _ in val])
+    loss_NT = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels_NT, reduction="none")
+    by_frame = summary["val_loss_by_frame"]
+    assert len(by_frame) == 8 and by_frame[0] is None  # 8 frames; frame 0 is never scored
+    for k in range(1, 8):
+        assert by_frame[k] == pytest.approx(float(loss_NT[:, frame_T == k].mean()), rel=1e-5), k
+    train = torch.stack([r["labels"] for r in loader.NCADataset(str(dataset), "train", shuffle=False)])
+    p = torch.bincount(train[train != -100]).double()
+    p = p[p > 0] / p.sum()
+    assert summary["unigram_loss"] == pytest.approx(float(-(p * p.log()).sum()))
+    assert all(u > 0 for u in summary["unigram_loss_by_frame"][1:]) and summary["unigram_loss_by_frame"][0] is None
+    records = [m for m in read_metrics(tmp_path / "run") if "val_loss_by_frame" in m]
+    assert [m["step"] for m in records] == [0, 3] and records[-1]["val_loss_by_frame"] == by_frame
+    assert (tmp_path / "run" / "frame_loss.png").stat().st_size > 1000
+
+
 def test_nca_resume_continues_identically_through_the_loader_state(tmp_path, dataset):
     kw = dict(steps=12, batch_size=24, micro_batch_size=12, lr=3e-3, **FAST)
     assert dataset_info(str(dataset))["samples"]["train"] == 240  # 10 batches per epoch
@@ -121,9 +158,58 @@ def test_compare_pretrains_on_a_dataset_then_compares(tmp_path, dataset, corpus)
     assert report["nca_run"]["steps"] == 4 and report["nca_run"]["model"]["vocab_size"] == 83
     assert report["nca_text_run"]["transfer"] == {"parts": ["attn", "norm"], "reinit_layers": [1]}
     assert (tmp_path / "cmp" / "compare.png").exists() and "speed-up" in result.output
+    assert "what this run can show: a smoke test: it shows the pipeline runs" in result.output, result.output
+    assert (tmp_path / "cmp" / "nca" / "frame_loss.png").exists()
     again = CliRunner().invoke(main, args)  # the same command again: every stage is complete, nothing trains
     assert again.exit_code == 0, again.output
     assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["curves"] == report["curves"]
+
+
+def _compare_args(dataset, text, out: Path) -> list[str]:
+    """A compare whose NCA stage would train for a while (500 steps) before any text run."""
+    return ["train", "compare", "--nca", str(dataset), "--text", str(text), "--out", str(out), "--nca-steps", "500",
+            "--nca-batch-size", "4", "--steps", "4", "--batch-size", "4", "--context", "32", "--eval-tokens", "256",
+            "--device", "cpu", "--quiet"]
+
+
+@pytest.mark.parametrize("case", ["small-single-file", "reinit-layer-out-of-range", "scratch-folder-taken",
+                                  "tracker-missing"])
+def test_compare_checks_every_input_before_the_nca_stage(tmp_path, dataset, corpus, case):
+    """Bad text input, flags or a run folder holding another run fail in one line before pre-pre-training
+    starts: nothing is written under out/nca (they used to fail after the whole NCA stage)."""
+    out, text, extra = tmp_path / "cmp", corpus, []
+    if case == "small-single-file":
+        text = tmp_path / "one.txt"
+        text.write_text("too short to hold a validation window of 33 bytes\n" * 10)
+        expected = "shorter than one window"
+    elif case == "reinit-layer-out-of-range":
+        extra, expected = ["--reinit-layers", "5"], "layers are 0..1"
+    elif case == "scratch-folder-taken":
+        from nca_datagen.train.stages import train_text
+
+        train_text(str(corpus), out / "scratch", steps=2, batch_size=4, context=32, eval_tokens=256, **FAST)
+        expected = "was trained with other settings"
+    else:
+        extra, expected = ["--tracker", "wandb"], "pip install wandb"
+    result = CliRunner().invoke(main, [*_compare_args(dataset, text, out), *extra])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and expected in errors[0], result.output
+    assert not (out / "nca").exists()
+
+
+def test_sweep_checks_corpus_and_bands_before_training(tmp_path, corpus):
+    """A missing corpus fails before any band is built; a bad band fails at its build, before any training."""
+    args = ["train", "sweep", "--tokens", "8000", "--build-args", " ".join(TINY_DATA), "--out", str(tmp_path / "sw"),
+            "--nca-steps", "3", "--nca-batch-size", "4", "--steps", "3", "--batch-size", "4", "--context", "32",
+            "--eval-tokens", "256", "--device", "cpu", "--quiet"]
+    missing = CliRunner().invoke(main, [*args, "--bands", "0.3:", "--text", str(tmp_path / "missing")])
+    assert missing.exit_code == 1 and "has no files" in missing.output, missing.output
+    assert not (tmp_path / "sw" / "data").exists()
+    bad_band = CliRunner().invoke(main, [*args, "--bands", "0.3:,0.9:0.2", "--text", str(corpus)])
+    assert bad_band.exit_code == 1 and "building the 0.9:0.2 dataset failed" in bad_band.output, bad_band.output
+    assert (tmp_path / "sw" / "data" / "0.3:" / "manifest.json").exists()  # the good band was built first
+    assert not (tmp_path / "sw" / "0.3:").exists()  # and nothing trained
 
 
 @pytest.mark.slow

@@ -2,7 +2,12 @@
 
 Bad input ends in one `Error: ...` line, never a traceback: options check their ranges where click can, and the
 group turns the ValueErrors the stages raise for what they are given (a corpus too small, a checkpoint that is
-not one, a run folder holding another run, ...) into click errors. Internal failures still raise.
+not one, a run folder holding another run, ...) into click errors. Internal failures still raise. The stages
+check every input before they train (`stages.nca_plan`, `stages.text_plan`, `compare.check_compare`), so such
+an error comes before any training, not after a stage has run.
+
+Every command takes its corpus as `--text` (repeatable) and lists with a short help of its own (click would cut
+a docstring's first sentence at 45 characters with '...').
 """
 
 from __future__ import annotations
@@ -71,7 +76,8 @@ def _common(stage: str):
         click.option("--model", type=click.Choice(list(SIZES)), default="tiny", show_default=True,
                      help="Named model size."),
         # numpy's generators, which order the data, take no negative seed
-        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
+        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Seed of the model's initialisation and the data order."),
         click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N"),
         click.option("--compile/--no-compile", default=False, show_default=True, help="torch.compile the model."),
         click.option("--eval-every", type=click.IntRange(min=0), default=None, help=helps["eval_every"]),
@@ -98,9 +104,14 @@ def _train_kwargs(kw: dict) -> dict:
 
 def _text_options(fn):
     options = [
+        click.option("--text", "text", required=True, multiple=True,
+                     help="Corpus: a file, folder, glob or .jsonl, or `stdlib` (this Python's standard-library "
+                          "sources); repeatable. Several documents are split by document for validation, one by "
+                          "bytes."),
         click.option("--context", type=POSITIVE, default=256, show_default=True, help="Tokens (bytes) per example."),
         click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
-                     show_default=True, help="Share of documents held out for validation (fixed split)."),
+                     show_default=True, help="Share of the documents (of the bytes, for one document) held out for "
+                                             "validation (fixed split)."),
         click.option("--eval-tokens", type=click.IntRange(min=0), default=65536, show_default=True,
                      help="Validation tokens evaluated (from the held-out documents; 0: all of them)."),
     ]
@@ -131,12 +142,12 @@ class TrainGroup(click.Group):
             raise click.ClickException(str(exc)) from exc
 
 
-@click.group("train", cls=TrainGroup)
+@click.group("train", cls=TrainGroup, short_help="Pre-pre-train on NCA data, transfer to text, compare.")
 def train_group():
     """Pre-pre-train on NCA data, transfer to text, compare against training from scratch."""
 
 
-@train_group.command("nca")
+@train_group.command("nca", short_help="Pre-pre-train a decoder on an NCA dataset.")
 @click.argument("data")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (ckpt.pt, metrics).")
 @_common("nca")
@@ -161,8 +172,7 @@ def _refuse_transfer_without_init(ctx: click.Context, init: str | None) -> None:
                                f"add --init CHECKPOINT, or drop {flags} to train from scratch")
 
 
-@train_group.command("text")
-@click.argument("corpus", nargs=-1, required=True)
+@train_group.command("text", short_help="Train a byte-level language model, or transfer.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder.")
 @click.option("--init", default=None, help="NCA checkpoint to start from (default: from scratch).")
 @click.option("--transfer", default="all", show_default=True, callback=_checked_by(parse_parts),
@@ -173,8 +183,8 @@ def _refuse_transfer_without_init(ctx: click.Context, init: str | None) -> None:
 @_text_options
 @_common("text")
 @click.pass_context
-def text_command(ctx, corpus, out, init, transfer, reinit_layers, context, val_fraction, eval_tokens, **kw):
-    """Train a byte-level language model on CORPUS (files, folders, globs, .jsonl, or `stdlib`).
+def text_command(ctx, text, out, init, transfer, reinit_layers, context, val_fraction, eval_tokens, **kw):
+    """Train a byte-level language model on the --text corpus, from scratch or from an NCA checkpoint.
 
     With --init the block shape comes from the checkpoint (--model is ignored); embedding and head are fresh.
     """
@@ -182,17 +192,17 @@ def text_command(ctx, corpus, out, init, transfer, reinit_layers, context, val_f
 
     _refuse_transfer_without_init(ctx, init)
     model = kw.pop("model")
-    summary = train_text(list(corpus), out, model=model, init=init, transfer=transfer, reinit_layers=reinit_layers,
+    summary = train_text(list(text), out, model=model, init=init, transfer=transfer, reinit_layers=reinit_layers,
                          context=context, val_fraction=val_fraction, eval_tokens=eval_tokens, **_train_kwargs(kw))
     click.echo(json.dumps({k: summary[k] for k in ("final_loss", "final_val_loss", "final_val_ppl", "checkpoint")}))
 
 
 def _compare_options(fn):
     options = [
-        click.option("--text", "text", required=True, multiple=True, help="Corpus (repeatable), or `stdlib`."),
         click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder."),
         click.option("--nca-steps", type=POSITIVE, default=200, show_default=True, help="Pre-pre-training steps."),
-        click.option("--nca-batch-size", type=POSITIVE, default=8, show_default=True),
+        click.option("--nca-batch-size", type=POSITIVE, default=8, show_default=True,
+                     help="Sequences per pre-pre-training step."),
         click.option("--transfer", default="all", show_default=True, callback=_checked_by(parse_parts),
                      help="Parts kept (see `train text`)."),
         click.option("--reinit-layers", default="", callback=_checked_by(parse_layers),
@@ -210,9 +220,11 @@ def _echo_report(report: dict) -> None:
     click.echo(f"scratch: val loss {report['scratch_val_loss']:.4f}  ppl {report['scratch_val_ppl']:.4f}")
     click.echo(f"NCA    : val loss {report['nca_val_loss']:.4f}  ppl {report['nca_val_ppl']:.4f}  "
                f"({change_text(report['ppl_change'])})  speed-up {speedup}")
+    if "can_show" in report:  # compare's report (not a bare `summarize`)
+        click.echo(f"what this run can show: {report['can_show']}")
 
 
-@train_group.command("compare")
+@train_group.command("compare", short_help="Scratch vs NCA-initialised on your text.")
 @click.option("--nca", "nca", required=True, help="NCA dataset (pre-pre-trained on first) or checkpoint.")
 @_compare_options
 @_text_options
@@ -234,7 +246,7 @@ def compare_command(nca, text, out, nca_steps, nca_batch_size, transfer, reinit_
     click.echo(f"wrote {out}/compare.json and {out}/compare.png")
 
 
-@train_group.command("sweep")
+@train_group.command("sweep", short_help="Compare several complexity bands on your text.")
 @click.option("--bands", default=",".join(("20-30%", "30-40%", "40-50%", "50%+")), show_default=True,
               help="Complexity bands, comma separated.")
 @click.option("--tokens", type=PositiveCount(), default="200K", show_default=True,

@@ -17,10 +17,11 @@ import json
 import math
 from pathlib import Path
 
+from nca_datagen.train import frames
 from nca_datagen.train import text as text_data
 from nca_datagen.train.model import ModelConfig, build_model, count_params, model_config
-from nca_datagen.train.trainer import TrainConfig, checkpoint_digest, fit, load_checkpoint
-from nca_datagen.train.transfer import transfer_weights
+from nca_datagen.train.trainer import TrainConfig, checkpoint_digest, fit, load_checkpoint, preflight, unigram_loss
+from nca_datagen.train.transfer import check_layers, parse_parts, transfer_weights
 
 NCA_DEFAULTS = dict(lr=1e-4, schedule="linear", warmup=-1, weight_decay=0.0)
 TEXT_DEFAULTS = dict(lr=5e-4, schedule="cosine", weight_decay=0.1)
@@ -53,25 +54,49 @@ def _summary(out_dir: Path, kind: str, model, cfg: TrainConfig, metrics: list[di
     return summary
 
 
+def nca_plan(data: str, out_dir, *, model: str = "tiny", val_sequences: int = 64, **train) -> dict:
+    """What `pretrain_nca` will run, checked before anything trains: the config and device, the dataset (its
+    manifest, a train split with samples) and the run folder (`trainer.preflight`). {"cfg", "info", "meta"}."""
+    from nca_datagen.train.nca import dataset_info
+
+    cfg = _train_config(NCA_DEFAULTS, train)
+    info = dataset_info(data)
+    if not info["samples"].get("train"):
+        splits = ", ".join(f"{k}: {v}" for k, v in info["samples"].items()) or "none"
+        raise ValueError(f"the NCA dataset {data} has no training samples (samples per split: {splits}): "
+                         f"build one with a train split")
+    model_config(model, info["vocab_size"], info["seq_len"] - 2)  # a known size
+    meta = {"stage": "nca", "data_id": info["id"], "size": model, "val_sequences": val_sequences}
+    preflight(cfg, out_dir, meta)
+    return {"cfg": cfg, "info": info, "meta": meta}
+
+
 def pretrain_nca(data: str, out_dir, *, model: str = "tiny", val_sequences: int = 64, resume: bool = True,
                  **train) -> dict:
     """Pre-pre-train a `model`-sized decoder on the NCA dataset at `data` (folder or manifest URL).
 
     `train` overrides `TrainConfig` fields (steps, batch_size, lr, device, ...). The validation loss uses the
-    first `val_sequences` sequences of the dataset's val split, when it has one.
+    first `val_sequences` sequences of the dataset's val split, when it has one, overall and by frame position
+    (`frames`); the summary adds the unigram baselines, and `frame_loss.png` draws them.
     """
-    from nca_datagen.train.nca import NCABatches, dataset_info, nca_val_batches
+    from nca_datagen.train.nca import NCABatches, nca_val_batches
 
     out_dir = Path(out_dir)
-    cfg = _train_config(NCA_DEFAULTS, train)
-    info = dataset_info(data)
+    plan = nca_plan(data, out_dir, model=model, val_sequences=val_sequences, **train)
+    cfg, info = plan["cfg"], plan["info"]
+    context = info["seq_len"] - 2
     source = NCABatches(data, cfg.batch_size, seed=cfg.seed)
     val = nca_val_batches(data, cfg.micro_batch_size or cfg.batch_size, val_sequences) if val_sequences else None
-    net = build_model(model_config(model, info["vocab_size"], info["seq_len"] - 2), seed=cfg.seed)
-    metrics = fit(net, source, cfg, out_dir, val_batches=val, resume=resume, desc="nca",
-                  meta={"stage": "nca", "data_id": info["id"], "size": model,
-                        "val_sequences": val_sequences})
-    return _summary(out_dir, "nca", net, cfg, metrics, data=str(data), size=model)
+    net = build_model(model_config(model, info["vocab_size"], context), seed=cfg.seed)
+    metrics = fit(net, source, cfg, out_dir, val_batches=val, resume=resume, desc="nca", meta=plan["meta"],
+                  val_details=lambda s, c: {"val_loss_by_frame": frames.loss_by_frame(s, c, info["tokens_per_frame"])})
+    by_frame = {m["step"]: m["val_loss_by_frame"] for m in metrics if "val_loss_by_frame" in m}
+    extra = {**frames.unigram_losses(data, context), "val_loss_by_frame": by_frame[max(by_frame)]} if by_frame else {}
+    if by_frame:
+        figure = frames.frame_loss_figure(by_frame, extra["unigram_loss_by_frame"],
+                                          title=f"NCA validation loss by frame ({Path(str(data)).name})")
+        figure.savefig(out_dir / "frame_loss.png", dpi=120)
+    return _summary(out_dir, "nca", net, cfg, metrics, data=str(data), size=model, **extra)
 
 
 def text_model_config(model: str | dict, context: int) -> ModelConfig:
@@ -81,47 +106,72 @@ def text_model_config(model: str | dict, context: int) -> ModelConfig:
     return model_config(model, text_data.VOCAB_SIZE, context)
 
 
-def text_data_for(corpus, batch_size: int, context: int, seed: int, val_fraction: float, eval_tokens: int,
-                  eval_batch_size: int):
-    """(training batches, validation batches) of a corpus: split by document with a fixed seed (0), so every
-    run on the same corpus validates on the same documents whatever its training seed."""
-    docs = text_data.load_documents(corpus)
-    train_docs, val_docs = text_data.split_documents(docs, val_fraction, seed=0)
+def text_data_for(documents: list[bytes], batch_size: int, context: int, seed: int, val_fraction: float,
+                  eval_tokens: int, eval_batch_size: int):
+    """(training batches, validation batches, what they hold) of a corpus's documents: split by document with a
+    fixed seed (0), so every run on the same corpus validates on the same documents whatever its training seed
+    (one document: split by bytes)."""
+    train_docs, val_docs = text_data.split_documents(documents, val_fraction, seed=0)
     source = text_data.TextBatches(text_data.token_stream(train_docs), batch_size, context, seed=seed)
     val = text_data.val_batches(text_data.token_stream(val_docs), eval_batch_size, context, eval_tokens)
-    return source, val, {"documents": len(docs), "train_documents": len(train_docs), "val_documents": len(val_docs),
+    return source, val, {"documents": len(documents), "split": "bytes" if len(documents) == 1 else "documents",
+                         "train_documents": len(train_docs), "val_documents": len(val_docs),
                          "train_tokens": int(source.stream.numel()), "val_tokens": sum(int(x.numel()) for x, _ in val),
-                         "sha256": text_data.documents_digest(docs)}
+                         "unigram_loss": unigram_loss(source.stream.numpy()),  # the scratch model's first bar
+                         "sha256": text_data.documents_digest(documents)}
+
+
+def text_plan(corpus, out_dir, *, model: str = "tiny", init: str | None = None, pending_init: str | None = None,
+              transfer="all", reinit_layers=(), context: int = 256, val_fraction: float = 0.05,
+              eval_tokens: int = 65536, documents: list[bytes] | None = None, **train) -> dict:
+    """What `train_text` will run, checked before anything trains: the config and device, the `init` checkpoint
+    and the parts and layers kept from it, the corpus (text, a validation split with a window, a training split
+    with a batch) and the run folder (`trainer.preflight`).
+
+    `pending_init` is the model size of an init checkpoint not written yet (compare checks its text runs before
+    pre-pre-training): its digest is then left out of the run folder's check. `documents`, if given, are the
+    corpus already read (compare reads it once for both runs).
+    """
+    cfg = _train_config(TEXT_DEFAULTS, train)
+    state = load_checkpoint(init) if init and pending_init is None else None  # before the corpus: fails fast
+    has_init = state is not None or pending_init is not None
+    model_cfg = text_model_config(pending_init or (state["model_config"] if state else model), context)
+    parts, layers = parse_parts(transfer), check_layers(reinit_layers, model_cfg.depth)
+    documents = text_data.load_documents(corpus) if documents is None else documents
+    source, val, corpus_info = text_data_for(documents, cfg.batch_size, context, cfg.seed, val_fraction,
+                                             eval_tokens, cfg.micro_batch_size or cfg.batch_size)
+    # the corpus and the init checkpoint by content, not as typed: ./c/ and c are one corpus, files added to c
+    # make another, and a checkpoint replaced in place is another starting point
+    meta = {"stage": "text", "corpus_sha256": corpus_info["sha256"],
+            "init_sha256": checkpoint_digest(init) if state else None,
+            "transfer": list(parts) if has_init else None, "reinit_layers": list(layers) if has_init else None,
+            "val_fraction": val_fraction, "eval_tokens": eval_tokens}
+    preflight(cfg, out_dir, meta, unknown=("init_sha256",) if pending_init else ())
+    return {"cfg": cfg, "state": state, "model_config": model_cfg, "source": source, "val": val,
+            "corpus_info": corpus_info, "meta": meta}
 
 
 def train_text(corpus, out_dir, *, model: str = "tiny", init: str | None = None, transfer="all",
                reinit_layers=(), context: int = 256, val_fraction: float = 0.05, eval_tokens: int = 65536,
-               resume: bool = True, **train) -> dict:
+               resume: bool = True, documents: list[bytes] | None = None, **train) -> dict:
     """Train a byte-level language model on `corpus` from scratch, or from the NCA checkpoint `init`
     (then the block shape comes from the checkpoint, and `transfer` / `reinit_layers` choose what is kept).
 
     `train` overrides `TrainConfig` fields. Validation covers at most `eval_tokens` tokens of the held-out
-    documents (0: all of them).
+    documents (0: all of them). `documents`: the corpus already read, as `text_plan` takes it.
     """
     out_dir = Path(out_dir)
-    cfg = _train_config(TEXT_DEFAULTS, train)
-    state = load_checkpoint(init) if init else None  # before the corpus: a wrong --init fails fast
-    source, val, corpus_info = text_data_for(corpus, cfg.batch_size, context, cfg.seed, val_fraction, eval_tokens,
-                                             cfg.micro_batch_size or cfg.batch_size)
-    net = build_model(text_model_config(state["model_config"] if state else model, context), seed=cfg.seed)
+    plan = text_plan(corpus, out_dir, model=model, init=init, transfer=transfer, reinit_layers=reinit_layers,
+                     context=context, val_fraction=val_fraction, eval_tokens=eval_tokens, documents=documents,
+                     **train)
+    cfg, state, meta = plan["cfg"], plan["state"], plan["meta"]
+    net = build_model(plan["model_config"], seed=cfg.seed)
     report = transfer_weights(net, state["model"], transfer, reinit_layers) if state else None
-    # the corpus and the init checkpoint by content, not as typed: ./c/ and c are one corpus, files added to c
-    # make another, and a checkpoint replaced in place is another starting point
-    run = {"stage": "text", "corpus_sha256": corpus_info["sha256"],
-           "init_sha256": checkpoint_digest(init) if init else None,
-           "transfer": report["parts"] if report else None,
-           "reinit_layers": report["reinit_layers"] if report else None,
-           "val_fraction": val_fraction, "eval_tokens": eval_tokens}
     desc = "text (scratch)" if report is None or not report["kept"] else "text (from init)"
-    metrics = fit(net, source, cfg, out_dir, val_batches=val, resume=resume, desc=desc, meta=run)
+    metrics = fit(net, plan["source"], cfg, out_dir, val_batches=plan["val"], resume=resume, desc=desc, meta=meta)
     if report is not None:  # after fit, which refuses a folder holding another run before anything is written
         (out_dir / "transfer.json").write_text(json.dumps(report, indent=2) + "\n")
-    return _summary(out_dir, "text", net, cfg, metrics, corpus=text_data.spec_list(corpus), corpus_info=corpus_info,
-                    init=str(Path(init).resolve()) if init else None, val_fraction=val_fraction,
-                    eval_tokens=eval_tokens,
-                    transfer={"parts": run["transfer"], "reinit_layers": run["reinit_layers"]} if report else None)
+    return _summary(out_dir, "text", net, cfg, metrics, corpus=text_data.spec_list(corpus),
+                    corpus_info=plan["corpus_info"], init=str(Path(init).resolve()) if init else None,
+                    val_fraction=val_fraction, eval_tokens=eval_tokens,
+                    transfer={"parts": meta["transfer"], "reinit_layers": meta["reinit_layers"]} if report else None)

@@ -1,4 +1,4 @@
-"""Text corpora for the language stage: byte-level tokens, a by-document train/validation split, batches.
+"""Text corpora for the language stage: byte-level tokens, a train/validation split by document, batches.
 
 Bytes are the tokenizer (ids 0..255, plus one `<|endoftext|>` = 256 between documents), so any text
 works offline and nothing is downloaded. The price: perplexities are per byte, not per BPE token, so they
@@ -8,7 +8,8 @@ A corpus is a list of documents from files, folders (recursively), glob patterns
 document per line, its "text" field) or `stdlib` (the running Python's standard-library `.py` sources).
 Hidden files and folders inside a folder are skipped, and so are binary files (a NUL byte), with a warning.
 Documents are split into train and validation by a fixed-seed permutation, so a document never lands in
-both and the split does not depend on what else is trained. Training batches are non-overlapping windows
+both and the split does not depend on what else is trained; a corpus of one document is split by bytes
+(its tail is validation). Training batches are non-overlapping windows
 of the train stream in a per-epoch permutation: batch k of epoch e is a pure function of (seed, e, k),
 so the data position is the step and resuming needs no extra state.
 
@@ -153,9 +154,13 @@ def documents_digest(docs: list[bytes]) -> str:
 
 
 def split_documents(docs: list[bytes], val_fraction: float = 0.05, seed: int = 0):
-    """(train, val) lists of documents; at least one of each when there are two or more documents."""
-    if len(docs) < 2:
-        raise ValueError(f"the corpus has {len(docs)} document(s); need at least 2 for a train/validation split")
+    """(train, val) lists of documents, at least one of each. Two or more documents are split by document; a
+    single one (one plain text file, the most common corpus) by bytes: its last `val_fraction` is validation."""
+    if not docs:
+        raise ValueError("the corpus holds no text (its files are empty): give text files or .jsonl")
+    if len(docs) == 1:
+        cut = len(docs[0]) - round(val_fraction * len(docs[0]))
+        return [docs[0][:cut]], [docs[0][cut:]]
     order = np.random.default_rng(seed).permutation(len(docs))
     n_val = min(len(docs) - 1, max(1, round(val_fraction * len(docs))))
     return [docs[i] for i in sorted(order[n_val:])], [docs[i] for i in sorted(order[:n_val])]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -33,7 +34,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 CHECKPOINT_FORMAT = "nca-datagen-train/1"
 # TrainConfig fields a resumed run must share with its checkpoint (the rest, like device or logging, may change)
@@ -140,19 +143,42 @@ def train_step(model, optimizer, input_ids_BT, labels_BT, micro_batch_size: int,
 
 
 @torch.no_grad()
-def evaluate(model, batches, device) -> float:
-    """Mean cross-entropy over every non-ignored target of `batches` (a list of (input_ids, labels))."""
+def target_losses(model, batches, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy, number of scored targets) at each target position over `batches` (a list of
+    (input_ids_BT, labels_BT) of one T), as float64 and int64 tensors of shape (T,) on the CPU. Positions are
+    what a stage may break the loss down by (NCA: frames); their sum is the validation loss."""
     was_training = model.training
     model.eval()
-    total, count = torch.zeros((), device=device, dtype=torch.float64), 0
+    sums_T = counts_T = None
     for x_BT, y_BT in batches:
-        n = int((y_BT != -100).sum())
+        y_BT = y_BT.to(device)
         with autocast(device):
-            loss = model(x_BT.to(device), y_BT.to(device))
-        total += loss.double() * n
-        count += n
+            logits_BTV = model(x_BT.to(device))
+        loss_BT = F.cross_entropy(logits_BTV.float().flatten(0, 1), y_BT.flatten(), ignore_index=-100,
+                                  reduction="none").view_as(y_BT)  # (B*T, V) rows: the contiguous fast path
+        if sums_T is None:
+            sums_T = torch.zeros(y_BT.shape[1], dtype=torch.float64, device=device)
+            counts_T = torch.zeros(y_BT.shape[1], dtype=torch.int64, device=device)
+        sums_T += loss_BT.double().sum(0)  # ignored targets add 0
+        counts_T += (y_BT != -100).sum(0)
     model.train(was_training)
-    return float(total / max(count, 1))
+    return sums_T.cpu(), counts_T.cpu()
+
+
+def unigram_loss(tokens) -> float:
+    """The loss of a model that knows only token frequencies: the plug-in entropy (nats) of `tokens` (ids >= 0).
+    Beating it is the least a model must do to have learned anything from context."""
+    counts = np.bincount(np.asarray(tokens).ravel())
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def validation_record(model, batches, device, details=None) -> dict:
+    """{"val_loss": mean cross-entropy over every non-ignored target of `batches`} plus the fields
+    `details(sums_T, counts_T)` derives from the per-position losses."""
+    sums_T, counts_T = target_losses(model, batches, device)
+    record = {"val_loss": float(sums_T.sum() / max(int(counts_T.sum()), 1))}
+    return {**record, **details(sums_T, counts_T)} if details else record
 
 
 def save_checkpoint(path: Path, model, optimizer, step: int, cfg: TrainConfig, source, meta: dict) -> None:
@@ -173,15 +199,16 @@ def save_checkpoint(path: Path, model, optimizer, step: int, cfg: TrainConfig, s
     os.replace(tmp, path)  # a reader never sees a half-written checkpoint
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """A checkpoint dict (on the CPU). Accepts the file or the run folder that holds `ckpt.pt`."""
+def load_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict:
+    """A checkpoint dict (on the CPU). Accepts the file or the run folder that holds `ckpt.pt`. With `mmap` its
+    tensors are mapped from the file and read only if used: a check of its settings costs no full read."""
     path = Path(path)
     if path.is_dir():
         path = path / "ckpt.pt"
     if not path.is_file():
         raise ValueError(f"checkpoint not found: {path} (give a ckpt.pt or the run folder that holds one)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except (pickle.UnpicklingError, EOFError, RuntimeError) as exc:  # a text file, an empty or foreign file
         raise ValueError(f"{path} is not an nca-datagen training checkpoint (torch.load: {exc})") from None
     found = state.get("format") if isinstance(state, dict) else type(state).__name__
@@ -208,24 +235,59 @@ def read_metrics(out_dir: str | os.PathLike) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _run_changes(state: dict, cfg: TrainConfig, meta: dict) -> dict:
+def _run_changes(state: dict, cfg: TrainConfig, meta: dict, unknown=()) -> dict:
     """{field: (checkpoint's value, this run's)} over what defines a run: the stage's `meta` and the
-    RESUME_FIELDS of its TrainConfig. `desc` is left out: a label, derived from the rest."""
+    RESUME_FIELDS of its TrainConfig. `desc` is left out (a label, derived from the rest), and so are the `unknown`
+    meta fields (compare checks its text runs before the NCA checkpoint they start from exists)."""
     old_meta = state.get("meta") or {}
     fields = [*meta, *(k for k in old_meta if k not in meta)]
-    changed = {k: (old_meta.get(k), meta.get(k)) for k in fields if k != "desc" and old_meta.get(k) != meta.get(k)}
+    changed = {k: (old_meta.get(k), meta.get(k)) for k in fields
+               if k != "desc" and k not in unknown and old_meta.get(k) != meta.get(k)}
     changed.update({k: (state["train_config"][k], getattr(cfg, k)) for k in RESUME_FIELDS
                     if state["train_config"][k] != getattr(cfg, k)})
     return changed
 
 
-def _resume(ckpt_path: Path, model, optimizer, source, metrics_path: Path, cfg: TrainConfig, meta: dict) -> int:
-    state = load_checkpoint(ckpt_path)
-    changed = _run_changes(state, cfg, meta)
+def check_same_run(state: dict, ckpt_path: Path, cfg: TrainConfig, meta: dict, unknown=()) -> None:
+    """Refuse a checkpoint another run wrote (other `meta` or RESUME_FIELDS), listing `field: old -> new`."""
+    changed = _run_changes(state, cfg, meta, unknown)
     if changed:
         diff = ", ".join(f"{k}: {old} -> {new}" for k, (old, new) in changed.items())
         raise ValueError(f"{ckpt_path} was trained with other settings ({diff}): rerun with its settings, or "
                          f"choose another --out folder")
+
+
+def check_writable(out_dir) -> None:
+    """A run folder that exists or can be made, and can be written: checked without creating it."""
+    out_dir = Path(out_dir)
+    existing = next(p for p in (out_dir, *out_dir.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"--out {out_dir}: {existing} is a file, not a folder; choose another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out_dir}: {existing} is not writable; choose another --out")
+
+
+def check_tracker(tracker: str) -> None:
+    """The package a tracker needs is installed (found, not imported: wandb takes seconds to import)."""
+    package = {"tensorboard": "tensorboard", "wandb": "wandb"}.get(tracker)
+    if package and importlib.util.find_spec(package) is None:
+        raise ValueError(f"tracker={tracker!r} needs `pip install {package}`")
+
+
+def preflight(cfg: TrainConfig, out_dir, meta: dict, unknown=()) -> None:
+    """What `fit` would refuse, checked before anything trains: the device, the tracker's package, and the run
+    folder (writable; a checkpoint there must be this run's, `unknown` meta fields aside)."""
+    resolve_device(cfg.device)
+    check_tracker(cfg.tracker)
+    check_writable(out_dir)
+    ckpt_path = Path(out_dir) / "ckpt.pt"
+    if ckpt_path.exists():
+        check_same_run(load_checkpoint(ckpt_path, mmap=True), ckpt_path, cfg, meta, unknown)
+
+
+def _resume(ckpt_path: Path, model, optimizer, source, metrics_path: Path, cfg: TrainConfig, meta: dict) -> int:
+    state = load_checkpoint(ckpt_path)
+    check_same_run(state, ckpt_path, cfg, meta)
     if state["model_config"] != model.cfg.to_dict():
         raise ValueError(f"{ckpt_path} holds a different model ({state['model_config']}); "
                          f"use the same model settings or choose another --out folder")
@@ -241,7 +303,7 @@ def _resume(ckpt_path: Path, model, optimizer, source, metrics_path: Path, cfg: 
     return step
 
 
-def fit(model, source, cfg: TrainConfig, out_dir, *, val_batches=None, meta: dict | None = None,
+def fit(model, source, cfg: TrainConfig, out_dir, *, val_batches=None, val_details=None, meta: dict | None = None,
         resume: bool = True, desc: str = "train") -> list[dict]:
     """Train `model` (a `Decoder` on the CPU) for `cfg.steps` steps from `source`; returns the metrics records.
 
@@ -249,6 +311,8 @@ def fit(model, source, cfg: TrainConfig, out_dir, *, val_batches=None, meta: dic
     run wrote it: the same `meta` and RESUME_FIELDS, else ValueError. `val_batches` (a list of batches) is
     evaluated after step `cfg.steps` (not when `stop_at` ends the run sooner) and, with `eval_every`, before the
     first step (a record with step 0 and no training loss) and every `eval_every` steps, whatever `log_every` is.
+    `val_details(sums_T, counts_T)` adds fields to each validation record from the per-position losses (see
+    `target_losses`): the NCA stage's loss by frame.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -274,7 +338,7 @@ def fit(model, source, cfg: TrainConfig, out_dir, *, val_batches=None, meta: dic
     model.train()
     try:
         if step == 0 and val_batches is not None and cfg.eval_every:  # the curve's starting point
-            logger.log({"step": 0, "val_loss": evaluate(model, val_batches, device)}, None)
+            logger.log({"step": 0, **validation_record(model, val_batches, device, val_details)}, None)
         while step < end:
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
@@ -290,7 +354,7 @@ def fit(model, source, cfg: TrainConfig, out_dir, *, val_batches=None, meta: dic
                 record = {"step": step, "loss": float(loss), "lr": lr, "tokens": step * x_BT.numel()}
                 tokens_per_s = x_BT.numel() / (time.perf_counter() - t0)  # this step, before any evaluation
                 if validate:
-                    record["val_loss"] = evaluate(model, val_batches, device)
+                    record.update(validation_record(model, val_batches, device, val_details))
                 logger.log(record, tokens_per_s)
             if last or (cfg.ckpt_every and step % cfg.ckpt_every == 0):
                 save_checkpoint(ckpt_path, model, optimizer, step, cfg, source, meta)
@@ -317,17 +381,14 @@ class _Logger:
 
     @staticmethod
     def _tracker(cfg: TrainConfig, out_dir: Path, desc: str):
+        check_tracker(cfg.tracker)
         if cfg.tracker == "tensorboard":
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as exc:
-                raise ValueError("tracker='tensorboard' needs `pip install tensorboard`") from exc
+            from torch.utils.tensorboard import SummaryWriter
+
             return SummaryWriter(str(out_dir / "tensorboard"))
         if cfg.tracker == "wandb":
-            try:
-                import wandb
-            except ImportError as exc:
-                raise ValueError("tracker='wandb' needs `pip install wandb`") from exc
+            import wandb
+
             return wandb.init(project="nca-datagen", name=desc, dir=str(out_dir), config=asdict(cfg))
         return None
 

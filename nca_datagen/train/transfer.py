@@ -39,6 +39,14 @@ def parse_layers(spec: str | list | tuple | None) -> tuple[int, ...]:
         raise ValueError(f"reinit_layers={spec!r}: give block indices as a comma list, e.g. 0,3") from None
 
 
+def check_layers(spec, depth: int) -> tuple[int, ...]:
+    """`parse_layers`, and every block index below `depth`."""
+    layers = parse_layers(spec)
+    if any(not 0 <= i < depth for i in layers):
+        raise ValueError(f"reinit_layers={list(layers)}: layers are 0..{depth - 1}")
+    return layers
+
+
 def part_of(name: str) -> tuple[str | None, int | None]:
     """(part, layer) of a decoder parameter name; part None for embedding and head, layer None outside blocks."""
     if name.startswith(("embed.", "head.")):
@@ -55,10 +63,7 @@ def transfer_weights(model, source_state: dict, parts=PARTS, reinit_layers=()) -
     Returns {"kept": [names], "fresh": [names]}. Shapes of kept tensors must match (same depth, width,
     heads, MLP); the vocabulary may differ since embedding and head stay fresh.
     """
-    parts, reinit_layers = parse_parts(parts), parse_layers(reinit_layers)
-    depth = model.cfg.depth
-    if any(not 0 <= i < depth for i in reinit_layers):
-        raise ValueError(f"reinit_layers={list(reinit_layers)}: layers are 0..{depth - 1}")
+    parts, reinit_layers = parse_parts(parts), check_layers(reinit_layers, model.cfg.depth)
     kept, fresh = [], []
     target = model.state_dict()
     for name in target:
