@@ -77,7 +77,7 @@ def complexity_command(paths, chunk, max_chunks, as_json):
     NCA tokens' 0.669; the "NCA-scale estimate" rescales by the two ceilings. It is a rough guide: which band
     helps your corpus is measured by `nca-datagen train sweep`.
     """
-    from nca_datagen.train.text import binary_note, read_corpus
+    from nca_datagen.corpus import binary_note, read_corpus
 
     try:
         docs, binary = read_corpus(list(paths))

@@ -17,6 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from nca_datagen.corpus import corpus_files, load_documents
 from nca_datagen.train import text as text_data
 from nca_datagen.train.compare import compare, steps_to_reach, summarize
 from nca_datagen.train.model import ModelConfig, build_model, count_params, flops_per_token, model_config
@@ -106,18 +107,18 @@ def test_accumulation_averages_micro_batches():
 
 
 def test_text_split_is_by_document_and_deterministic(tmp_path, corpus):
-    docs = text_data.load_documents(str(corpus))
+    docs = load_documents(str(corpus))
     train, val = text_data.split_documents(docs, 0.2, seed=0)
     assert (train, val) == text_data.split_documents(docs, 0.2, seed=0)
     assert len(val) == 2 and len(train) == 8 and not set(train) & set(val)
     jsonl = tmp_path / "c.jsonl"
     jsonl.write_text("".join(json.dumps({"text": f"doc {i} é"}) + "\n" for i in range(3)))
-    assert text_data.load_documents(str(jsonl))[2] == "doc 2 é".encode()
-    assert len(text_data.load_documents(str(corpus / "doc[0-2].txt"))) == 3
+    assert load_documents(str(jsonl))[2] == "doc 2 é".encode()
+    assert len(load_documents(str(corpus / "doc[0-2].txt"))) == 3
     assert text_data.decode(text_data.encode("héllo")) == "héllo"
-    assert len(text_data.load_documents("stdlib")) > 100  # the running Python's own sources
+    assert len(load_documents("stdlib")) > 100  # the running Python's own sources
     with pytest.raises(ValueError, match="no files"):
-        text_data.load_documents(str(tmp_path / "missing*"))
+        load_documents(str(tmp_path / "missing*"))
 
 
 @pytest.mark.parametrize("where", ["..", ".hidden", "absolute .hidden"])
@@ -130,7 +131,7 @@ def test_corpus_folder_under_dots_is_read(tmp_path, monkeypatch, where):
     (tmp_path / "sub").mkdir()
     monkeypatch.chdir(tmp_path / "sub" if where == ".." else tmp_path)
     spec = {"..": "../plain/corp", ".hidden": ".hidden/corp", "absolute .hidden": str(root)}[where]
-    assert text_data.load_documents(spec) == [b"a.txt", b"sub/b.txt"]
+    assert load_documents(spec) == [b"a.txt", b"sub/b.txt"]
 
 
 @pytest.mark.parametrize("line, expected", [
@@ -145,17 +146,17 @@ def test_jsonl_problems_name_file_and_line(tmp_path, line, expected):
     path = tmp_path / "c.jsonl"
     path.write_bytes(b'{"text": "fine"}\n\n' + line + b"\n")
     with pytest.raises(ValueError, match=r'c\.jsonl:3: .*object with a string "text" field') as err:
-        text_data.load_documents(str(path))
+        load_documents(str(path))
     assert expected in str(err.value)
 
 
 def test_binary_files_skipped_are_counted(tmp_path):
     (tmp_path / "rand.bin").write_bytes(b"\0\xff" * 1000)
     with pytest.raises(ValueError, match=r"1 binary file\(s\) skipped .*rand\.bin"):
-        text_data.load_documents(str(tmp_path / "rand.bin"))
+        load_documents(str(tmp_path / "rand.bin"))
     (tmp_path / "text.txt").write_text("some text")
     with pytest.warns(UserWarning, match=r"1 binary file\(s\) skipped"):
-        assert text_data.load_documents(str(tmp_path)) == [b"some text"]
+        assert load_documents(str(tmp_path)) == [b"some text"]
 
 
 def test_complexity_reports_corpus_problems_in_one_line(tmp_path):
@@ -177,9 +178,9 @@ def test_complexity_reports_corpus_problems_in_one_line(tmp_path):
 def test_corpus_files_listed_twice_are_read_once(corpus, monkeypatch):
     """`corp corp/*.txt` names every file twice: each is read once (else a validation document also trains)."""
     monkeypatch.chdir(corpus.parent)
-    files = text_data.corpus_files([str(corpus / "doc3.txt"), corpus.name, str(corpus / "*.txt"), str(corpus)])
+    files = corpus_files([str(corpus / "doc3.txt"), corpus.name, str(corpus / "*.txt"), str(corpus)])
     assert [p.name for p in files] == ["doc3.txt"] + [f"doc{i}.txt" for i in range(10) if i != 3]
-    assert len(text_data.load_documents([str(corpus), str(corpus)])) == 10
+    assert len(load_documents([str(corpus), str(corpus)])) == 10
 
 
 def test_one_document_is_split_by_bytes():
@@ -193,7 +194,7 @@ def test_one_document_is_split_by_bytes():
 
 
 def test_text_batches_resume_by_index(corpus):
-    stream = text_data.token_stream(text_data.load_documents(str(corpus)))
+    stream = text_data.token_stream(load_documents(str(corpus)))
     a = text_data.TextBatches(stream, 4, 32, seed=1)
     first = [a.next() for _ in range(50)]  # crosses an epoch boundary
     b = text_data.TextBatches(stream, 4, 32, seed=1)
@@ -378,6 +379,48 @@ def test_cli_text_and_help(tmp_path, corpus):
     assert result.exit_code == 0, result.output
     assert json.loads(result.output.strip().splitlines()[-1])["final_val_loss"] > 0
     assert json.loads((tmp_path / "t" / "run.json").read_text())["corpus"] == [str(corpus)]
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".yaml", ".json"])
+def test_a_config_file_run_equals_the_same_run_from_flags(tmp_path, corpus, suffix):
+    """`--config` holds a train command's options (its own section of a shared file, [train.text]); the run it
+    makes equals the one the same flags make, and a flag given on the command line wins over the file."""
+    from nca_datagen.cli import main
+
+    settings = {"text": [str(corpus)], "steps": 3, "batch-size": 2, "context": 32, "eval_tokens": 256,
+                "device": "cpu", "quiet": True, "seed": 5}
+    path = tmp_path / f"settings{suffix}"
+    if suffix == ".toml":
+        lines = [f"{k} = {json.dumps(v)}" for k, v in settings.items()]  # JSON's values are TOML's here
+        path.write_text("[build]\ngrid = 8\n\n[train.text]\n" + "\n".join(lines) + "\n")
+    elif suffix == ".yaml":
+        import yaml
+
+        path.write_text(yaml.safe_dump({"train": {"text": settings}}))
+    else:
+        path.write_text(json.dumps({"train": {"text": settings}}))
+    flags = ["--text", str(corpus), "--steps", "3", "--batch-size", "2", "--context", "32", "--eval-tokens", "256",
+             "--device", "cpu", "--quiet", "--seed", "5"]
+    runner = CliRunner()
+    from_file = runner.invoke(main, ["train", "text", "--config", str(path), "--out", str(tmp_path / "file")])
+    from_flags = runner.invoke(main, ["train", "text", *flags, "--out", str(tmp_path / "flags")])
+    assert from_file.exit_code == 0 and from_flags.exit_code == 0, from_file.output + from_flags.output
+    assert read_metrics(tmp_path / "file") == read_metrics(tmp_path / "flags")
+    overridden = runner.invoke(main, ["train", "text", "--config", str(path), "--steps", "2", "--out",
+                                      str(tmp_path / "two")])
+    assert overridden.exit_code == 0, overridden.output
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["steps"] == 2
+
+
+def test_a_train_config_file_with_an_unknown_option_is_refused(tmp_path):
+    from nca_datagen.cli import main
+
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"train": {"nca": {"steps": 3, "nca_steps": 5}}}))
+    result = CliRunner().invoke(main, ["train", "nca", "--config", str(path), "--recipe", "50%+", "--out",
+                                       str(tmp_path / "run")])
+    assert result.exit_code == 2 and "no option nca_steps in `train nca`" in result.output, result.output
+    assert not (tmp_path / "run").exists()
 
 
 def test_compare_on_a_single_file_corpus(tmp_path, corpus):

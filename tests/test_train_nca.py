@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from nca_datagen.cli import main
 from nca_datagen.train.compare import build_dataset
-from nca_datagen.train.nca import NCABatches, dataset_info
+from nca_datagen.train.nca import NCABatches, NCAData, dataset_info
 from nca_datagen.train.stages import pretrain_nca
 from nca_datagen.train.trainer import load_checkpoint, read_metrics
 
@@ -25,6 +25,7 @@ torch.set_num_threads(1)
 
 TINY_DATA = ["--grid", "6", "--states", "3", "--patch", "2", "--frames", "8", "--sims-per-rule", "4",
              "--samples-per-shard", "40"]
+TINY_RECIPE = {"grid": (6, 6), "states": 3, "patch": 2, "frames": 8, "sims_per_rule": 4, "samples_per_shard": 40}
 FAST = dict(quiet=True, device="cpu")
 TRAIN_PACKAGE = Path(__file__).resolve().parents[1] / "nca_datagen" / "train"
 
@@ -140,10 +141,28 @@ def test_sweep_datasets_are_rebuilt_or_refused_not_reused(tmp_path, dataset):
     """build_dataset always runs the build: the same command is a no-op, fewer --tokens are refused."""
     data = shutil.copytree(dataset, tmp_path / "data")  # built by `build()` above: 0.3:, 20K tokens, seed 0
     manifest = (data / "manifest.json").read_bytes()
-    assert build_dataset("0.3:", 20_000, data, extra_args=TINY_DATA) == data
+    assert build_dataset("0.3:", 20_000, data, recipe=TINY_RECIPE) == data
     with pytest.raises(ValueError, match="holds this recipe's dataset with 6 train shards, more than this build plans"):
-        build_dataset("0.3:", 8_000, data, extra_args=TINY_DATA)
+        build_dataset("0.3:", 8_000, data, recipe=TINY_RECIPE)
     assert (data / "manifest.json").read_bytes() == manifest
+
+
+def test_build_args_are_the_build_commands_recipe_flags(tmp_path):
+    """--build-args are parsed by `nca-datagen build` itself (a --config file too); what is not the recipe's, or
+    is the sweep's own, is refused in one line before anything is built."""
+    from nca_datagen.train.cli import recipe_args
+
+    assert recipe_args(" ".join(TINY_DATA)) == TINY_RECIPE
+    settings = tmp_path / "recipe.toml"
+    settings.write_text('grid = "6"\nframes = 8\n')
+    assert recipe_args(f"--config {settings} --states 3") == {"grid": (6, 6), "frames": 8, "states": 3}
+    for args, expected in [("--executor ray", "--executor: only the recipe's options"),
+                           ("--tokens 5K", "this command sets --complexity, --tokens, --seed itself"),
+                           ("--grid x", "--grid"), ("--no-such-flag", "No such option")]:
+        result = CliRunner().invoke(main, ["train", "sweep", "--text", "stdlib", "--out", str(tmp_path / "sw"),
+                                           "--build-args", args])
+        assert result.exit_code == 2 and expected in result.output, (args, result.output)
+        assert not (tmp_path / "sw").exists()
 
 
 def test_compare_pretrains_on_a_dataset_then_compares(tmp_path, dataset, corpus):
@@ -236,22 +255,26 @@ def test_sweep_builds_with_the_cli_and_picks_a_band(tmp_path, corpus):
     assert other.exit_code == 1 and "was trained with other settings (data_id" in other.output, other.output
 
 
-def test_the_loader_is_the_only_data_path():
-    """Statically: the train package imports no nca_datagen module but the loader, manifest and tokenizer,
-    units (count parsing: re, decimal, click only; `sweep --tokens` takes 200K as `build` does) and plotting
-    (matplotlib's set-up for the curves).
-    Dynamically: after a training step on NCA data, the generator proper was never imported."""
-    allowed = {"nca_datagen.loader", "nca_datagen.manifest", "nca_datagen.tokenizer", "nca_datagen.units",
-               "nca_datagen.plotting", "nca_datagen.cli_options", "nca_datagen"}
+def test_the_trainer_reads_through_the_loader_and_builds_through_the_api():
+    """Statically, the train package imports from the rest of nca_datagen:
+    - at module level, only light modules: corpus reading, count parsing, matplotlib's set-up, the CLI's types;
+    - inside functions, also the loader and manifest (NCA data), mixture and generated (recipes), the build API
+      and its errors (`sweep`), and the build command (`--build-args` are its flags).
+    Dynamically (the next test): training on a stored dataset never imports the generator."""
+    at_top = {"nca_datagen.corpus", "nca_datagen.units", "nca_datagen.plotting", "nca_datagen.cli_options"}
+    inside = at_top | {"nca_datagen.loader", "nca_datagen.manifest", "nca_datagen.tokenizer", "nca_datagen.mixture",
+                       "nca_datagen.generated", "nca_datagen.api", "nca_datagen.errors", "nca_datagen.pipelines.build"}
     for path in TRAIN_PACKAGE.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
                      [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            if names == ["nca_datagen"]:  # `from nca_datagen import loader` and the like
+                names = [f"nca_datagen.{a.name}" for a in node.names]
+            allowed = at_top if node in tree.body else inside
             for name in names:
                 if name.startswith("nca_datagen") and not name.startswith("nca_datagen.train"):
-                    assert name in allowed, f"{path.name} imports {name}"
-                    if name == "nca_datagen":  # `from nca_datagen import loader` and the like
-                        assert {a.name for a in node.names} <= {"loader", "manifest", "tokenizer"}, path.name
+                    assert name in allowed, f"{path.name} imports {name}" + (" at module level" * (name in inside))
 
 
 def test_a_training_run_never_imports_the_generator(tmp_path, dataset):
@@ -270,3 +293,49 @@ print([m for m in sys.modules if m.startswith(gen)])
     at_import, after_training = out.strip().splitlines()
     assert at_import == "[]"
     assert after_training == "[]"  # the loader reads the manifest's sequence layout, never the recipe
+
+
+def _nca_recipe_args(recipe: str, out: Path, *extra: str) -> list[str]:
+    return ["train", "nca", "--recipe", recipe, "--build-args", " ".join(TINY_DATA), "--out", str(out),
+            "--steps", "4", "--batch-size", "4", "--device", "cpu", "--quiet", *extra]
+
+
+def test_train_nca_on_a_recipe_stores_nothing_and_validates_on_its_val_split(tmp_path):
+    """`train nca --recipe` pre-pre-trains with no build step: the run folder holds the run and nothing else,
+    the samples are the recipe's own (its layout), and validation reads its val split."""
+    result = CliRunner().invoke(main, _nca_recipe_args("0.3:", tmp_path / "run", "--eval-every", "2"))
+    assert result.exit_code == 0, result.output
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["data"] == "recipe 0.3:" and run["model"]["vocab_size"] == 3**4 + 2 and run["final_val_loss"] > 0
+    assert run["build_options"]["grid"] == [6, 6] and len(run["val_loss_by_frame"]) == 8
+    assert not list(tmp_path.rglob("*.tar*")) and not list(tmp_path.rglob("manifest.json"))
+
+
+def test_a_curriculum_run_in_train_nca_is_reproducible(tmp_path):
+    """The same curriculum gives the same run, bit for bit, fresh or resumed after a preemption; another
+    curriculum (the other order) trains on other data."""
+    curriculum = "0.2:0.4>0.4:@2K"  # 4 steps x 4 sequences x 88 tokens = 1.4K tokens: mid-curriculum at the end
+    kw = dict(steps=4, batch_size=4, seed=1, **FAST)
+    first = NCAData(recipe=curriculum, build_options=TINY_RECIPE)
+    pretrain_nca(first, tmp_path / "a", **kw)
+    pretrain_nca(NCAData(recipe=curriculum, build_options=TINY_RECIPE), tmp_path / "b", **kw)
+    assert read_metrics(tmp_path / "a") == read_metrics(tmp_path / "b")
+    pretrain_nca(first, tmp_path / "split", stop_at=2, **kw)  # preempted after step 2
+    pretrain_nca(first, tmp_path / "split", **kw)
+    assert read_metrics(tmp_path / "split") == read_metrics(tmp_path / "a")
+    weights_a = load_checkpoint(tmp_path / "a")["model"]
+    assert all(torch.equal(t, load_checkpoint(tmp_path / "split")["model"][k]) for k, t in weights_a.items())
+    pretrain_nca(NCAData(recipe="0.4:>0.2:0.4@2K", build_options=TINY_RECIPE), tmp_path / "reversed", **kw)
+    assert read_metrics(tmp_path / "reversed") != read_metrics(tmp_path / "a")
+    with pytest.raises(ValueError, match="trained with other settings"):  # the folder knows its data
+        pretrain_nca(NCAData(recipe="0.4:>0.2:0.4@2K", build_options=TINY_RECIPE), tmp_path / "a", **kw)
+
+
+def test_train_nca_takes_a_dataset_or_a_recipe(tmp_path, dataset):
+    both = CliRunner().invoke(main, [*_nca_recipe_args("0.3:", tmp_path / "run"), str(dataset)])
+    neither = CliRunner().invoke(main, ["train", "nca", "--out", str(tmp_path / "run")])
+    args_alone = CliRunner().invoke(main, ["train", "nca", str(dataset), "--build-args", "--grid 8", "--out",
+                                           str(tmp_path / "run")])
+    for result, expected in [(both, "one of them"), (neither, "one of them"), (args_alone, "go with --recipe")]:
+        assert result.exit_code == 2 and expected in result.output, result.output
+    assert not (tmp_path / "run").exists()

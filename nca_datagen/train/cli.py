@@ -6,8 +6,9 @@ not one, a run folder holding another run, ...) into click errors. Internal fail
 check every input before they train (`stages.nca_plan`, `stages.text_plan`, `compare.check_compare`), so such
 an error comes before any training, not after a stage has run.
 
-Every command takes its corpus as `--text` (repeatable) and lists with a short help of its own (click would cut
-a docstring's first sentence at 45 characters with '...').
+Every command takes its corpus as `--text` (repeatable), its options from `--config FILE` too (`settings.py`;
+flags win), and lists with a short help of its own (click would cut a docstring's first sentence at 45 characters
+with '...').
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import shlex
 import click
 from click.core import ParameterSource
 
-from nca_datagen.cli_options import CountType
+from nca_datagen.cli_options import CountType, config_option
 from nca_datagen.train.model import SIZES
 from nca_datagen.train.stages import NCA_DEFAULTS, TEXT_DEFAULTS, TEXT_WARMUP_FRACTION
 from nca_datagen.train.transfer import parse_layers, parse_parts
@@ -120,6 +121,29 @@ def _text_options(fn):
     return fn
 
 
+def recipe_args(build_args: str, *, taken: tuple[str, ...] = ()) -> dict:
+    """--build-args ('--grid 8 --frames 12', or '--config build.toml') parsed as `nca-datagen build` parses its
+    flags: the recipe options given, by name, as the build API takes them. Options that are not the recipe's
+    (where and how a build runs) and those the command sets itself (`taken`) are refused."""
+    from nca_datagen.pipelines.build import RECIPE, build_command
+
+    try:
+        ctx = build_command.make_context("build", [*shlex.split(build_args), "--out", "unused"])
+    except click.ClickException as exc:
+        raise click.BadParameter(exc.format_message(), param_hint="--build-args") from None
+    given = {name for name in ctx.params if name != "out" and ctx.get_parameter_source(name) not in
+             (None, ParameterSource.DEFAULT)}
+    refused = sorted(given - (set(RECIPE) - set(taken)))
+    if refused:
+        def flags(names):
+            return ", ".join("--" + name.replace("_", "-") for name in names)
+
+        sets = f"; this command sets {flags(taken)} itself" if taken else ""
+        raise click.BadParameter(f"{flags(refused)}: only the recipe's options go here (--grid, --frames, "
+                                 f"--states, ...){sets}, and it builds inline", param_hint="--build-args")
+    return {name: ctx.params[name] for name in sorted(given)}
+
+
 def _checked_by(parse):
     """An option callback that runs `parse` on the value first, so --transfer and --reinit-layers fail before any
     data is read or model trained (compare pre-pre-trains first)."""
@@ -147,16 +171,31 @@ def train_group():
     """Pre-pre-train on NCA data, transfer to text, compare against training from scratch."""
 
 
-@train_group.command("nca", short_help="Pre-pre-train a decoder on an NCA dataset.")
-@click.argument("data")
+@train_group.command("nca", short_help="Pre-pre-train a decoder on an NCA dataset or recipe.")
+@config_option("train nca")
+@click.argument("data", required=False)
+@click.option("--recipe", default=None,
+              help="Generate the data as it is read, nothing stored: a band (50%+), a mixture (30-40%:0.3,50%+:0.7) "
+                   "or a curriculum (30-40%>50%+@2M: from the first to the last over 2M tokens). Instead of DATA.")
+@click.option("--build-args", default="", help="With --recipe: the build's other recipe options, quoted: "
+                                               "'--grid 8 --frames 12'.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (ckpt.pt, metrics).")
 @_common("nca")
-def nca_command(data, out, **kw):
-    """Pre-pre-train on the NCA dataset DATA (folder or manifest URL): Adam 1e-4, linear warmup."""
+def nca_command(data, recipe, build_args, out, **kw):
+    """Pre-pre-train on the NCA dataset DATA (folder or manifest URL), or on a --recipe generated as it is
+    read: Adam 1e-4, linear warmup."""
+    from nca_datagen.train.nca import NCAData
     from nca_datagen.train.stages import pretrain_nca
 
+    if (data is None) == (recipe is None):
+        raise click.UsageError("give the NCA data: a dataset (DATA) or --recipe, one of them")
+    if build_args and recipe is None:
+        raise click.UsageError("--build-args go with --recipe; a dataset's manifest fixes its recipe")
+    source = NCAData(data) if recipe is None else NCAData(
+        recipe=recipe, build_options=recipe_args(build_args, taken=("complexity", "tokens", "val_tokens",
+                                                                    "val_fraction")))
     model = kw.pop("model")
-    summary = pretrain_nca(data, out, model=model, **_train_kwargs(kw))
+    summary = pretrain_nca(source, out, model=model, **_train_kwargs(kw))
     click.echo(json.dumps({k: summary[k] for k in ("final_loss", "final_val_loss", "params", "checkpoint")}))
 
 
@@ -173,6 +212,7 @@ def _refuse_transfer_without_init(ctx: click.Context, init: str | None) -> None:
 
 
 @train_group.command("text", short_help="Train a byte-level language model, or transfer.")
+@config_option("train text")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder.")
 @click.option("--init", default=None, help="NCA checkpoint to start from (default: from scratch).")
 @click.option("--transfer", default="all", show_default=True, callback=_checked_by(parse_parts),
@@ -225,6 +265,7 @@ def _echo_report(report: dict) -> None:
 
 
 @train_group.command("compare", short_help="Scratch vs NCA-initialised on your text.")
+@config_option("train compare")
 @click.option("--nca", "nca", required=True, help="NCA dataset (pre-pre-trained on first) or checkpoint.")
 @_compare_options
 @_text_options
@@ -247,12 +288,13 @@ def compare_command(nca, text, out, nca_steps, nca_batch_size, transfer, reinit_
 
 
 @train_group.command("sweep", short_help="Compare several complexity bands on your text.")
+@config_option("train sweep")
 @click.option("--bands", default=",".join(("20-30%", "30-40%", "40-50%", "50%+")), show_default=True,
               help="Complexity bands, comma separated.")
 @click.option("--tokens", type=PositiveCount(), default="200K", show_default=True,
               help="NCA tokens built per band, as `build --tokens` takes them: 200K, 1.5M (rounded up to whole "
                    "shards).")
-@click.option("--build-args", default="", help="More `nca-datagen build` options, quoted: '--grid 8 --frames 12'.")
+@click.option("--build-args", default="", help="The build's other recipe options, quoted: '--grid 8 --frames 12'.")
 @_compare_options
 @_text_options
 @_common("compare")
@@ -262,8 +304,9 @@ def sweep_command(bands, tokens, build_args, text, out, nca_steps, nca_batch_siz
     from nca_datagen.train.compare import best_band_text, change_text, sweep
 
     model = kw.pop("model")
+    recipe = recipe_args(build_args, taken=("complexity", "tokens", "seed"))
     result = sweep(list(text), out, bands=[b.strip() for b in bands.split(",") if b.strip()], tokens=tokens,
-                   build_args=shlex.split(build_args),
+                   recipe=recipe,
                    nca_steps=nca_steps, nca_batch_size=nca_batch_size, model=model, transfer=transfer,
                    reinit_layers=reinit_layers, context=context, val_fraction=val_fraction, eval_tokens=eval_tokens,
                    **_train_kwargs(kw))

@@ -10,24 +10,22 @@ and what a run of its size can and cannot show (`what_it_can_show`). Every input
 trains (`check_compare`). Outputs: `compare.json`, `compare.png` (both validation curves) in `out_dir`, and
 `nca/frame_loss.png` when it pre-pre-trained.
 
-`sweep` builds one small dataset per complexity band with the `nca-datagen build` command (a subprocess, so
-this package still never imports the generator), pre-pre-trains on each and compares on the user's corpus.
-It always runs the build: rerun with the same arguments that is a no-op, and with other --tokens or
---build-args the build refuses the finished dataset, where reusing it would silently sweep the old data.
+`sweep` builds one small dataset per complexity band through the build API (`nca_datagen.build`, inline,
+imported only then: training on a dataset never imports the generator), pre-pre-trains on each and compares on
+the user's corpus. It always runs the build: rerun with the same arguments that is a no-op, and with other
+--tokens or --build-args the build refuses the finished dataset, where reusing it would silently sweep the old
+data.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
-from nca_datagen.train import text as text_data
+from nca_datagen.corpus import load_documents, spec_list
 from nca_datagen.train.nca import dataset_info
 from nca_datagen.train.stages import nca_plan, pretrain_nca, text_plan, train_text
-from nca_datagen.train.text import spec_list
 from nca_datagen.train.trainer import check_writable, read_metrics
 
 BANDS = ("20-30%", "30-40%", "40-50%", "50%+")  # the paper's studied bands (paper-facts §3)
@@ -148,7 +146,7 @@ def compare(nca: str, text, out_dir, *, steps: int = 200, nca_steps: int = 200, 
     (`check_compare`) before anything trains."""
     out_dir = Path(out_dir)
     text_kwargs.setdefault("eval_every", max(1, steps // 20))
-    documents = text_data.load_documents(text) if documents is None else documents  # once, for every run
+    documents = load_documents(text) if documents is None else documents  # once, for every run
     args = dict(steps=steps, nca_steps=nca_steps, model=model, nca_batch_size=nca_batch_size, nca_train=nca_train)
     check_compare(nca, text, out_dir, transfer=transfer, reinit_layers=reinit_layers, train_scratch=scratch is None,
                   documents=documents, **args, **text_kwargs)
@@ -247,44 +245,40 @@ def _title(report: dict) -> str:
             f"speed-up {speedup_text(report, short=True)}\nNCA: {change_text(report['ppl_change'], digits=1)}")
 
 
-def build_dataset(band: str, tokens: int, out: Path, seed: int = 0, extra_args=()) -> Path:
-    """`nca-datagen build` in a subprocess (the trainer must not import the generator); returns the folder.
+def build_dataset(band: str, tokens: int, out: Path, seed: int = 0, recipe: dict | None = None) -> Path:
+    """The dataset of `band` at `out`, built inline with `nca_datagen.build` (`recipe`: its other recipe
+    arguments, e.g. {"grid": (8, 8), "frames": 12}); returns the folder.
 
-    Always run: on a finished dataset the same command is a no-op, another one is refused (ValueError)."""
-    # this interpreter's nca-datagen, not whichever one is first on PATH
-    cmd = [sys.executable, "-c", "from nca_datagen.cli import main; main()", "build", "--complexity", band,
-           "--tokens", str(tokens), "--out", str(out), "--executor", "inline", "--seed", str(seed), "--quiet",
-           *extra_args]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode:
-        raise ValueError(f"building the {band} dataset failed: {_build_error(done.stderr)}\n"
-                         f"(the sweep's datasets are kept in {out.parent}: other --tokens or --build-args need "
-                         f"another --out; the command was: {' '.join(cmd)})")
+    Always run: on a finished dataset the same build is a no-op, another one is refused (ValueError)."""
+    from nca_datagen import api
+    from nca_datagen.errors import NcaDatagenError
+
+    try:
+        api.build(str(out), complexity=band, tokens=tokens, seed=seed, executor="inline", quiet=True,
+                  **(recipe or {}))
+    except NcaDatagenError as exc:
+        raise ValueError(f"building the {band} dataset failed: {exc}\n(the sweep's datasets are kept in "
+                         f"{out.parent}: other --tokens or --build-args need another --out)") from None
     return out
 
 
-def _build_error(stderr: str) -> str:
-    """The build's own message (from its `Error: ` line on), else the end of what it printed."""
-    lines = stderr.strip().splitlines()
-    start = next((i for i, line in enumerate(lines) if line.startswith("Error: ")), None)
-    return "\n".join(lines[start:])[len("Error: "):] if start is not None else stderr[-2000:]
-
-
-def sweep(text, out_dir, *, bands=BANDS, tokens: int = 200_000, build_args=(), **compare_kwargs) -> dict:
+def sweep(text, out_dir, *, bands=BANDS, tokens: int = 200_000, recipe: dict | None = None,
+          **compare_kwargs) -> dict:
     """One dataset per band -> pre-pre-train -> compare on `text`; reports the band with the lowest final
     validation loss (`best_band`; `best_band_beats_scratch` says whether it beat the scratch model), and draws
     every validation curve in one picture (`sweep.png`).
 
     Before anything trains: the corpus and text flags are checked, then every band's dataset is built (a bad
-    band or --build-args fails there, before any training), then every band's compare (`check_compare`)."""
+    band or recipe argument fails there, before any training), then every band's compare (`check_compare`).
+    `recipe`: the build's other recipe arguments, the same for every band."""
     out_dir = Path(out_dir)
     slugs = {band: band.replace("%", "pct").replace("+", "plus") for band in bands}
-    documents = text_data.load_documents(text)
+    documents = load_documents(text)
     nca_only = ("model", "nca_steps", "nca_batch_size", "nca_train", "transfer", "reinit_layers")
     text_plan(text, out_dir / slugs[bands[0]] / "scratch", pending_init=compare_kwargs.get("model", "tiny"),
               transfer="none", documents=documents, **{k: v for k, v in compare_kwargs.items() if k not in nca_only})
     data = {band: build_dataset(band, tokens, out_dir / "data" / slugs[band], compare_kwargs.get("seed") or 0,
-                                build_args) for band in bands}
+                                recipe) for band in bands}
     for i, band in enumerate(bands):  # bands after the first reuse its scratch run
         check_compare(str(data[band]), text, out_dir / slugs[band], train_scratch=i == 0, documents=documents,
                       **compare_kwargs)

@@ -43,22 +43,19 @@ def loss_by_frame(sums_T: torch.Tensor, counts_T: torch.Tensor, tokens_per_frame
     return [float(s / c) if c else None for s, c in zip(sums_F, counts_F, strict=True)]
 
 
-def unigram_losses(url: str, context: int, max_sequences: int = UNIGRAM_SEQUENCES) -> dict:
-    """{"unigram_loss", "unigram_loss_by_frame"} over the first `max_sequences` training sequences (manifest
-    order): the losses of a model that predicts every target from the token frequencies alone."""
-    from nca_datagen import loader
+def unigram_losses(data, context: int, max_sequences: int = UNIGRAM_SEQUENCES) -> dict:
+    """{"unigram_loss", "unigram_loss_by_frame"} over the first `max_sequences` training sequences of `data` (an
+    `NCAData` or a dataset's URL; `NCAData.first_rows`): the losses of a model that predicts every target from the
+    token frequencies alone."""
+    from nca_datagen.train.nca import NCAData
 
-    dataset = loader.NCADataset(url, "train", shuffle=False, context=context)
-    labels = []
-    for row in dataset:
-        labels.append(row["labels"].numpy())
-        if len(labels) >= max_sequences:
-            break
-    labels_NT = np.stack(labels)
-    frame_T = target_frames(context, dataset.tokens_per_frame)
+    data = NCAData.of(data)
+    rows = data.first_rows("train", max_sequences, context)
+    labels_NT = np.stack([row["labels"].numpy() for row in rows])
+    frame_T = target_frames(context, data.info()["tokens_per_frame"])
     by_frame = [unigram_loss(labels_NT[:, frame_T == k]) if k else None for k in range(int(frame_T.max()) + 1)]
     return {"unigram_loss": unigram_loss(labels_NT[labels_NT != -100]), "unigram_loss_by_frame": by_frame,
-            "unigram_sequences": len(labels)}
+            "unigram_sequences": len(rows)}
 
 
 def frame_loss_figure(by_step: dict[int, list], unigram_by_frame: list, floor: float = 0.0, title: str = "",

@@ -17,6 +17,7 @@ import json
 import math
 from pathlib import Path
 
+from nca_datagen.corpus import documents_digest, load_documents, spec_list
 from nca_datagen.train import frames
 from nca_datagen.train import text as text_data
 from nca_datagen.train.model import ModelConfig, build_model, count_params, model_config
@@ -54,16 +55,18 @@ def _summary(out_dir: Path, kind: str, model, cfg: TrainConfig, metrics: list[di
     return summary
 
 
-def nca_plan(data: str, out_dir, *, model: str = "tiny", val_sequences: int = 64, **train) -> dict:
-    """What `pretrain_nca` will run, checked before anything trains: the config and device, the dataset (its
-    manifest, a train split with samples) and the run folder (`trainer.preflight`). {"cfg", "info", "meta"}."""
-    from nca_datagen.train.nca import dataset_info
+def nca_plan(data, out_dir, *, model: str = "tiny", val_sequences: int = 64, **train) -> dict:
+    """What `pretrain_nca` will run, checked before anything trains: the config and device, the data (a dataset's
+    manifest with a train split that has samples, or a recipe that generates) and the run folder
+    (`trainer.preflight`). {"cfg", "info", "meta"}."""
+    from nca_datagen.train.nca import NCAData
 
     cfg = _train_config(NCA_DEFAULTS, train)
-    info = dataset_info(data)
-    if not info["samples"].get("train"):
+    data = NCAData.of(data)
+    info = data.info()
+    if not data.has_split("train"):
         splits = ", ".join(f"{k}: {v}" for k, v in info["samples"].items()) or "none"
-        raise ValueError(f"the NCA dataset {data} has no training samples (samples per split: {splits}): "
+        raise ValueError(f"the NCA dataset {data.label} has no training samples (samples per split: {splits}): "
                          f"build one with a train split")
     model_config(model, info["vocab_size"], info["seq_len"] - 2)  # a known size
     meta = {"stage": "nca", "data_id": info["id"], "size": model, "val_sequences": val_sequences}
@@ -71,17 +74,18 @@ def nca_plan(data: str, out_dir, *, model: str = "tiny", val_sequences: int = 64
     return {"cfg": cfg, "info": info, "meta": meta}
 
 
-def pretrain_nca(data: str, out_dir, *, model: str = "tiny", val_sequences: int = 64, resume: bool = True,
+def pretrain_nca(data, out_dir, *, model: str = "tiny", val_sequences: int = 64, resume: bool = True,
                  **train) -> dict:
-    """Pre-pre-train a `model`-sized decoder on the NCA dataset at `data` (folder or manifest URL).
+    """Pre-pre-train a `model`-sized decoder on NCA `data`: a dataset's folder or manifest URL, or an
+    `nca.NCAData` (a dataset, or a recipe generated as it is read: a band, mixture or curriculum).
 
     `train` overrides `TrainConfig` fields (steps, batch_size, lr, device, ...). The validation loss uses the
-    first `val_sequences` sequences of the dataset's val split, when it has one, overall and by frame position
+    first `val_sequences` sequences of the val split, when there is one, overall and by frame position
     (`frames`); the summary adds the unigram baselines, and `frame_loss.png` draws them.
     """
-    from nca_datagen.train.nca import NCABatches, nca_val_batches
+    from nca_datagen.train.nca import NCABatches, NCAData, nca_val_batches
 
-    out_dir = Path(out_dir)
+    out_dir, data = Path(out_dir), NCAData.of(data)
     plan = nca_plan(data, out_dir, model=model, val_sequences=val_sequences, **train)
     cfg, info = plan["cfg"], plan["info"]
     context = info["seq_len"] - 2
@@ -93,10 +97,13 @@ def pretrain_nca(data: str, out_dir, *, model: str = "tiny", val_sequences: int 
     by_frame = {m["step"]: m["val_loss_by_frame"] for m in metrics if "val_loss_by_frame" in m}
     extra = {**frames.unigram_losses(data, context), "val_loss_by_frame": by_frame[max(by_frame)]} if by_frame else {}
     if by_frame:
+        name = Path(data.url).name if data.url is not None else data.label
         figure = frames.frame_loss_figure(by_frame, extra["unigram_loss_by_frame"],
-                                          title=f"NCA validation loss by frame ({Path(str(data)).name})")
+                                          title=f"NCA validation loss by frame ({name})")
         figure.savefig(out_dir / "frame_loss.png", dpi=120)
-    return _summary(out_dir, "nca", net, cfg, metrics, data=str(data), size=model, **extra)
+    if data.recipe is not None:
+        extra["build_options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in data.build_options.items()}
+    return _summary(out_dir, "nca", net, cfg, metrics, data=data.label, size=model, **extra)
 
 
 def text_model_config(model: str | dict, context: int) -> ModelConfig:
@@ -118,7 +125,7 @@ def text_data_for(documents: list[bytes], batch_size: int, context: int, seed: i
                          "train_documents": len(train_docs), "val_documents": len(val_docs),
                          "train_tokens": int(source.stream.numel()), "val_tokens": sum(int(x.numel()) for x, _ in val),
                          "unigram_loss": unigram_loss(source.stream.numpy()),  # the scratch model's first bar
-                         "sha256": text_data.documents_digest(documents)}
+                         "sha256": documents_digest(documents)}
 
 
 def text_plan(corpus, out_dir, *, model: str = "tiny", init: str | None = None, pending_init: str | None = None,
@@ -137,7 +144,7 @@ def text_plan(corpus, out_dir, *, model: str = "tiny", init: str | None = None, 
     has_init = state is not None or pending_init is not None
     model_cfg = text_model_config(pending_init or (state["model_config"] if state else model), context)
     parts, layers = parse_parts(transfer), check_layers(reinit_layers, model_cfg.depth)
-    documents = text_data.load_documents(corpus) if documents is None else documents
+    documents = load_documents(corpus) if documents is None else documents
     source, val, corpus_info = text_data_for(documents, cfg.batch_size, context, cfg.seed, val_fraction,
                                              eval_tokens, cfg.micro_batch_size or cfg.batch_size)
     # the corpus and the init checkpoint by content, not as typed: ./c/ and c are one corpus, files added to c
@@ -171,7 +178,7 @@ def train_text(corpus, out_dir, *, model: str = "tiny", init: str | None = None,
     metrics = fit(net, plan["source"], cfg, out_dir, val_batches=plan["val"], resume=resume, desc=desc, meta=meta)
     if report is not None:  # after fit, which refuses a folder holding another run before anything is written
         (out_dir / "transfer.json").write_text(json.dumps(report, indent=2) + "\n")
-    return _summary(out_dir, "text", net, cfg, metrics, corpus=text_data.spec_list(corpus),
+    return _summary(out_dir, "text", net, cfg, metrics, corpus=spec_list(corpus),
                     corpus_info=plan["corpus_info"], init=str(Path(init).resolve()) if init else None,
                     val_fraction=val_fraction, eval_tokens=eval_tokens,
                     transfer={"parts": meta["transfer"], "reinit_layers": meta["reinit_layers"]} if report else None)
