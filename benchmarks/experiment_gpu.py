@@ -5,8 +5,10 @@ bare machine; this module is the orchestrator, and `--quick` runs the whole pipe
 
 1. Data: `nca-datagen build` (the CLI, in a child process with a timeout) of the bands `30-40%` (the paper's best
    for code) and `50%+` (web and math), every recipe flag at its default (the paper's rule family and sequences),
-   --tokens of training data each (default 80M, env EXPERIMENT_GPU_TOKENS; the paper: 164M). Ray with GPU actors
-   when Ray is importable (the carried wheels), else inline on the GPU; a failed Ray build is redone inline.
+   --tokens of training data each (default 80M, env EXPERIMENT_GPU_TOKENS; the paper: 164M). Inline on the GPU
+   by default, the two bands side by side (one core each; as fast here as Ray, whose start-up and Triton compile
+   would come first, and with no dependence on Ray under the machine's gVisor kernel, where it has never run);
+   `--executor ray` builds through Ray with GPU actors, a failed Ray build then redone inline.
    Meanwhile this process compiles the NCA and the text model once (`bench_train.bench`: torch.compile keeps its
    kernels in an on-disk cache, so each run's own compile then mostly loads them) and times their steps.
 2. Pre-pre-training (`stages.pretrain_nca`) of `medium` on each band: the same steps for both, at most one pass
@@ -46,9 +48,10 @@ start); this process gets what is left after the set-up less 15 s, ~440 s. Every
 | text runs, 3 x (~900 steps x ~25 ms / SAFETY + 25 s) | ~3 x 52 s | sized to the time left, 1 epoch at most |
 | report | < 5 s | REPORT_S (15 s) kept |
 
-How it is sized: a build is ~7 s of Ray start-up, ~20 s of Triton compile (once; then cached on disk), ~0.5 s of
-GPU (0.23e9 tokens/s with transfers) and 12-22 CPU-s of host work per 100M tokens (results/host_stages.md,
-docs/benchmarks.md) over 16 cores, ~4 s to finish; inline (no Ray) ~25-50 s a band on one core. The step times
+How it is sized: an inline build is ~20 s of Triton compile (each process; ptxas), ~0.5 s of GPU (0.23e9
+tokens/s with transfers) and 12-22 CPU-s of host work per 100M tokens (results/host_stages.md, docs/benchmarks.md)
+on its core, plus ~6x the probe filtering in the 30-40% band (8% of random rules pass, against 46% for 50%+):
+~25-50 s a band; with Ray, ~7 s of start-up and ~4 s to finish a band, its host work over 16 cores. The step times
 are measured at the start (`calibrate`); the expectations above assume ~1.1M tokens/s for `medium` (245 MFLOP a
 token; the ~100M `base` model, 669 MFLOP, trained at 610K tokens/s, 41% MFU, benchmarks/results/h200/train_gpu.md;
 a narrower model uses the GPU less well).
@@ -91,7 +94,9 @@ SEED = 0
 SAFETY = 0.85  # share of a measured step rate a run is sized for: evaluation, logging and clock noise
 TEXT_SHARE = 0.5  # the text stage gets at most this share of the time the runs have
 REPORT_S = 15  # the figure and the note, after the last run
-BUILD_TIMEOUT_S = 100  # one band's build: ~50 s expected at 80M tokens inline, ~15-30 s with Ray
+BUILD_TIMEOUT_S = {"inline": 100, "ray": 60}  # one band's build: ~25-50 s expected at 80M tokens inline, ~15-35 s
+# with Ray; Ray's is shorter so that a Ray that hangs (it has never run on this machine's gVisor kernel) still
+# leaves the inline retry its time
 STOP_S = 15  # a stopped build's time to shut its Ray down
 BUILD_SHARE = 0.35  # both builds end within this share of the deadline (154 s of 440): the runs need the rest
 FULL = {
@@ -161,10 +166,12 @@ def recipe_flags(recipe: dict) -> list[str]:
 
 
 def build_band(band: str, out: Path, tokens: int, plan: dict, executor: str, timeout_s: float) -> dict:
-    """One band's dataset through the CLI in its own process group (a timeout also ends Ray's processes)."""
+    """One band's dataset through the CLI in its own process group, stopped (`stop`) at `timeout_s`."""
+    # plain tar shards where zstandard is missing (the image lacks it; .whl/ carries it): the loader reads both
+    compression = "zstd" if importlib.util.find_spec("zstandard") else "none"
     cmd = [sys.executable, "-m", "nca_datagen", "build", "--complexity", band, "--tokens", str(tokens),
-           "--seed", str(SEED), "--executor", executor, "--device", plan["device"], "--quiet", "--out", str(out),
-           *recipe_flags(plan["recipe"])]
+           "--seed", str(SEED), "--executor", executor, "--device", plan["device"], "--compression", compression,
+           "--quiet", "--out", str(out), *recipe_flags(plan["recipe"])]
     t0 = time.perf_counter()
     with open(out.parent / f"{out.name}.log", "a") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -173,8 +180,8 @@ def build_band(band: str, out: Path, tokens: int, plan: dict, executor: str, tim
         except subprocess.TimeoutExpired:
             stop(proc)
             rc = "timeout"
-    return {"band": band, "executor": executor, "rc": rc, "seconds": round(time.perf_counter() - t0, 1),
-            "timeout_s": round(timeout_s), "out": str(out)}
+    return {"band": band, "executor": executor, "compression": compression, "rc": rc,
+            "seconds": round(time.perf_counter() - t0, 1), "timeout_s": round(timeout_s), "out": str(out)}
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -189,26 +196,27 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def build_all(data: Path, tokens: int, plan: dict, executor: str, clock: Clock) -> dict:
-    """Both bands, one after the other, within BUILD_SHARE of the deadline; a failed Ray build is redone inline
-    (into a folder of its own: the failed one may still hold a claim), and the next band then goes inline."""
+    """Both bands within BUILD_SHARE of the deadline: inline side by side (one core and the GPU each), Ray one
+    after the other (each build starts its own Ray on every core). A failed Ray build is redone inline, into a
+    folder of its own (the failed one may still hold a claim), and once Ray has failed no band tries it again."""
     data.mkdir(parents=True, exist_ok=True)
-    end = clock.elapsed() + BUILD_SHARE * clock.deadline_s
-    builds = {}
-    for band in BANDS:
+    end, failed = clock.elapsed() + BUILD_SHARE * clock.deadline_s, set()
+
+    def one(band: str) -> dict:
         tries = []
-        for i, ex in enumerate(dict.fromkeys([executor, "inline"])):
-            timeout = min(BUILD_TIMEOUT_S, end - clock.elapsed())
+        for i, ex in enumerate(x for x in dict.fromkeys([executor, "inline"]) if x not in failed):
+            timeout = min(BUILD_TIMEOUT_S[ex], end - clock.elapsed())
             if timeout < 10:
                 clock.cut(f"build of {band} ({ex}): the build phase's time is spent")
                 break
-            out = data / (slug(band) + (f"-{ex}" if i else ""))
-            tries.append(build_band(band, out, tokens, plan, ex, timeout))
+            tries.append(build_band(band, data / (slug(band) + (f"-{ex}" if i else "")), tokens, plan, ex, timeout))
             if tries[-1]["rc"] == 0:
-                break
-            executor = "inline"
-        ok = bool(tries) and tries[-1]["rc"] == 0
-        builds[band] = {"tries": tries, "ok": ok, **(built(tries[-1]["out"]) if ok else {})}
-    return builds
+                return {"tries": tries, "ok": True, **built(tries[-1]["out"])}
+            failed.add(ex)
+        return {"tries": tries, "ok": False}
+
+    with ThreadPoolExecutor(len(BANDS) if executor == "inline" else 1) as pool:
+        return dict(zip(BANDS, pool.map(one, BANDS), strict=True))
 
 
 def built(url: str) -> dict:
@@ -353,8 +361,8 @@ def main():
     p.add_argument("--tokens", default=os.environ.get("EXPERIMENT_GPU_TOKENS"),
                    help="Training tokens per band (80M by default; env EXPERIMENT_GPU_TOKENS; 2M, 164M, ...).")
     p.add_argument("--deadline-s", type=float, default=None, help="Seconds this process may take (full: 440).")
-    p.add_argument("--executor", choices=("auto", "ray", "inline"), default="auto",
-                   help="Build executor (auto: Ray when importable and on a GPU, else inline).")
+    p.add_argument("--executor", choices=("inline", "ray"), default="inline",
+                   help="Build executor: inline (the two bands side by side) or ray (one after the other).")
     p.add_argument("--work", default=None, help="Scratch folder (datasets, checkpoints; default under /tmp).")
     p.add_argument("--results", default=None, help="Where the JSON, markdown and PNG go (default: "
                                                    "benchmarks/results/h200, --quick: benchmarks/results).")
@@ -378,8 +386,6 @@ def resolve(args) -> tuple[dict, Path, Path, str]:
     if plan["device"] == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA GPU visible: this experiment is for the H200 (try --quick on a CPU)")
     executor = args.executor
-    if executor == "auto":
-        executor = "ray" if plan["device"] == "cuda" and importlib.util.find_spec("ray") else "inline"
     name = "experiment_gpu-quick" if args.quick else "experiment_gpu"
     work = Path(args.work or f"/tmp/nca-datagen-{name}")
     results = Path(args.results) if args.results else (RESULTS if args.quick else RESULTS / "h200")

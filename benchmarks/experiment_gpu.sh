@@ -13,7 +13,8 @@
 #   1. nvidia-smi + versions (~5 s)   2. carried wheels + pip install -e . --no-deps (~30 s)
 #   3. python -m benchmarks.experiment_gpu --deadline-s <time left - 15> (~440 s; its phases and their budgets are
 #      in its docstring). It rewrites its record after every phase, so a timeout still returns what finished.
-# EXPERIMENT_GPU_TOKENS: training tokens per band (default 80M). Without .whl/ (no Ray) the builds run inline.
+# EXPERIMENT_GPU_TOKENS: training tokens per band (default 80M). The builds run inline (EXPERIMENT_GPU_ARGS=
+# "--executor ray" for Ray, from .whl/); without .whl/ (no zstandard) their shards are plain tar.
 # Results come back through $OUT (6 of the 8 files allowed): experiment_gpu.json, .md, .png (written to
 # benchmarks/results/h200/ in the machine's copy), summary.json (per-step rc, seconds, timeout; the cuts and the
 # headline numbers), log.txt, results.tgz (each run's metrics.jsonl, run.json, compare.json, transfer.json and

@@ -88,7 +88,8 @@ def phase_table(record: dict) -> str:
 def build_table(record: dict) -> str:
     rows = []
     for band, b in record["builds"].items():
-        tries = ", ".join(f"{t['executor']} rc={t['rc']} in {t['seconds']:.0f} s" for t in b["tries"]) or "none"
+        tries = ", ".join(f"{t['executor']} ({t['compression']} shards) rc={t['rc']} in {t['seconds']:.0f} s"
+                          for t in b["tries"]) or "none"
         tokens = b.get("tokens", {})
         rows.append({"band": band, "tries": tries, "train tokens": f"{tokens.get('train', 0):,}",
                      "val tokens": f"{tokens.get('val', 0):,}",

@@ -109,3 +109,21 @@ def test_experiment_gpu_sizes_runs_to_the_time_left():
     assert tight["text"] == 900 and 0 < tight["nca"] < 2400
     used = 2 * run_cost(tight["nca"], step_s["nca"], 25) + 3 * run_cost(tight["text"], step_s["text"], 25)
     assert 280 < used <= 300
+
+
+def test_experiment_gpu_redoes_a_failed_ray_build_inline(tmp_path, monkeypatch):
+    """Ray fails on the first band: that band is rebuilt inline in a folder of its own, the next band skips Ray."""
+    from benchmarks import experiment_gpu as eg
+
+    calls = []
+
+    def fake_build(band, out, tokens, plan, executor, timeout_s):
+        calls.append((band, out.name, executor))
+        return {"band": band, "executor": executor, "rc": 1 if executor == "ray" else 0, "out": str(out)}
+
+    monkeypatch.setattr(eg, "build_band", fake_build)
+    monkeypatch.setattr(eg, "built", lambda url: {"out": url})
+    builds = eg.build_all(tmp_path, 1000, eg.QUICK, "ray", eg.Clock(300))
+    assert calls == [("30-40%", "30-40pct", "ray"), ("30-40%", "30-40pct-inline", "inline"),
+                     ("50%+", "50pctplus", "inline")]
+    assert all(b["ok"] for b in builds.values()) and builds["30-40%"]["out"].endswith("30-40pct-inline")
