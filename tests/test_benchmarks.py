@@ -77,6 +77,7 @@ def test_dry_run_estimates_follow_the_committed_build_benchmark():
     assert 0.9 < plan.EST_BYTES_PER_TOKEN["zstd"] / measured < 1.1, measured
 
 
+@pytest.mark.slow  # 8 s on 2 idle cores, 20-60 s beside another test run
 def test_experiment_gpu_quick_runs_end_to_end(tmp_path):
     """`experiment_gpu --quick`: the GPU experiment's whole pipeline on the CPU at a tiny scale (both bands built,
     pre-pre-trained on and transferred from, one scratch run, the report), with outputs that agree."""
