@@ -39,9 +39,9 @@ def peak_tflops(device: torch.device, override: float | None = None) -> float | 
 
 
 def bench(size: str, shape: str, batch: int, micro: int, steps: int, warmup: int, device: torch.device,
-          compile: bool, context: int | None = None, peak: float | None = None) -> dict:
-    vocab, default_context, masked = SHAPES[shape]
-    context = context or default_context
+          compile: bool, context: int | None = None, peak: float | None = None, vocab: int | None = None) -> dict:
+    default_vocab, default_context, masked = SHAPES[shape]
+    vocab, context = vocab or default_vocab, context or default_context
     cfg = model_config(size, vocab, context)
     model = build_model(cfg).to(device)
     train_cfg = TrainConfig(steps=steps, batch_size=batch, micro_batch_size=micro, compile=compile)

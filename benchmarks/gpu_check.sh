@@ -22,37 +22,9 @@
 # junit XML, nvidia-smi, versions, per-step logs).
 set -uo pipefail  # not -e: a failed step is recorded and the next one runs
 
-OUT="${OUT:-$PWD/gpu_check_out}"
-mkdir -p "$OUT"
-WORK="$(mktemp -d)"
 DEADLINE_S="${GPU_CHECK_DEADLINE_S:-465}"  # leave ~75 s of the 540 s call for packing and transfer
-START=$(date +%s)
-PY="${PYTHON:-python3}"
-export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
-unset TRITON_INTERPRET
-STEPS_TSV="$WORK/steps.tsv"
-touch "$WORK/.start"  # results newer than this were written by this run
-: >"$STEPS_TSV"
-exec > >(tee -a "$OUT/log.txt") 2>&1
-
-# step NAME MAX_SECONDS CMD...: run CMD with timeout min(MAX, time left), log to $WORK/NAME.log, record rc.
-step() {
-    local name="$1" max="$2"
-    shift 2
-    local left=$((DEADLINE_S - ($(date +%s) - START)))
-    local limit=$((max < left ? max : left))
-    if ((limit < 10)); then
-        echo "== $name: skipped (deadline)"
-        printf '%s\t%s\t%s\t%s\n' "$name" "skipped" 0 "$max" >>"$STEPS_TSV"
-        return
-    fi
-    echo "== $name (timeout ${limit}s): $*"
-    local t0=$(date +%s)
-    timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$WORK/$name.log"
-    local rc=${PIPESTATUS[0]}
-    printf '%s\t%s\t%s\t%s\n' "$name" "$rc" $(($(date +%s) - t0)) "$limit" >>"$STEPS_TSV"
-    echo "== $name: rc=$rc after $(($(date +%s) - t0))s"
-}
+# OUT, WORK, START, PY, STEPS_TSV, the log, and step / machine_steps / install_project (shared with experiment_gpu.sh)
+source "$(dirname "$0")/device_steps.sh" gpu_check
 
 finish() {
     # only what this run wrote (results/ may hold older CPU numbers from the checkout)
@@ -60,13 +32,9 @@ finish() {
         -exec cp -f {} "$WORK/" \; 2>/dev/null
     "$PY" - "$STEPS_TSV" "$OUT/summary.json" "$WORK" <<'EOF' || echo '{"error": "summary writer failed"}' >"$OUT/summary.json"
 import json, sys, pathlib
+from benchmarks.report import device_steps
 tsv, out, work = sys.argv[1:4]
-steps = []
-for line in open(tsv):
-    name, rc, sec, limit = line.rstrip("\n").split("\t")
-    steps.append({"step": name, "rc": None if rc == "skipped" else int(rc), "skipped": rc == "skipped",
-                  "seconds": int(sec), "timeout_s": int(limit), "timed_out": rc in ("124", "137")})
-summary = {"ok": all(s["rc"] == 0 for s in steps if not s["skipped"]), "steps": steps}
+summary = device_steps(tsv)
 for name in ("gpu_check_triton", "build_paper", "bench_rollout", "host_stages"):  # build_paper.json: bench_build --preset paper
     p = pathlib.Path(work) / f"{name}.json"
     if p.exists():
@@ -88,35 +56,10 @@ EOF
 trap finish EXIT
 
 # 1. The machine and the versions it runs.
-step nvidia_smi 20 bash -c "nvidia-smi; nvidia-smi -q -d CLOCK,POWER | head -60"
-cp -f "$WORK/nvidia_smi.log" "$WORK/nvidia-smi.txt" 2>/dev/null
-step versions 60 "$PY" -c "
-import sys, torch, triton, numpy
-print('python', sys.version.split()[0]); print('torch', torch.__version__, 'cuda', torch.version.cuda)
-print('triton', triton.__version__); print('numpy', numpy.__version__)
-print('gpu', torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
-try:
-    import numba; print('numba', numba.__version__)
-except ImportError:
-    print('numba missing')
-"
+machine_steps
 
 # 2. Install: carried wheels first (optional), then this project without touching the image's torch/triton.
-if compgen -G ".whl/*.whl" >/dev/null; then
-    step wheels 90 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-fi
-if [[ -z "${GPU_CHECK_SKIP_INSTALL:-}" ]]; then  # set it for a dry run in an environment that has the project
-    step install 120 "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e .
-fi
-if ! "$PY" -c "import nca_datagen.kernels.common" 2>/dev/null; then
-    # Fallback when the editable install is impossible: lay the package out by hand (kernels/ and pipelines/
-    # are sub-packages of nca_datagen, as pyproject's package-dir says).
-    mkdir -p /tmp/nca_src && cp -r nca_datagen /tmp/nca_src/ && cp -r kernels /tmp/nca_src/nca_datagen/kernels \
-        && cp -r pipelines /tmp/nca_src/nca_datagen/pipelines
-    export PYTHONPATH="/tmp/nca_src${PYTHONPATH:+:$PYTHONPATH}"
-    echo "editable install failed: using PYTHONPATH=$PYTHONPATH"
-fi
+install_project
 
 # Compile every kernel variant of step 4 now, in parallel processes (ptxas is single-threaded, ~20 s a variant),
 # into Triton's on-disk cache, while the GPU tests run; step 4 waits for them and then only loads kernels.

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fill .whl/ with the wheels the H200 device image lacks, for benchmarks/gpu_check.sh to install offline.
+# Fill .whl/ with the wheels the H200 device image lacks, for the device scripts (benchmarks/gpu_check.sh,
+# experiment_gpu.sh) to install offline.
 #
 #   bash benchmarks/gpu_wheels.sh              # here (network / pip index): download, strip Ray, size-check .whl/
 #   bash benchmarks/gpu_wheels.sh --selftest   # manual proof of the mechanism on this machine (see below)
@@ -56,7 +57,7 @@ strip_ray() {
     done
 }
 
-# gpu_check.sh's install command, verbatim but for the python and the target dir.
+# device_steps.sh's install command (gpu_check.sh, experiment_gpu.sh), verbatim but for the python and the target dir.
 install_target() {
     local python="$1" target="$2"
     shift 2
@@ -161,5 +162,5 @@ EOF
 case "${1:-}" in
     --selftest) selftest "${2:-}" ;;
     "") fill ;;
-    *) sed -n '2,26p' "$0"; exit 2 ;;
+    *) sed -n '2,27p' "$0"; exit 2 ;;
 esac

@@ -72,3 +72,14 @@ def write_report(name: str, rows: list[dict], meta: dict | None = None, out_dir:
     (out_dir / f"{name}.md").write_text(header + table)
     print(table)
     return json_path
+
+
+def device_steps(tsv: str | Path) -> dict:
+    """{"ok", "steps"} of a device script's steps file (benchmarks/device_steps.sh writes one line per step: name,
+    rc or "skipped", seconds, timeout); ok when every step that ran exited 0."""
+    steps = []
+    for line in Path(tsv).read_text().splitlines():
+        name, rc, sec, limit = line.split("\t")
+        steps.append({"step": name, "rc": None if rc == "skipped" else int(rc), "skipped": rc == "skipped",
+                      "seconds": int(sec), "timeout_s": int(limit), "timed_out": rc in ("124", "137")})
+    return {"ok": all(s["rc"] == 0 for s in steps if not s["skipped"]), "steps": steps}

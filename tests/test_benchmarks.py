@@ -2,6 +2,7 @@
 device scripts are valid bash. Their measurements are not tests (benchmarks/results/ holds them)."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ def test_benchmark_parses_help(name):
     assert "usage" in done.stdout.lower()
 
 
-@pytest.mark.parametrize("script", ["gpu_check.sh", "gpu_wheels.sh"])
+@pytest.mark.parametrize("script", ["gpu_check.sh", "gpu_wheels.sh", "experiment_gpu.sh", "device_steps.sh"])
 def test_device_scripts_are_valid_bash(script):
     done = subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / script)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -74,3 +75,56 @@ def test_dry_run_estimates_follow_the_committed_build_benchmark():
     assert all(0.6 < plan.EST_STARTUP_S / s < 1.5 for s in fixed), fixed
     measured = result["meta"]["compressed_bytes_per_token"]
     assert 0.9 < plan.EST_BYTES_PER_TOKEN["zstd"] / measured < 1.1, measured
+
+
+@pytest.mark.slow  # 8 s on 2 idle cores, 20-60 s beside another test run
+def test_experiment_gpu_quick_runs_end_to_end(tmp_path):
+    """`experiment_gpu --quick`: the GPU experiment's whole pipeline on the CPU at a tiny scale (both bands built,
+    pre-pre-trained on and transferred from, one scratch run, the report), with outputs that agree."""
+    done = subprocess.run([sys.executable, "-m", "benchmarks.experiment_gpu", "--quick", "--work", str(tmp_path / "w"),
+                           "--results", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "experiment_gpu-quick.json").read_text())
+    bands = {"30-40%", "50%+"}
+    assert set(record["nca"]) == set(record["text"]) == bands and record["cuts"] == []
+    assert (tmp_path / "experiment_gpu-quick.png").stat().st_size > 10_000
+    steps = record["sizing"]["steps"]
+    for band, report in record["text"].items():
+        assert report["scratch_val_loss"] == record["scratch"]["final_val_loss"]  # one scratch run for both
+        assert report["curves"]["scratch"] == record["text"]["30-40%"]["curves"]["scratch"]
+        assert report["steps"] == steps["text_run"] and "speedup" in report
+        assert math.isclose(report["ppl_change"], math.exp(report["nca_val_loss"] - report["scratch_val_loss"]) - 1)
+        nca = record["nca"][band]
+        assert nca["steps"] == steps["nca"] and len(nca["val_loss_by_frame"]) == 8  # frames 0..7, 0 unscored
+    md = (tmp_path / "experiment_gpu-quick.md").read_text()
+    assert all(f"| NCA {band} |" in md for band in bands) and "| scratch |" in md and "Cut for time: nothing." in md
+
+
+def test_experiment_gpu_sizes_runs_to_the_time_left():
+    """Text gets up to its epoch, the NCA stage the rest up to one pass, and the five runs fit the time."""
+    from benchmarks.experiment_gpu import run_cost, size_runs
+
+    step_s, limits = {"nca": 0.03, "text": 0.025}, {"nca": 2400, "text": 900}
+    assert size_runs(1e6, step_s, 25, limits) == limits
+    tight = size_runs(300, step_s, 25, limits)
+    assert tight["text"] == 900 and 0 < tight["nca"] < 2400
+    used = 2 * run_cost(tight["nca"], step_s["nca"], 25) + 3 * run_cost(tight["text"], step_s["text"], 25)
+    assert 280 < used <= 300
+
+
+def test_experiment_gpu_redoes_a_failed_ray_build_inline(tmp_path, monkeypatch):
+    """Ray fails on the first band: that band is rebuilt inline in a folder of its own, the next band skips Ray."""
+    from benchmarks import experiment_gpu as eg
+
+    calls = []
+
+    def fake_build(band, out, tokens, plan, executor, timeout_s):
+        calls.append((band, out.name, executor))
+        return {"band": band, "executor": executor, "rc": 1 if executor == "ray" else 0, "out": str(out)}
+
+    monkeypatch.setattr(eg, "build_band", fake_build)
+    monkeypatch.setattr(eg, "built", lambda url: {"out": url})
+    builds = eg.build_all(tmp_path, 1000, eg.QUICK, "ray", eg.Clock(300))
+    assert calls == [("30-40%", "30-40pct", "ray"), ("30-40%", "30-40pct-inline", "inline"),
+                     ("50%+", "50pctplus", "inline")]
+    assert all(b["ok"] for b in builds.values()) and builds["30-40%"]["out"].endswith("30-40pct-inline")
