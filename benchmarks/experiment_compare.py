@@ -94,10 +94,11 @@ def rule_evidence(url: str) -> dict:
     looked the rule up in context, exactly, could predict for certain (the rest needs the rule's structure)."""
     from nca_datagen import loader
     from nca_datagen.config import NCAConfig
+    from nca_datagen.manifest import read_manifest
     from nca_datagen.tokenizer import decode_patches
 
     dataset = loader.NCADataset(url, "val", shuffle=False, raw=True)
-    nca = dict(dataset.manifest["config"]["nca"])
+    nca = dict(read_manifest(url)["config"]["nca"])
     cfg = NCAConfig(**{**nca, "grid": tuple(nca["grid"]), "hidden": tuple(nca["hidden"])})
     rows = list(dataset)
     tokens_NFT = np.stack([r["tokens"].numpy() for r in rows]).reshape(len(rows), cfg.frames, cfg.tokens_per_frame)

@@ -128,3 +128,15 @@ def test_experiment_gpu_redoes_a_failed_ray_build_inline(tmp_path, monkeypatch):
     assert calls == [("30-40%", "30-40pct", "ray"), ("30-40%", "30-40pct-inline", "inline"),
                      ("50%+", "50pctplus", "inline")]
     assert all(b["ok"] for b in builds.values()) and builds["30-40%"]["out"].endswith("30-40pct-inline")
+
+
+def test_the_cpu_experiments_analyse_a_real_dataset(tmp_path):
+    """experiment_nca_long's NCA stage on experiment_compare's quick data, with its floor and evidence (the
+    compare's own analysis), and the markdown note drawn from them."""
+    from benchmarks import experiment_nca_long
+    from benchmarks.experiment_compare import QUICK
+
+    record = experiment_nca_long.run(4, tmp_path, "cpu", plan=QUICK)
+    assert record["floor"]["floor"] >= 0 and record["floor"]["neighbourhood_seen_before_by_frame"][0] is None
+    assert sorted(int(s) for s in record["val_loss_by_frame"]) == [0, 1, 2, 3, 4]  # every steps // 8, at least 1
+    assert record.pop("figure").axes and "| 7 |" in experiment_nca_long.note(record)
