@@ -77,7 +77,9 @@ def config_option(command: str):
         if unknown:
             raise click.BadParameter(f"{value}: no option {', '.join(unknown)} in `{command}` (see --help)",
                                      ctx=ctx, param=param)
-        ctx.default_map = {**(ctx.default_map or {}), **settings}
+        repeatable = {p.name for p in ctx.command.params if getattr(p, "multiple", False)}
+        settings = {k: [v] if k in repeatable and isinstance(v, str) else v for k, v in settings.items()}
+        ctx.default_map = {**(ctx.default_map or {}), **settings}  # a repeatable option's one value: `text = "x"`
         return value
 
     return click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,

@@ -113,17 +113,37 @@ def _open_store(protocol: str, url: str, storage_options: dict | None):
                   **{k: v for k, v in (storage_options or {}).items() if k not in S3_FLAGS}}
     fs = fsspec.filesystem(protocol, **{**cls._get_kwargs_from_urls(url), **kwargs})
     if getattr(fs, "async_impl", False):
-        fs.loop.set_exception_handler(_quiet_dropped_connections)
+        _quiet_dropped_connections(fs.loop)
     return fs
 
 
-def _quiet_dropped_connections(loop, context: dict) -> None:
-    """The handler of fsspec's event loop: a request the store's client left behind when a connection dropped ends
-    in a ConnectionError nobody awaits, and asyncio would print its traceback. The call that was awaited reports
-    the outage in one line, so those are dropped; anything else goes to asyncio's default handler."""
-    if isinstance(context.get("exception"), ConnectionError):
+def _quiet_dropped_connections(loop) -> None:
+    """When a connection drops, the store's client (aiohttp) leaves requests whose connection error nobody
+    awaits, and asyncio prints a traceback for each beside our one-line outage message. On fsspec's event loop,
+    those are dropped; anything else goes to the handler the loop had (asyncio's default). Installed once."""
+    previous = loop.get_exception_handler()
+    if getattr(previous, "drops_dropped_connections", False):
         return
-    loop.default_exception_handler(context)
+    dropped = (ConnectionError, *_client_connection_errors())
+
+    def handler(loop, context: dict) -> None:
+        if "never retrieved" in context.get("message", "") and isinstance(context.get("exception"), dropped):
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    handler.drops_dropped_connections = True
+    loop.set_exception_handler(handler)
+
+
+def _client_connection_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from aiohttp import ClientConnectionError
+    except ImportError:
+        return ()
+    return (ClientConnectionError,)
 
 
 def missing_package(protocol: str, exc: ImportError | None = None):

@@ -100,17 +100,32 @@ def test_a_store_gone_for_good_stops_the_build_in_about_a_minute(store):
 
 
 def test_requests_orphaned_by_a_dropped_connection_print_no_traceback(caplog):
-    """When a connection drops, aiohttp leaves tasks whose ConnectionError nobody awaits; asyncio would print
-    their tracebacks beside our one-line message. Other loop errors still reach asyncio's handler."""
-    from aiohttp.client_exceptions import ClientConnectionResetError
+    """When a connection drops, aiohttp leaves tasks whose connection error nobody awaits; asyncio would print
+    their tracebacks beside our one-line message. Other loop errors still reach asyncio's handler, and a handler
+    the loop already had still gets what we do not drop."""
+    import asyncio
+
+    from aiohttp.client_exceptions import ClientConnectionResetError, ServerDisconnectedError
 
     from nca_datagen import storage
 
+    def orphaned(exc):
+        return {"message": "Task exception was never retrieved", "exception": exc}
+
     fs, _ = storage.filesystem("s3://bucket/ds", {"endpoint_url": "http://127.0.0.1:9"})
+    storage.filesystem("s3://bucket/other", {"endpoint_url": "http://127.0.0.1:9"})  # installed once, not nested
     with caplog.at_level("ERROR", logger="asyncio"):
-        fs.loop.call_exception_handler({"message": "Task exception was never retrieved",
-                                        "exception": ClientConnectionResetError("Cannot write to closing transport")})
+        fs.loop.call_exception_handler(orphaned(ClientConnectionResetError("Cannot write to closing transport")))
+        fs.loop.call_exception_handler(orphaned(ServerDisconnectedError()))
         assert not caplog.records
-        fs.loop.call_exception_handler({"message": "Task exception was never retrieved",
-                                        "exception": RuntimeError("a bug of ours")})
-    assert [record.exc_info[1].args for record in caplog.records] == [("a bug of ours",)]
+        fs.loop.call_exception_handler(orphaned(RuntimeError("a bug of ours")))
+        fs.loop.call_exception_handler({"message": "Exception in callback", "exception": ConnectionError("live")})
+    assert [record.exc_info[1].args for record in caplog.records] == [("a bug of ours",), ("live",)]
+    seen = []
+    loop = asyncio.new_event_loop()
+    loop.set_exception_handler(lambda loop, context: seen.append(context["exception"]))
+    storage._quiet_dropped_connections(loop)
+    loop.call_exception_handler(orphaned(ConnectionResetError()))
+    loop.call_exception_handler(orphaned(KeyError("kept")))
+    loop.close()
+    assert [type(e) for e in seen] == [KeyError]

@@ -397,8 +397,8 @@ def test_a_config_file_run_equals_the_same_run_from_flags(tmp_path, corpus, suff
         import yaml
 
         path.write_text(yaml.safe_dump({"train": {"text": settings}}))
-    else:
-        path.write_text(json.dumps({"train": {"text": settings}}))
+    else:  # a repeatable option's one value as a plain string
+        path.write_text(json.dumps({"train": {"text": {**settings, "text": str(corpus)}}}))
     flags = ["--text", str(corpus), "--steps", "3", "--batch-size", "2", "--context", "32", "--eval-tokens", "256",
              "--device", "cpu", "--quiet", "--seed", "5"]
     runner = CliRunner()

@@ -158,7 +158,9 @@ def test_build_args_are_the_build_commands_recipe_flags(tmp_path):
     assert recipe_args(f"--config {settings} --states 3") == {"grid": (6, 6), "frames": 8, "states": 3}
     for args, expected in [("--executor ray", "--executor: only the recipe's options"),
                            ("--tokens 5K", "this command sets --complexity, --tokens, --seed itself"),
-                           ("--grid x", "--grid"), ("--no-such-flag", "No such option")]:
+                           ("--out elsewhere", "--out: only the recipe's options"), ("--grid", "--grid"),
+                           ("--grid x", "--grid"), ("--no-such-flag", "No such option"),
+                           ("--frames '8", "No closing quotation")]:
         result = CliRunner().invoke(main, ["train", "sweep", "--text", "stdlib", "--out", str(tmp_path / "sw"),
                                            "--build-args", args])
         assert result.exit_code == 2 and expected in result.output, (args, result.output)
@@ -339,3 +341,37 @@ def test_train_nca_takes_a_dataset_or_a_recipe(tmp_path, dataset):
     for result, expected in [(both, "one of them"), (neither, "one of them"), (args_alone, "go with --recipe")]:
         assert result.exit_code == 2 and expected in result.output, result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_a_sweep_interrupted_while_it_builds_is_an_interruption_not_a_failed_build(tmp_path, monkeypatch):
+    from nca_datagen import api
+    from nca_datagen.errors import Interrupted
+
+    def interrupted(*args, **kwargs):
+        raise Interrupted("interrupted before any shard was built: nothing was written", 15)
+
+    monkeypatch.setattr(api, "build", interrupted)
+    with pytest.raises(Interrupted):
+        build_dataset("50%+", 8_000, tmp_path / "data")
+
+
+@pytest.mark.parametrize("spec", ["50%+,30-40%", "30-40%:0.3,50%+:x", "50%"])
+def test_a_mistyped_recipe_names_what_a_recipe_can_be(tmp_path, spec):
+    result = CliRunner().invoke(main, _nca_recipe_args(spec, tmp_path / "run"))
+    assert result.exit_code == 1 and "is not a band (50%+, 0.3:0.5), a dataset that exists, a mixture" in \
+        result.output and "no dataset at" not in result.output, result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_curriculum_over_stored_datasets_takes_epoch_tokens(tmp_path, dataset):
+    """Mixture sources may be stored datasets; a curriculum over them needs an epoch (`--epoch-tokens`), and
+    validation takes each dataset's val split once, however often the spec names it."""
+    spec = f"{dataset}>{dataset}@2K"
+    refused = CliRunner().invoke(main, ["train", "nca", "--recipe", spec, "--out", str(tmp_path / "run"), "--steps",
+                                        "2", "--batch-size", "4", "--device", "cpu", "--quiet"])
+    assert refused.exit_code == 1 and "needs epoch_tokens" in refused.output, refused.output
+    data = NCAData(recipe=spec, epoch_tokens=4_000)
+    rows = data.first_rows("val", 64)
+    assert len(rows) == min(64, dataset_info(str(dataset))["samples"]["val"])
+    summary = pretrain_nca(data, tmp_path / "run", steps=2, batch_size=4, **FAST)
+    assert summary["final_val_loss"] > 0

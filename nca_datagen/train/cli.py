@@ -127,12 +127,15 @@ def recipe_args(build_args: str, *, taken: tuple[str, ...] = ()) -> dict:
     (where and how a build runs) and those the command sets itself (`taken`) are refused."""
     from nca_datagen.pipelines.build import RECIPE, build_command
 
+    placeholder = "--build-args' own --out"  # build's one required option; a --out of the user's is refused below
     try:
-        ctx = build_command.make_context("build", [*shlex.split(build_args), "--out", "unused"])
-    except click.ClickException as exc:
-        raise click.BadParameter(exc.format_message(), param_hint="--build-args") from None
-    given = {name for name in ctx.params if name != "out" and ctx.get_parameter_source(name) not in
-             (None, ParameterSource.DEFAULT)}
+        ctx = build_command.make_context("build", ["--out", placeholder, *shlex.split(build_args)])
+    except (click.ClickException, ValueError) as exc:  # shlex: ValueError("No closing quotation")
+        message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+        raise click.BadParameter(message, param_hint="--build-args") from None
+    given = {name for name in ctx.params if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)}
+    if ctx.params["out"] == placeholder:
+        given.discard("out")
     refused = sorted(given - (set(RECIPE) - set(taken)))
     if refused:
         def flags(names):
@@ -179,9 +182,12 @@ def train_group():
                    "or a curriculum (30-40%>50%+@2M: from the first to the last over 2M tokens). Instead of DATA.")
 @click.option("--build-args", default="", help="With --recipe: the build's other recipe options, quoted: "
                                                "'--grid 8 --frames 12'.")
+@click.option("--epoch-tokens", type=PositiveCount(), default=None,
+              help="With a --recipe mixture: tokens per epoch, all sources together (needed by a curriculum over "
+                   "stored datasets).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (ckpt.pt, metrics).")
 @_common("nca")
-def nca_command(data, recipe, build_args, out, **kw):
+def nca_command(data, recipe, build_args, epoch_tokens, out, **kw):
     """Pre-pre-train on the NCA dataset DATA (folder or manifest URL), or on a --recipe generated as it is
     read: Adam 1e-4, linear warmup."""
     from nca_datagen.train.nca import NCAData
@@ -189,11 +195,12 @@ def nca_command(data, recipe, build_args, out, **kw):
 
     if (data is None) == (recipe is None):
         raise click.UsageError("give the NCA data: a dataset (DATA) or --recipe, one of them")
-    if build_args and recipe is None:
-        raise click.UsageError("--build-args go with --recipe; a dataset's manifest fixes its recipe")
+    if (build_args or epoch_tokens) and recipe is None:
+        raise click.UsageError("--build-args and --epoch-tokens go with --recipe; a dataset's manifest fixes its "
+                               "recipe and size")
     source = NCAData(data) if recipe is None else NCAData(
         recipe=recipe, build_options=recipe_args(build_args, taken=("complexity", "tokens", "val_tokens",
-                                                                    "val_fraction")))
+                                                                    "val_fraction")), epoch_tokens=epoch_tokens)
     model = kw.pop("model")
     summary = pretrain_nca(source, out, model=model, **_train_kwargs(kw))
     click.echo(json.dumps({k: summary[k] for k in ("final_loss", "final_val_loss", "params", "checkpoint")}))

@@ -251,11 +251,13 @@ def build_dataset(band: str, tokens: int, out: Path, seed: int = 0, recipe: dict
 
     Always run: on a finished dataset the same build is a no-op, another one is refused (ValueError)."""
     from nca_datagen import api
-    from nca_datagen.errors import NcaDatagenError
+    from nca_datagen.errors import Interrupted, NcaDatagenError
 
     try:
         api.build(str(out), complexity=band, tokens=tokens, seed=seed, executor="inline", quiet=True,
                   **(recipe or {}))
+    except Interrupted:
+        raise  # Ctrl-C or SIGTERM: an interruption, not a failed build
     except NcaDatagenError as exc:
         raise ValueError(f"building the {band} dataset failed: {exc}\n(the sweep's datasets are kept in "
                          f"{out.parent}: other --tokens or --build-args need another --out)") from None

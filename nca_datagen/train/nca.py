@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 
 import torch
 
@@ -39,12 +40,14 @@ class NCAData:
     """The NCA data of a run: a built dataset (`url`) or a recipe generated as it is read (`recipe`, with the
     build's other recipe options by name in `build_options`, e.g. {"grid": (8, 8), "frames": 12})."""
 
-    def __init__(self, url: str | None = None, *, recipe: str | None = None, build_options: dict | None = None):
+    def __init__(self, url: str | None = None, *, recipe: str | None = None, build_options: dict | None = None,
+                 epoch_tokens: int | None = None):
         if (url is None) == (recipe is None):
             raise ValueError("NCA data is a dataset or a recipe: give one of them")
-        if build_options and recipe is None:
-            raise ValueError("build options go with a recipe; a dataset's manifest fixes its own")
+        if (build_options or epoch_tokens) and recipe is None:
+            raise ValueError("build options and epoch tokens go with a recipe; a dataset's manifest fixes its own")
         self.url, self.recipe, self.build_options = url, recipe, dict(build_options or {})
+        self.epoch_tokens = epoch_tokens  # a mixture's epoch (`Mixture`); a curriculum over datasets needs one
         self._info = None
 
     @classmethod
@@ -68,6 +71,8 @@ class NCAData:
         return [self.recipe]
 
     def _is_mixture(self) -> bool:
+        """A band or config file is one recipe, and so is a dataset (its recipe, generated); a spec with '>' or
+        SOURCE:WEIGHT items is a mixture. Anything else is refused, naming what a spec can be."""
         from nca_datagen.generated import recipe_kind
         from nca_datagen.mixture import parse_spec
 
@@ -77,9 +82,12 @@ class NCAData:
             return True
         try:
             parse_spec(self.recipe)
-        except ValueError:
-            return False  # a dataset: its recipe, generated
-        return True
+            return True
+        except ValueError as exc:
+            if "://" in self.recipe or os.path.exists(self.recipe):
+                return False
+            raise ValueError(f"--recipe {self.recipe!r} is not a band (50%+, 0.3:0.5), a dataset that exists, a "
+                             f"mixture or a curriculum ({exc})") from None
 
     def stream(self, split: str = "train", *, seed: int = 0, shuffle: bool = True, context: int | None = None):
         """The split as the loader yields it: an `NCADataset`, or a `Mixture` for a mixture or curriculum."""
@@ -91,7 +99,8 @@ class NCAData:
         if self._is_mixture():
             from nca_datagen.mixture import Mixture
 
-            return Mixture.from_spec(self.recipe, build_options=self.build_options or None, split=split, **options)
+            return Mixture.from_spec(self.recipe, build_options=self.build_options or None, split=split,
+                                     epoch_tokens=self.epoch_tokens, **options)
         return loader.NCADataset.from_recipe(self.recipe, split, build_options=self.build_options or None, **options)
 
     def info(self) -> dict:
@@ -105,7 +114,8 @@ class NCAData:
         stream = self.stream()
         sources = getattr(stream, "sources", [stream])
         layout = sources[0].layout
-        identity = {"sources": [s.dataset_id for s in sources], "build_options": _jsonable(self.build_options),
+        # each source's id covers its recipe (build options included) or its shards
+        identity = {"sources": [s.dataset_id for s in sources], "epoch_tokens": self.epoch_tokens,
                     "weights": stream.schedule.to_list() if hasattr(stream, "schedule") else None}
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
         return {"vocab_size": layout["vocab_size"], "seq_len": layout["seq_len"],
@@ -113,21 +123,27 @@ class NCAData:
                 "tokens": {"train": None, "val": None}, "id": digest}
 
     def has_split(self, split: str) -> bool:
-        return self.url is None or bool(self.info()["samples"].get(split))
+        return bool(self._sources_with(split))
+
+    def _sources_with(self, split: str) -> list[NCAData]:
+        """The parts of the data that have `split` with samples: a dataset's manifest says; a band's is
+        unbounded. A mixture's parts are its sources, once each: a dataset read as stored, a band generated."""
+        if self.url is not None:
+            return [self] if self.info()["samples"].get(split) else []
+        if not self._is_mixture():
+            return [self] if not _is_dataset(self.recipe) or dataset_info(self.recipe)["samples"].get(split) else []
+        parts = [NCAData(s) if _is_dataset(s) else NCAData(recipe=s, build_options=self.build_options)
+                 for s in dict.fromkeys(self.sources)]
+        return [part for part in parts if part._sources_with(split)]
 
     def first_rows(self, split: str, n: int, context: int | None = None) -> list[dict]:
-        """The first `n` sequences of `split` in order (no shuffle): of a mixture, an equal share of each
-        source's, so validation covers every band of a curriculum whatever step training is at."""
+        """The first `n` sequences of `split` in order (no shuffle): of a mixture, an equal share of each source
+        that has the split, so validation covers every band of a curriculum whatever step training is at."""
         if self.url is not None or len(self.sources) == 1:
-            return _take(self.stream(split, shuffle=False, context=context), n)
-        share = math.ceil(n / len(self.sources))
-        rows = []
-        for source in self.sources:
-            part = NCAData(source) if _is_dataset(source) else NCAData(recipe=source,
-                                                                        build_options=self.build_options)
-            if part.has_split(split):
-                rows += _take(part.stream(split, shuffle=False, context=context), share)
-        return rows[:n]
+            return _take(self.stream(split, shuffle=False, context=context), n) if self.has_split(split) else []
+        parts = self._sources_with(split)
+        share = math.ceil(n / max(1, len(parts)))
+        return [row for part in parts for row in _take(part.stream(split, shuffle=False, context=context), share)][:n]
 
 
 def _is_dataset(recipe: str) -> bool:
@@ -143,10 +159,6 @@ def _take(stream, n: int) -> list[dict]:
         if len(rows) >= n:
             break
     return rows
-
-
-def _jsonable(options: dict) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(options.items())}
 
 
 class NCABatches:
