@@ -3,10 +3,14 @@
 `experiment_compare.py`'s NCA stage (600 steps) ended with the loss still falling fastest on late frames. This
 runs the same stage, on the same data, model and optimiser (its FULL plan, seed 0), for more steps, and reports the
 validation loss by frame position at every evaluation against each frame's unigram loss and the floor, so the
-question "is the rule inferred in context?" is read off one table. Nothing else changes, so its first 600 steps
-are that experiment's seed-0 run.
+question "is the rule inferred in context?" is read off one table. The data is built by the code at hand, so a
+change of recipe version since the compare's run shows in its step-600 numbers.
 
-    python -m benchmarks.experiment_nca_long --steps 2400     # ~4x the compare's NCA stage
+    python -m benchmarks.experiment_nca_long --steps 2400                # ~4x the compare's NCA stage
+    python -m benchmarks.experiment_nca_long --steps 2400 --transfer     # then scratch vs --transfer all / attn
+
+`--transfer` trains the compare's text stage from the longer stage's checkpoint (seed 0, the same text batches as
+the compare's seed-0 runs): does a model that infers more in context transfer better?
 
 Writes benchmarks/results/nca_long.json, .md and -frames.png. A rerun resumes from the run folder's checkpoint.
 """
@@ -48,6 +52,20 @@ def run(steps: int, work: Path, device: str, plan: dict = FULL) -> dict:
             "final_val_loss": summary["final_val_loss"], "unigram_loss": summary["unigram_loss"], "figure": figure}
 
 
+def transfer(record: dict, work: Path, device: str, plan: dict = FULL) -> dict:
+    """The compare's text stage from this run's checkpoint: scratch, `--transfer all` and `--transfer attn`."""
+    from nca_datagen.train.compare import compare
+
+    common = dict(model=plan["model"], device=device, seed=0, quiet=True, **plan["text"])
+    checkpoint = str(work / f"nca-{record['steps']}" / "ckpt.pt")
+    out = work / f"nca-{record['steps']}-text"
+    reports = {"all": compare(checkpoint, "stdlib", out, transfer="all", **common)}
+    reports["attn"] = compare(checkpoint, "stdlib", out / "attn", transfer="attn",
+                              scratch=reports["all"]["scratch_run"], **common)
+    return {"scratch_val_loss": reports["all"]["scratch_val_loss"],
+            **{t: {k: r[k] for k in ("nca_val_loss", "ppl_change", "speedup")} for t, r in reports.items()}}
+
+
 def note(record: dict) -> str:
     by_step = {int(k): v for k, v in record["val_loss_by_frame"].items()}
     steps = sorted(by_step)
@@ -69,6 +87,14 @@ def note(record: dict) -> str:
     lines += ["", f"At step {steps[-1]}: frame 1 {first:.3f} -> frame {len(unigram) - 1} {last:.3f} nats "
                   f"({1 - last / first:.0%} lower); final validation loss {record['final_val_loss']:.3f}.", "",
               "![loss by frame](nca_long-frames.png)", ""]
+    if "transfer" in record:
+        t = record["transfer"]
+        lines += ["## Then transfer to `stdlib` (seed 0, the compare's text stage)", "",
+                  "| run | final val loss (nats a byte) | perplexity vs scratch | speed-up |", "|---|---|---|---|",
+                  f"| scratch | {t['scratch_val_loss']:.4f} | | |"]
+        lines += [f"| `--transfer {name}` | {t[name]['nca_val_loss']:.4f} | {t[name]['ppl_change']:+.2%} | "
+                  f"{t[name]['speedup'] or 'n/a'} |" for name in ("all", "attn")]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -78,10 +104,13 @@ def main():
     p.add_argument("--work", default="/tmp/nca-datagen-experiment", help="Scratch folder (shares the compare's data).")
     p.add_argument("--threads", type=int, default=2, help="torch threads.")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--transfer", action="store_true", help="Then the compare's text stage from the checkpoint.")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     record = run(args.steps, Path(args.work), args.device)
     record.pop("figure").savefig(RESULTS / "nca_long-frames.png", dpi=120)
+    if args.transfer:
+        record["transfer"] = transfer(record, Path(args.work), args.device)
     (RESULTS / "nca_long.json").write_text(json.dumps(record, indent=2) + "\n")
     (RESULTS / "nca_long.md").write_text(note(record))
     print(note(record))

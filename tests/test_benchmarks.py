@@ -140,3 +140,6 @@ def test_the_cpu_experiments_analyse_a_real_dataset(tmp_path):
     assert record["floor"]["floor"] >= 0 and record["floor"]["neighbourhood_seen_before_by_frame"][0] is None
     assert sorted(int(s) for s in record["val_loss_by_frame"]) == [0, 1, 2, 3, 4]  # every steps // 8, at least 1
     assert record.pop("figure").axes and "| 7 |" in experiment_nca_long.note(record)
+    record["transfer"] = experiment_nca_long.transfer(record, tmp_path, "cpu", plan=QUICK)
+    assert set(record["transfer"]) == {"scratch_val_loss", "all", "attn"}
+    assert "`--transfer attn`" in experiment_nca_long.note(record)
