@@ -12,7 +12,8 @@ change of recipe version since the compare's run shows in its step-600 numbers.
 `--transfer` trains the compare's text stage from the longer stage's checkpoint (seed 0, the same text batches as
 the compare's seed-0 runs): does a model that infers more in context transfer better?
 
-Writes benchmarks/results/nca_long.json, .md and -frames.png. A rerun resumes from the run folder's checkpoint.
+Writes benchmarks/results/nca_long.json, .md (keeping its hand-written "What it showed") and -frames.png. A rerun
+resumes from the run folder's checkpoint.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.experiment_compare import FULL, build, commit, rule_evidence
+from benchmarks.experiment_compare import FULL, READING, build, commit, rule_evidence
 from benchmarks.report import RESULTS, machine
 
 
@@ -112,7 +113,9 @@ def main():
     if args.transfer:
         record["transfer"] = transfer(record, Path(args.work), args.device)
     (RESULTS / "nca_long.json").write_text(json.dumps(record, indent=2) + "\n")
-    (RESULTS / "nca_long.md").write_text(note(record))
+    md = RESULTS / "nca_long.md"
+    reading = md.read_text().partition(READING) if md.exists() else ("", "", "")  # the hand-written reading stays
+    md.write_text(note(record) + ("\n" + reading[1] + reading[2] if reading[1] else ""))
     print(note(record))
 
 
