@@ -191,14 +191,20 @@ def read_manifest_bytes(url: str, storage_options=None) -> tuple[bytes, str]:
     return data, where
 
 
-def parse_manifest(data: bytes, where: str) -> dict:
-    """The manifest in `data` (read from `where`), checked as untrusted input (see the module docstring)."""
+def json_object(data: bytes, where: str) -> dict:
+    """The JSON object in `data` (read from `where`); DatasetError when it is not JSON or not an object."""
     try:
-        manifest = json.loads(data)
+        obj = json.loads(data)
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise DatasetError(f"{where} is damaged: not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict):
-        raise DatasetError(f"{where} is damaged: JSON {type(manifest).__name__}, not an object")
+    if not isinstance(obj, dict):
+        raise DatasetError(f"{where} is damaged: JSON {type(obj).__name__}, not an object")
+    return obj
+
+
+def parse_manifest(data: bytes, where: str) -> dict:
+    """The manifest in `data` (read from `where`), checked as untrusted input (see the module docstring)."""
+    manifest = json_object(data, where)
     version = manifest.get("format_version")
     if manifest.get("format") != FORMAT or not isinstance(version, int) or version > FORMAT_VERSION:
         raise DatasetError(f"{where} is not a manifest this version of nca-datagen reads "

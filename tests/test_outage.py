@@ -60,12 +60,19 @@ def _wait_for_shards(endpoint, url, n=2, timeout=60):
     raise AssertionError("the build wrote no shards")
 
 
-@pytest.mark.slow
-def test_an_outage_of_a_minute_is_ridden_out(store):
-    start, stop, endpoint, url = store
+def _build_then_stop_the_store(store):
+    """A build that has written shards when its store goes away: (the build, time.monotonic() at the stop)."""
+    _, stop, endpoint, url = store
     build = _build(endpoint, url)
     _wait_for_shards(endpoint, url)
     stop()
+    return build, time.monotonic()
+
+
+@pytest.mark.slow
+def test_an_outage_of_a_minute_is_ridden_out(store):
+    start, _, endpoint, url = store
+    build, _ = _build_then_stop_the_store(store)
     time.sleep(60)
     start()
     output, _ = build.communicate(timeout=300)
@@ -81,11 +88,8 @@ def test_an_outage_of_a_minute_is_ridden_out(store):
 
 @pytest.mark.slow
 def test_a_store_gone_for_good_stops_the_build_in_about_a_minute(store):
-    start, stop, endpoint, url = store
-    build = _build(endpoint, url)
-    _wait_for_shards(endpoint, url)
-    stop()
-    stopped = time.monotonic()
+    start, _, endpoint, url = store
+    build, stopped = _build_then_stop_the_store(store)
     output, _ = build.communicate(timeout=600)
     took = time.monotonic() - stopped
     assert build.returncode == 1, output

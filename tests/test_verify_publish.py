@@ -98,21 +98,26 @@ def test_publish_to_s3_and_back(tmp_path, s3_server, s3_bucket, monkeypatch):
     assert cli("verify", back).exit_code == 0
 
 
+def fail_the_third_upload(monkeypatch):
+    """publish's third shard upload raises ConnectionError, as a network gone away; returns the real upload."""
+    real_upload, uploads = publish_mod.upload_shard, []
+
+    def fail_third(dfs, path, blob):
+        uploads.append(path)
+        if len(uploads) == 3:
+            raise ConnectionError("network went away")
+        real_upload(dfs, path, blob)
+
+    monkeypatch.setattr(publish_mod, "upload_shard", fail_third)
+    return real_upload
+
+
 def test_interrupted_publish_leaves_no_manifest_and_resumes(tmp_path, s3_server, s3_bucket, monkeypatch):
     src, dst = str(tmp_path / "src"), f"{s3_bucket}/nca"
     opts = {"endpoint_url": s3_server}
     make_dataset(src, {"train": 4})
     fs, root = storage.filesystem(dst, opts)
-    calls = []
-    real_upload = publish_mod.upload_shard
-
-    def flaky_upload(dfs, path, blob):
-        calls.append(path)
-        if len(calls) == 3:
-            raise ConnectionError("network went away")
-        real_upload(dfs, path, blob)
-
-    monkeypatch.setattr(publish_mod, "upload_shard", flaky_upload)
+    real_upload = fail_the_third_upload(monkeypatch)
     result = cli("publish", src, dst, "--endpoint-url", s3_server)
     assert result.exit_code == 1 and "ConnectionError: network went away" in result.output  # no traceback
     assert f"publishing {src} -> {dst} failed" in result.output
@@ -148,15 +153,7 @@ def test_a_failed_publish_overwrite_keeps_the_published_dataset(tmp_path, s3_ser
         good = (tmp_path / "v2" / "train" / "shard-000002.tar.zst").read_bytes()
         damage(tmp_path / "v2" / "train" / "shard-000002.tar.zst", "bitflip")
     else:
-        real_upload, uploads = publish_mod.upload_shard, []
-
-        def fail_third(dfs, path, blob):
-            uploads.append(path)
-            if len(uploads) == 3:
-                raise ConnectionError("network went away")
-            real_upload(dfs, path, blob)
-
-        monkeypatch.setattr(publish_mod, "upload_shard", fail_third)
+        fail_the_third_upload(monkeypatch)
     failed = _publish(tmp_path / "v2", dst, opts, "--overwrite")
     assert failed.exit_code == 1, failed.output
     assert storage.read_bytes(fs, f"{root}/manifest.json") == before["manifest.json"]

@@ -28,8 +28,6 @@ or build of ours (an export goes beside its source, never in it), and no file no
 
 from __future__ import annotations
 
-import json
-
 from nca_datagen import __version__, storage
 from nca_datagen.config import MAX_SAMPLES_PER_SHARD, MAX_SHARD_TOKENS, SPLITS, recipe_fingerprint
 from nca_datagen.exports import mds, megatron, parquet
@@ -40,6 +38,7 @@ from nca_datagen.manifest import (
     _wrong_field,
     dataset_digest,
     json_bytes,
+    json_object,
     read_json,
     read_manifest_bytes,
     sequence_layout,
@@ -128,12 +127,9 @@ def versions(library: str) -> dict:
 def read_export_manifest(url: str, storage_options=None) -> dict:
     """The manifest of the export at `url` (its folder or its manifest.json), checked as untrusted input."""
     data, where = read_manifest_bytes(url, storage_options)
-    try:
-        manifest = json.loads(data)
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise ValueError(f"{where} is damaged: not valid JSON ({exc})") from None
+    manifest = json_object(data, where)
     if not is_export_manifest(manifest) or manifest.get("format_version") != FORMAT_VERSION:
-        got = (manifest.get("format"), manifest.get("format_version")) if isinstance(manifest, dict) else None
+        got = (manifest.get("format"), manifest.get("format_version"))
         raise ValueError(f"{where} is not an export manifest this version of nca-datagen reads (format, version: "
                          f"{str(got)[:80]}; this one reads {FORMAT!r} v{FORMAT_VERSION})")
     problem = export_problem(manifest)
