@@ -209,8 +209,7 @@ def parse_manifest(data: bytes, where: str) -> dict:
     if manifest.get("format") != FORMAT or not isinstance(version, int) or version > FORMAT_VERSION:
         raise DatasetError(f"{where} is not a manifest this version of nca-datagen reads "
                            f"(format {manifest.get('format')!r} v{version!r}); upgrade nca-datagen")
-    problem = manifest_problem(manifest)
-    if problem:
+    if problem := manifest_problem(manifest):
         raise DatasetError(f"{where} is damaged or not safe to read: {problem}")
     return manifest
 
@@ -246,8 +245,7 @@ def manifest_problem(manifest: dict) -> str | None:
     a name other than the canonical one, a size the format cannot have, a `sequence` or recipe that is not its
     config's. Readers then fail with this message, not deep inside (or outside the dataset). Plain arithmetic on
     the config's numbers: a reader never imports the generator to read a manifest."""
-    problem = _wrong_field(manifest, _TOP_FIELDS, "")
-    if problem:
+    if problem := _wrong_field(manifest, _TOP_FIELDS, ""):
         return problem
     config = manifest["config"]
     try:
@@ -258,8 +256,7 @@ def manifest_problem(manifest: dict) -> str | None:
     if manifest["sequence"] != layout:
         return f"sequence {str(manifest['sequence'])[:200]} is not what its config makes ({layout})"
     for split, info in manifest["splits"].items():
-        problem = _split_problem(split, info, layout["seq_len"], samples_per_shard)
-        if problem:
+        if problem := _split_problem(split, info, layout["seq_len"], samples_per_shard):
             return problem
     if manifest["format_version"] >= 2:
         return _recipe_problem(manifest) or _files_problem(manifest)
@@ -270,8 +267,7 @@ def _split_problem(split: str, info, seq_len: int, samples_per_shard) -> str | N
     if split not in SPLITS:
         return f"split {split!r} is not one of {', '.join(SPLITS)}"
     where = f"splits.{split}."
-    problem = _wrong_field(info, _SPLIT_FIELDS, where)
-    if problem:
+    if problem := _wrong_field(info, _SPLIT_FIELDS, where):
         return problem
     if info["compression"] not in COMPRESSIONS:
         return f"{where}compression {info['compression']!r} is not one of {', '.join(COMPRESSIONS)}"
@@ -279,8 +275,7 @@ def _split_problem(split: str, info, seq_len: int, samples_per_shard) -> str | N
         return f"{where}table {info.get('table')!r} is not samples/{split}.parquet"
     for i, shard in enumerate(info["shards"]):
         at = f"{where}shards[{i}]."
-        problem = _wrong_field(shard, _SHARD_TYPES, at)
-        if problem:
+        if problem := _wrong_field(shard, _SHARD_TYPES, at):
             return problem
         if shard["path"] != shard_name(split, i, info["compression"]):
             return f"{at}path {shard['path']!r} is not {shard_name(split, i, info['compression'])!r}"
@@ -294,8 +289,7 @@ def _split_problem(split: str, info, seq_len: int, samples_per_shard) -> str | N
 
 
 def _recipe_problem(manifest: dict) -> str | None:
-    problem = _wrong_field(manifest.get("recipe"), _RECIPE_TYPES, "recipe.")
-    if problem:
+    if problem := _wrong_field(manifest.get("recipe"), _RECIPE_TYPES, "recipe."):
         return problem
     compressions = {info["compression"] for info in manifest["splits"].values()} or {"zstd"}
     recipe = manifest["recipe"]
@@ -314,8 +308,7 @@ def _files_problem(manifest: dict) -> str | None:
         for name, info in listed.items():
             if name not in allowed:
                 return f"{key} names {name[:80]!r}, not one of the dataset's {'tables' if key == 'files' else key}"
-            problem = _wrong_field(info, _FILE_TYPES, f"{key}.{name}.")
-            if problem:
+            if problem := _wrong_field(info, _FILE_TYPES, f"{key}.{name}."):
                 return problem
             if not _DIGEST.fullmatch(info["sha256"]) or info["bytes"] < 0:
                 return f"{key}.{name} has no valid size and sha256"
